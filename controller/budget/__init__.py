@@ -1,0 +1,1 @@
+"""GPU- and CPU-second budgets: the ledger of reservations and settlements beside the study."""

@@ -1,0 +1,7 @@
+"""The export directory: best configuration, trials table and (with the analysis) the report."""
+
+from __future__ import annotations
+
+from controller.export.writer import ExportResult, write_export
+
+__all__ = ["ExportResult", "write_export"]

@@ -1,0 +1,1 @@
+"""Local mode: the same planner, with trials as worker processes on this machine."""

@@ -1,0 +1,370 @@
+"""``tunefleet run``: a study on this machine, with trials in local worker processes."""
+
+from __future__ import annotations
+
+import os
+import queue
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import structlog
+from optuna.trial import FrozenTrial
+
+from controller.budget.ledger import Charge, Ledger
+from controller.local.progress import StudyProgress
+from controller.local.workers import LocalWorker, WorkerEvent
+from controller.planner import BudgetView, Observation, Plan, StopReason, decide, summarize
+from controller.planner.summary import StudySummary
+from controller.spec import StudyManifest, StudySpec
+from controller.strategies import build_sampler, choose_strategy
+from controller.studies.asking import ask_new_trial, start_retry
+from controller.studies.observe import fail_trial, observe_trials
+from controller.studies.record import ATTR_STARTED_AT, ATTR_STOP_REASON, record_study, spec_hash
+from controller.studies.storage import create_or_load_study, open_storage, resolve_storage_url
+from trial_worker.contract import (
+    ATTR_SEED,
+    Assignment,
+    CommandObjective,
+    ExitCode,
+    MetricDirection,
+    PrunerConfig,
+    PythonObjective,
+    TrialReport,
+)
+
+LOCAL_GRACE_S = 5
+log = structlog.get_logger("tunefleet.local")
+
+
+@dataclass
+class RunOptions:
+    """How ``tunefleet run`` runs a study; None means the spec's (or the default) choice."""
+
+    storage_url: str | None = None
+    parallel: int | None = None
+    workdir: str = field(default_factory=os.getcwd)
+    log_dir: Path | None = None
+    show_progress: bool = True
+
+
+@dataclass(frozen=True)
+class RunResult:
+    study_name: str
+    storage_url: str
+    stop_reason: StopReason
+    summary: StudySummary
+    best: FrozenTrial | None
+    pareto: list[FrozenTrial]
+    elapsed_s: float
+
+
+@dataclass
+class _InFlight:
+    worker: LocalWorker
+    trial_number: int
+    reservation_key: str
+    started: float
+    kill_at: float
+
+
+class LocalRunner:
+    """Observe -> plan -> execute, until the planner says the study is finished."""
+
+    def __init__(
+        self, manifest: StudyManifest, options: RunOptions, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.manifest = manifest
+        self.spec: StudySpec = manifest.spec
+        self.options = options
+        self.name = manifest.metadata.name
+        self.storage_url = resolve_storage_url(options.storage_url, self.spec.storage.url, self.name)
+        self.parallelism = options.parallel or self.spec.parallelism
+        self._clock = clock
+        self._events: queue.Queue[WorkerEvent] = queue.Queue()
+        self._workers: dict[int, LocalWorker] = {}
+        self._idle: list[LocalWorker] = []
+        self._inflight: dict[int, _InFlight] = {}
+        self._next_worker_id = 0
+        self._interrupted = False
+        self.log_dir = options.log_dir or Path(".tunefleet") / "logs" / self.name
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    def _open(self) -> tuple[optuna.Study, Ledger]:
+        storage = open_storage(self.storage_url)
+        seed = self.spec.strategy.seed if self.spec.strategy.seed is not None else random.randrange(2**31)
+        choice = choose_strategy(self.spec)
+        study = create_or_load_study(
+            storage,
+            self.name,
+            self.spec.objective.directions,
+            sampler=build_sampler(choice.sampler, self.spec, seed),
+        )
+        attrs = record_study(study, self.spec, seed, choice, self._clock())
+        if attrs.get("tunefleet.spec_hash") != spec_hash(self.spec):
+            log.warning("the spec changed since this study began; the first record is kept", study=self.name)
+        self._study_seed = int(attrs.get("tunefleet.study_seed", seed))
+        if self._study_seed != seed:
+            study.sampler = build_sampler(choice.sampler, self.spec, self._study_seed)
+        self._started_at = float(attrs.get(ATTR_STARTED_AT, self._clock()))
+        self._pruner = PrunerConfig(name=choice.pruner if choice.pruner != "auto" else "none",  # type: ignore[arg-type]
+                                    settings=self.spec.strategy.prunerSettings)
+        ledger = Ledger(self.storage_url)
+        budget = self.spec.budget
+        ledger.set_study_limits(
+            self.name,
+            gpu_seconds=int(budget.gpuHours * 3600) if budget.gpuHours else None,
+            cpu_seconds=int(budget.cpuHours * 3600) if budget.cpuHours else None,
+        )
+        self._settle_leftovers(study, ledger)
+        return study, ledger
+
+    def _settle_leftovers(self, study: optuna.Study, ledger: Ledger) -> None:
+        """A previous run that died left reservations open: charge what its trials used."""
+        for key, number in ledger.open_reservations(self.name).items():
+            trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+            if trial is None or trial.datetime_start is None:
+                ledger.release(key)
+                continue
+            end = trial.datetime_complete or _naive_now()
+            seconds = max(0.0, (end - trial.datetime_start).total_seconds())
+            ledger.settle(f"local:{key}", key, self._charge(seconds), seconds)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        began = time.monotonic()
+        study, ledger = self._open()
+        self._ledger = ledger
+        total = self.spec.budget.maxTrials
+        log.info("study starting", study=self.name, storage=_redacted(self.storage_url), parallelism=self.parallelism)
+        plan = Plan()
+        with StudyProgress(self.name, total, enabled=self.options.show_progress) as progress:
+            while True:
+                try:
+                    trials, views = observe_trials(study)
+                    progress.update(summarize(self.spec, views))
+                    plan = decide(self.spec, self._observation(views))
+                    self._execute(study, plan, trials)
+                    if plan.finished:
+                        break
+                    self._wait_for_events(study)
+                except KeyboardInterrupt:
+                    if self._interrupted:
+                        self._kill_all()
+                        raise
+                    self._interrupted = True
+                    log.warning("interrupted: stopping running trials (Ctrl-C again to abort)")
+        self._shutdown()
+        trials, views = observe_trials(study)
+        summary = summarize(self.spec, views)
+        reason = plan.stop or StopReason.INTERRUPTED
+        study.set_user_attr(ATTR_STOP_REASON, reason.value)
+        ledger.close()
+        return RunResult(
+            study_name=self.name,
+            storage_url=self.storage_url,
+            stop_reason=reason,
+            summary=summary,
+            best=study.best_trial if not self.spec.is_multi_objective and summary.complete else None,
+            pareto=study.best_trials if self.spec.is_multi_objective and summary.complete else [],
+            elapsed_s=time.monotonic() - began,
+        )
+
+    def _observation(self, views: tuple) -> Observation:  # type: ignore[type-arg]
+        return Observation(
+            trials=views,
+            live=frozenset(self._inflight),
+            now=self._clock(),
+            started_at=self._started_at,
+            budget=self._budget_view(),
+            interrupted=self._interrupted,
+            parallelism_override=self.parallelism,
+        )
+
+    def _budget_view(self) -> BudgetView | None:
+        totals = self._ledger.totals(self.name)
+        worst = self._charge(self.spec.trial.maxDuration + LOCAL_GRACE_S)
+        views = []
+        if totals.gpu_seconds_limit is not None and worst.gpu_seconds > 0:
+            views.append(BudgetView(totals.gpu_seconds_limit, totals.settled.gpu_seconds,
+                                    totals.reserved.gpu_seconds, worst.gpu_seconds))
+        if totals.cpu_seconds_limit is not None:
+            views.append(BudgetView(totals.cpu_seconds_limit, totals.settled.cpu_seconds,
+                                    totals.reserved.cpu_seconds, worst.cpu_seconds))
+        return min(views, key=lambda v: v.affordable) if views else None
+
+    def _charge(self, seconds: float) -> Charge:
+        return Charge.for_run(self.spec.trial.gpus, self.spec.trial.cpus, seconds)
+
+    # -- acting -------------------------------------------------------------------------------
+
+    def _execute(self, study: optuna.Study, plan: Plan, trials: list[FrozenTrial]) -> None:
+        for number in plan.mark_lost:
+            fail_trial(study, number, "lost", "its worker was gone (a previous run stopped or crashed)")
+        by_number = {t.number: t for t in trials}
+        for number in plan.retry:
+            self._dispatch(study, start_retry(study, by_number[number]))
+        for _ in range(plan.start_new):
+            self._dispatch(study, ask_new_trial(study, self.spec.searchSpace, self._study_seed))
+        for number in plan.drain:
+            flight = self._inflight.pop(number)
+            flight.worker.kill()
+            self._forget_worker(flight.worker)
+            fail_trial(study, number, plan.drain_reason or "drained")
+            self._settle(flight, time.monotonic() - flight.started)
+
+    def _dispatch(self, study: optuna.Study, trial: optuna.Trial) -> None:
+        key = f"{self.name}/{trial.number}"
+        worst = self._charge(self.spec.trial.maxDuration + LOCAL_GRACE_S)
+        if not self._ledger.reserve(key, self.name, trial.number, worst):
+            fail_trial(study, trial.number, "budget", "the budget could not cover this trial's worst case")
+            return
+        worker = self._idle.pop() if self._idle else self._spawn_worker()
+        worker.assign(self._assignment(trial))
+        now = time.monotonic()
+        self._inflight[trial.number] = _InFlight(
+            worker, trial.number, key, now, now + self.spec.trial.maxDuration + LOCAL_GRACE_S
+        )
+
+    def _assignment(self, trial: optuna.Trial) -> Assignment:
+        entry = self.spec.trial
+        objective = (
+            PythonObjective(entry=entry.python) if entry.python else CommandObjective(argv=entry.command or [])
+        )
+        return Assignment(
+            storage_url=self.storage_url,
+            study_name=self.name,
+            trial_number=trial.number,
+            objective=objective,
+            metrics=[MetricDirection(name=m.name, direction=m.direction) for m in self.spec.objective.metrics],
+            constraints=self.spec.objective.constraints,
+            pruner=self._pruner,
+            seed=int(trial.user_attrs.get(ATTR_SEED, 0)),
+            max_duration_s=entry.maxDuration,
+            deterministic=self.spec.reproducibility.deterministic,
+            workdir=self.options.workdir,
+            log_path=str((self.log_dir / f"trial-{trial.number}.log").resolve()),
+        )
+
+    def _spawn_worker(self) -> LocalWorker:
+        worker_id = self._next_worker_id
+        self._next_worker_id += 1
+        worker = LocalWorker(
+            worker_id,
+            self._events,
+            self.log_dir / f"worker-{worker_id}.log",
+            self.options.workdir,
+            {"TUNEFLEET_LOG_FORMAT": "json"},
+        )
+        self._workers[worker_id] = worker
+        return worker
+
+    def _forget_worker(self, worker: LocalWorker) -> None:
+        self._workers.pop(worker.worker_id, None)
+        if worker in self._idle:
+            self._idle.remove(worker)
+
+    # -- events -------------------------------------------------------------------------------
+
+    def _wait_for_events(self, study: optuna.Study) -> None:
+        timeout = 1.0
+        if self._inflight:
+            soonest = min(f.kill_at for f in self._inflight.values())
+            timeout = max(0.01, min(timeout, soonest - time.monotonic()))
+        try:
+            event = self._events.get(timeout=timeout)
+        except queue.Empty:
+            event = None
+        while event is not None:
+            self._handle(study, event)
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                event = None
+        self._enforce_max_duration(study)
+
+    def _handle(self, study: optuna.Study, event: WorkerEvent) -> None:
+        worker = self._workers.get(event.worker_id)
+        if event.report is not None:
+            self._finish_reported(study, event.report, worker)
+            return
+        # The process ended. If it still had a trial, that trial lost its worker.
+        if worker is None:
+            return
+        self._forget_worker(worker)
+        number = worker.trial_number
+        flight = self._inflight.pop(number, None) if number is not None else None
+        if flight is None or flight.worker is not worker:
+            return
+        code = event.exit_code if event.exit_code is not None else -1
+        reason = "killed" if code < 0 else _reason_for_exit(code)
+        fail_trial(study, flight.trial_number, reason, f"worker process exited with code {code}")
+        self._settle(flight, time.monotonic() - flight.started)
+
+    def _finish_reported(self, study: optuna.Study, report: TrialReport, worker: LocalWorker | None) -> None:
+        flight = self._inflight.pop(report.trial_number, None)
+        if flight is None:
+            return
+        if report.exit_code == ExitCode.STORAGE_UNAVAILABLE:
+            fail_trial(study, report.trial_number, "storageUnavailable", report.reason)
+        self._settle(flight, report.duration_s)
+        if worker is None:
+            return
+        worker.trial_number = None
+        if self.spec.trial.isolation == "process":
+            worker.retire()
+            self._forget_worker(worker)
+        else:
+            self._idle.append(worker)
+
+    def _enforce_max_duration(self, study: optuna.Study) -> None:
+        now = time.monotonic()
+        for number, flight in list(self._inflight.items()):
+            if now < flight.kill_at:
+                continue
+            del self._inflight[number]
+            flight.worker.kill()
+            self._forget_worker(flight.worker)
+            fail_trial(study, number, "maxDuration", f"exceeded maxDuration ({self.spec.trial.maxDuration} s)")
+            self._settle(flight, now - flight.started)
+
+    def _settle(self, flight: _InFlight, seconds: float) -> None:
+        self._ledger.settle(f"local:{flight.reservation_key}", flight.reservation_key, self._charge(seconds), seconds)
+
+    def _kill_all(self) -> None:
+        for worker in list(self._workers.values()):
+            worker.kill()
+
+    def _shutdown(self) -> None:
+        for worker in list(self._workers.values()):
+            worker.retire()
+        for worker in list(self._workers.values()):
+            if worker.wait(timeout=5) is None:
+                worker.kill()
+        self._workers.clear()
+        self._idle.clear()
+
+
+def _reason_for_exit(code: int) -> str:
+    try:
+        return ExitCode(code).reason
+    except ValueError:
+        return f"exit{code}"
+
+
+def _naive_now():  # type: ignore[no-untyped-def]
+    import datetime
+
+    return datetime.datetime.now()
+
+
+def _redacted(url: str) -> str:
+    from trial_worker.contract import redact_url
+
+    return redact_url(url)

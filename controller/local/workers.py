@@ -1,0 +1,101 @@
+"""Local worker processes: each serves trial after trial (warm) or a single one (process)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from trial_worker.contract import Assignment, TrialReport
+
+REPORT_FD_ENV = "TUNEFLEET_REPORT_FD"
+
+
+@dataclass(frozen=True)
+class WorkerEvent:
+    """A worker reported a trial, or its process ended (``exit_code`` set, ``report`` None)."""
+
+    worker_id: int
+    report: TrialReport | None = None
+    exit_code: int | None = None
+
+
+class LocalWorker:
+    """A ``tunefleet-worker --serve`` process fed assignments on stdin.
+
+    Reports come back on a separate pipe, so whatever the objective prints cannot be mistaken
+    for one. The process runs in its own session: Ctrl-C reaches the runner, which decides.
+    """
+
+    def __init__(
+        self, worker_id: int, events: queue.Queue[WorkerEvent], log_path: Path, cwd: str, env: dict[str, str]
+    ) -> None:
+        self.worker_id = worker_id
+        self.trial_number: int | None = None
+        read_fd, write_fd = os.pipe()
+        with open(log_path, "ab") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "trial_worker", "--serve"],
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(write_fd,),
+                env={**os.environ, **env, REPORT_FD_ENV: str(write_fd), "PYTHONUNBUFFERED": "1"},
+                cwd=cwd,
+                start_new_session=True,
+                text=True,
+            )
+        os.close(write_fd)
+        self._reports = os.fdopen(read_fd, "r")
+        self._events = events
+        self._reader = threading.Thread(target=self._read_reports, name=f"worker-{worker_id}", daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def assign(self, assignment: Assignment) -> None:
+        assert self._process.stdin is not None
+        self.trial_number = assignment.trial_number
+        self._process.stdin.write(assignment.model_dump_json() + "\n")
+        self._process.stdin.flush()
+
+    def retire(self) -> None:
+        """Ask the worker to exit after its current trial (closes its stdin)."""
+        if self._process.stdin is not None and not self._process.stdin.closed:
+            try:
+                self._process.stdin.close()
+            except BrokenPipeError:
+                pass
+
+    def kill(self) -> None:
+        """Stop the worker and everything it started, now."""
+        try:
+            os.killpg(self._process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            return self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _read_reports(self) -> None:
+        for line in self._reports:
+            try:
+                report = TrialReport.model_validate_json(line)
+            except ValidationError:
+                continue
+            self._events.put(WorkerEvent(self.worker_id, report=report))
+        self._reports.close()
+        code = self._process.wait()
+        self._events.put(WorkerEvent(self.worker_id, exit_code=code))

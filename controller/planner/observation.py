@@ -1,0 +1,91 @@
+"""What the planner sees: trials as plain values, the work in flight, the budget, the time."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class StopReason(str, enum.Enum):
+    """Why a study stops starting trials (and, once nothing runs, why it ended)."""
+
+    MAX_TRIALS = "MaxTrialsReached"
+    DEADLINE = "DeadlineReached"
+    GOAL = "GoalReached"
+    SPACE_EXHAUSTED = "SpaceExhausted"
+    BUDGET_EXHAUSTED = "BudgetExhausted"
+    CONVERGED = "Converged"
+    INTERRUPTED = "Interrupted"
+
+
+# Failures of the platform rather than the objective: retried with the same params.
+INFRASTRUCTURE_REASONS = frozenset(
+    {"killed", "preempted", "lost", "storageUnavailable", "interrupted", "unschedulable"}
+)
+
+
+@dataclass(frozen=True)
+class TrialView:
+    """One Optuna trial as the planner needs it.
+
+    ``root`` is the logical trial this attempt belongs to (its own number for a first attempt);
+    ``attempt`` counts retries (0 first).
+    """
+
+    number: int
+    state: str  # WAITING, RUNNING, COMPLETE, PRUNED or FAIL
+    values: tuple[float, ...] | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+    root: int | None = None
+    attempt: int = 0
+
+    @property
+    def logical(self) -> int:
+        return self.number if self.root is None else self.root
+
+    @property
+    def is_retry(self) -> bool:
+        return self.root is not None and self.root != self.number
+
+    @property
+    def failed_by_infrastructure(self) -> bool:
+        return self.state == "FAIL" and self.reason in INFRASTRUCTURE_REASONS
+
+
+@dataclass(frozen=True)
+class BudgetView:
+    """The study's budget in integer resource-seconds (GPU-seconds, or CPU-seconds).
+
+    ``worst_case`` is what one more trial must reserve before it starts.
+    """
+
+    limit: int
+    settled: int
+    reserved: int
+    worst_case: int
+
+    @property
+    def affordable(self) -> int:
+        """How many more trials fit, at their worst case."""
+        free = self.limit - self.settled - self.reserved
+        return max(0, free // self.worst_case) if self.worst_case > 0 else 1_000_000
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything observed in one reconcile: trials, live work, budget and the current time.
+
+    ``live`` holds the trial numbers that have work in flight (a local process, or a Job whose
+    pod has not finished). A trial RUNNING in the storage but not live has lost its work.
+    """
+
+    trials: tuple[TrialView, ...]
+    live: frozenset[int]
+    now: float
+    started_at: float
+    budget: BudgetView | None = None
+    interrupted: bool = False
+    parallelism_override: int | None = None

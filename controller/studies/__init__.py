@@ -1,0 +1,1 @@
+"""The shared Optuna study: storage, the reproducibility record, asking trials, observing them."""

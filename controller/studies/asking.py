@@ -1,0 +1,96 @@
+"""New trials: asking the sampler over the declared space, and retries with the same params."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from typing import Any
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import FrozenTrial, TrialState
+
+from controller.spec import CategoricalParam, FloatParam, IntParam, ordered_parameters
+from trial_worker.contract import ATTR_ATTEMPT, ATTR_RETRY_OF, ATTR_SEED
+
+
+def distribution_of(param: FloatParam | IntParam | CategoricalParam) -> BaseDistribution:
+    """The Optuna distribution a declared parameter samples from."""
+    if isinstance(param, FloatParam):
+        return FloatDistribution(param.low, param.high, log=param.log, step=param.step)
+    if isinstance(param, IntParam):
+        return IntDistribution(param.low, param.high, log=param.log, step=param.step)
+    return CategoricalDistribution(param.choices)
+
+
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """A per-trial seed derived from the study seed: distinct per trial, stable across reruns."""
+    digest = hashlib.sha256(f"{study_seed}:{trial_number}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def ask_new_trial(
+    study: optuna.Study,
+    space: dict[str, FloatParam | IntParam | CategoricalParam],
+    study_seed: int,
+) -> optuna.Trial:
+    """Ask the sampler for a trial and sample every declared parameter whose condition holds.
+
+    Parameters are suggested parents-first, so a conditional parameter sees the values it
+    depends on; the sampler learns the conditional structure from which ones appear.
+    """
+    trial = study.ask()
+    chosen: dict[str, Any] = {}
+    for name in ordered_parameters(space):
+        param = space[name]
+        if not param.active_given(chosen):
+            continue
+        chosen[name] = _suggest(trial, name, param)
+    if ATTR_SEED not in trial.user_attrs:
+        trial.set_user_attr(ATTR_SEED, trial_seed(study_seed, trial.number))
+    return trial
+
+
+def _suggest(trial: optuna.Trial, name: str, param: FloatParam | IntParam | CategoricalParam) -> Any:
+    if isinstance(param, FloatParam):
+        return trial.suggest_float(name, param.low, param.high, log=param.log, step=param.step)
+    if isinstance(param, IntParam):
+        return trial.suggest_int(name, param.low, param.high, log=param.log, step=param.step)
+    return trial.suggest_categorical(name, param.choices)
+
+
+def start_retry(study: optuna.Study, failed: FrozenTrial) -> optuna.Trial:
+    """A new RUNNING trial with the failed trial's params, seed and a link back to it.
+
+    Created directly in the storage (not enqueued) so it cannot be confused with waiting
+    warm-start configurations.
+    """
+    root = failed.user_attrs.get(ATTR_RETRY_OF, failed.number)
+    attempt = int(failed.user_attrs.get(ATTR_ATTEMPT, 0)) + 1
+    user_attrs = {
+        ATTR_RETRY_OF: root,
+        ATTR_ATTEMPT: attempt,
+        ATTR_SEED: failed.user_attrs.get(ATTR_SEED, 0),
+    }
+    template = FrozenTrial(
+        number=-1,
+        state=TrialState.RUNNING,
+        value=None,
+        values=None,
+        datetime_start=datetime.datetime.now(),
+        datetime_complete=None,
+        params=dict(failed.params),
+        distributions=dict(failed.distributions),
+        user_attrs=user_attrs,
+        system_attrs={},
+        intermediate_values={},
+        trial_id=-1,
+    )
+    storage = study._storage
+    trial_id = storage.create_new_trial(study._study_id, template_trial=template)
+    return optuna.Trial(study, trial_id)

@@ -1,0 +1,43 @@
+"""Reading the study's trials as planner values, and failing trials whose work is gone."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from controller.planner import TrialView
+from trial_worker.contract import ATTR_ATTEMPT, ATTR_DETAIL, ATTR_REASON, ATTR_RETRY_OF
+
+
+def trial_view(trial: FrozenTrial) -> TrialView:
+    root = trial.user_attrs.get(ATTR_RETRY_OF)
+    return TrialView(
+        number=trial.number,
+        state=trial.state.name,
+        values=tuple(trial.values) if trial.values is not None else None,
+        params=trial.params,
+        reason=trial.user_attrs.get(ATTR_REASON),
+        root=int(root) if root is not None else None,
+        attempt=int(trial.user_attrs.get(ATTR_ATTEMPT, 0)),
+    )
+
+
+def observe_trials(study: optuna.Study) -> tuple[list[FrozenTrial], tuple[TrialView, ...]]:
+    trials = study.get_trials(deepcopy=False)
+    return trials, tuple(trial_view(t) for t in trials)
+
+
+def fail_trial(study: optuna.Study, number: int, reason: str, detail: str | None = None) -> bool:
+    """Mark a RUNNING trial FAIL with ``reason``; False if it had already finished."""
+    storage = study._storage
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    if storage.get_trial(trial_id).state != TrialState.RUNNING:
+        return False
+    try:
+        storage.set_trial_user_attr(trial_id, ATTR_REASON, reason)
+        if detail:
+            storage.set_trial_user_attr(trial_id, ATTR_DETAIL, detail)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False  # the worker told its outcome in the meantime
+    return True

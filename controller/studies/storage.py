@@ -1,0 +1,78 @@
+"""Opening the study storage (Postgres, or an embedded SQLite file) and the study itself."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage
+
+from trial_worker.contract import redact_url, storage_url_with_password
+
+DEFAULT_STORAGE_DIR = ".tunefleet"
+STORAGE_URL_ENV = "TUNEFLEET_STORAGE_URL"
+
+
+class StorageUnavailable(Exception):
+    """The storage could not be opened; the message names the URL (password hidden) and why."""
+
+
+def default_storage_url(study_name: str, base_dir: str | Path = DEFAULT_STORAGE_DIR) -> str:
+    """The embedded storage for local runs: one SQLite file per study, no server needed."""
+    directory = Path(base_dir).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{directory / (study_name + '.db')}"
+
+
+def resolve_storage_url(explicit: str | None, spec_url: str | None, study_name: str) -> str:
+    """The flag wins, then ``TUNEFLEET_STORAGE_URL``, then ``spec.storage.url``, then embedded."""
+    return explicit or os.environ.get(STORAGE_URL_ENV) or spec_url or default_storage_url(study_name)
+
+
+def open_storage(url: str, pool_size: int = 2) -> RDBStorage:
+    """An Optuna RDB storage with pooling suited to a long-running controller."""
+    full_url = storage_url_with_password(url)
+    engine_kwargs: dict[str, Any]
+    if full_url.startswith("sqlite"):
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    else:
+        engine_kwargs = {"pool_size": pool_size, "max_overflow": 2, "pool_pre_ping": True}
+    try:
+        return RDBStorage(full_url, engine_kwargs=engine_kwargs)
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy and drivers raise many kinds
+        raise StorageUnavailable(f"cannot open storage {redact_url(url)}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def create_or_load_study(
+    storage: RDBStorage,
+    name: str,
+    directions: list[str],
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+) -> optuna.Study:
+    """Create the study once or load it (``load_if_exists``), so a rerun resumes it.
+
+    Raises ValueError when an existing study has other directions than the spec asks for.
+    """
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        directions=directions,
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+    )
+    stored = [d.name.lower() for d in study.directions]
+    if stored != list(directions):
+        raise ValueError(
+            f"study {name!r} already exists with directions {stored}, but the spec asks for "
+            f"{list(directions)}; use another study name"
+        )
+    return study

@@ -1,0 +1,1 @@
+"""The trial worker: runs one trial (or, warm, many) of a tunefleet study inside a pod or process."""

@@ -1,0 +1,218 @@
+"""Running one trial: attach, seed, run the objective, tell the outcome."""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from trial_worker.command import RunningCommand, run_command
+from trial_worker.contract import (
+    ATTR_DETAIL,
+    ATTR_EXIT_CODE,
+    ATTR_REASON,
+    Assignment,
+    CommandObjective,
+    ExitCode,
+    TrialReport,
+)
+from trial_worker.pruners import build_pruner
+from trial_worker.seeding import seed_everything
+from trial_worker.storage import load_trial, with_retries
+
+TRACEBACK_TAIL_CHARS = 4000
+CONSTRAINTS_KEY = "constraints"  # the system attribute Optuna's samplers read constraints from
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: TrialState
+    exit_code: ExitCode
+    values: list[float] | None = None
+    message: str | None = None
+    detail: str | None = None
+    constraints: list[float] | None = None
+
+
+def run_assignment(assignment: Assignment) -> TrialReport:
+    """Run the assigned trial to an outcome stored in the study; never raises for trial errors."""
+    started = time.monotonic()
+    try:
+        study, trial, state = with_retries(lambda: load_trial(assignment, build_pruner(assignment.pruner)))
+    except Exception as exc:  # noqa: BLE001 - any storage failure is an infrastructure failure
+        return _report(assignment, "FAIL", ExitCode.STORAGE_UNAVAILABLE, f"cannot attach: {exc}", started)
+    if state != TrialState.RUNNING:
+        return _report(assignment, "FAIL", ExitCode.NOT_RUNNING, f"trial is {state.name}", started)
+
+    watchdog = _Watchdog(assignment, study, trial)
+    watchdog.start()
+    try:
+        outcome = _run_objective(assignment, trial)
+    finally:
+        watchdog.cancel()
+    try:
+        with_retries(lambda: _tell(study, trial, outcome))
+    except Exception as exc:  # noqa: BLE001
+        # The result could not be stored: exit as an infrastructure failure so the trial is retried
+        # with the same params rather than silently dropped.
+        return _report(assignment, "FAIL", ExitCode.STORAGE_UNAVAILABLE, f"cannot store the outcome: {exc}", started)
+    return _report(assignment, outcome.state.name, outcome.exit_code, outcome.message, started)
+
+
+def _report(
+    assignment: Assignment, state: str, code: ExitCode, reason: str | None, started: float
+) -> TrialReport:
+    return TrialReport(
+        trial_number=assignment.trial_number,
+        state=state,  # type: ignore[arg-type]
+        exit_code=int(code),
+        reason=reason,
+        duration_s=time.monotonic() - started,
+    )
+
+
+def _run_objective(assignment: Assignment, trial: optuna.Trial) -> Outcome:
+    metric_names = [m.name for m in assignment.metrics]
+    if isinstance(assignment.objective, CommandObjective):
+        seed_everything(assignment.seed, assignment.deterministic)
+        env = {f"TUNEFLEET_PARAM_{k.upper()}": str(v) for k, v in trial.params.items()}
+        env["TUNEFLEET_TRIAL_NUMBER"] = str(trial.number)
+        result = run_command(
+            trial, assignment.objective.argv, metric_names, assignment.constraints, env, assignment.workdir
+        )
+        if result.pruned:
+            return Outcome(TrialState.PRUNED, ExitCode.TOLD, message="pruned")
+        if result.failure is not None:
+            return Outcome(TrialState.FAIL, result.failure, message=result.message)
+        values = [result.values[name] for name in metric_names]
+        constraints = [result.values[name] for name in assignment.constraints]
+        return _checked(values, len(metric_names), constraints)
+
+    try:
+        objective = _import_objective(assignment.objective.entry, assignment.workdir)
+    except Exception as exc:  # noqa: BLE001
+        return Outcome(
+            TrialState.FAIL,
+            ExitCode.OBJECTIVE_NOT_FOUND,
+            message=f"cannot load {assignment.objective.entry}: {type(exc).__name__}: {exc}",
+            detail=_traceback_tail(),
+        )
+    seed_everything(assignment.seed, assignment.deterministic)
+    try:
+        returned = objective(trial)
+    except optuna.TrialPruned:
+        return Outcome(TrialState.PRUNED, ExitCode.TOLD, message="pruned")
+    except Exception as exc:  # noqa: BLE001 - every objective error becomes the trial's reason
+        return Outcome(
+            TrialState.FAIL,
+            ExitCode.OBJECTIVE_RAISED,
+            message=f"{type(exc).__name__}: {exc}",
+            detail=_traceback_tail(),
+        )
+    constraints: list[float] = []
+    for name in assignment.constraints:
+        value = trial.user_attrs.get(name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return Outcome(
+                TrialState.FAIL,
+                ExitCode.INVALID_VALUE,
+                message=f"no value for constraint {name!r}: call trial.set_user_attr({name!r}, value)",
+            )
+        constraints.append(float(value))
+    return _checked(returned, len(metric_names), constraints)
+
+
+def _checked(returned: Any, expected: int, constraints: list[float]) -> Outcome:
+    if returned is None:
+        return _invalid("the objective returned None")
+    values: Sequence[Any] = returned if isinstance(returned, Sequence) and not isinstance(returned, str) else [returned]
+    if len(values) != expected:
+        return _invalid(f"the objective returned {len(values)} value(s) but the study has {expected} metric(s)")
+    floats: list[float] = []
+    for value in values:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return _invalid(f"the objective returned {value!r}, which is not a number")
+        if not math.isfinite(number):
+            return _invalid(f"the objective returned {number}")
+        floats.append(number)
+    return Outcome(TrialState.COMPLETE, ExitCode.TOLD, values=floats, constraints=constraints or None)
+
+
+def _invalid(message: str) -> Outcome:
+    return Outcome(TrialState.FAIL, ExitCode.INVALID_VALUE, message=message)
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> None:
+    storage = study._storage
+    if outcome.state == TrialState.FAIL:
+        storage.set_trial_user_attr(trial._trial_id, ATTR_REASON, outcome.exit_code.reason)
+        storage.set_trial_user_attr(trial._trial_id, ATTR_EXIT_CODE, int(outcome.exit_code))
+        if outcome.message or outcome.detail:
+            detail = "\n".join(p for p in (outcome.message, outcome.detail) if p)
+            storage.set_trial_user_attr(trial._trial_id, ATTR_DETAIL, detail[-TRACEBACK_TAIL_CHARS:])
+    if outcome.constraints is not None:
+        storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_KEY, outcome.constraints)
+    current = storage.get_trial(trial._trial_id).state
+    if current.is_finished():
+        return  # already told (a retried tell whose first attempt reached the database)
+    if outcome.state == TrialState.COMPLETE:
+        study.tell(trial, outcome.values)
+    else:
+        study.tell(trial, state=outcome.state)
+
+
+def _import_objective(entry: str, workdir: str | None) -> Callable[[optuna.Trial], Any]:
+    module_name, function_name = entry.split(":", 1)
+    root = workdir or os.getcwd()
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    module = importlib.import_module(module_name)
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise AttributeError(f"{module_name} has no callable {function_name!r}")
+    return function  # type: ignore[no-any-return]
+
+
+def _traceback_tail() -> str:
+    return traceback.format_exc()[-TRACEBACK_TAIL_CHARS:]
+
+
+class _Watchdog:
+    """Ends the trial as FAIL maxDuration when it outlives its limit, then exits the process."""
+
+    def __init__(self, assignment: Assignment, study: optuna.Study, trial: optuna.Trial) -> None:
+        self._timer = threading.Timer(assignment.max_duration_s, self._expire)
+        self._timer.daemon = True
+        self._study = study
+        self._trial = trial
+        self._limit = assignment.max_duration_s
+
+    def start(self) -> None:
+        self._timer.start()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def _expire(self) -> None:
+        RunningCommand.terminate(grace_s=2.0)
+        outcome = Outcome(
+            TrialState.FAIL, ExitCode.MAX_DURATION, message=f"exceeded maxDuration ({self._limit} s)"
+        )
+        try:
+            _tell(self._study, self._trial, outcome)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(int(ExitCode.MAX_DURATION))

@@ -1,0 +1,66 @@
+"""Attaching to the shared study: the storage connection and the trial the controller asked."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage, RDBStorage
+
+from trial_worker.contract import Assignment, storage_url_with_password
+
+_storages: dict[str, BaseStorage] = {}
+
+
+def open_storage(url: str) -> BaseStorage:
+    """One storage per URL per process: a warm worker reuses its connection pool."""
+    full_url = storage_url_with_password(url)
+    if full_url not in _storages:
+        engine_kwargs: dict[str, Any]
+        if full_url.startswith("sqlite"):
+            # Several local processes share the file; wait for the lock instead of failing.
+            engine_kwargs = {"connect_args": {"timeout": 60}}
+        else:
+            engine_kwargs = {"pool_size": 1, "max_overflow": 1, "pool_pre_ping": True}
+        _storages[full_url] = RDBStorage(full_url, engine_kwargs=engine_kwargs)
+    return _storages[full_url]
+
+
+def load_trial(
+    assignment: Assignment, pruner: optuna.pruners.BasePruner
+) -> tuple[optuna.Study, optuna.Trial, optuna.trial.TrialState]:
+    """The study and the live trial the assignment names, with the trial's current state."""
+    storage = open_storage(assignment.storage_url)
+    study = optuna.load_study(
+        study_name=assignment.study_name,
+        storage=storage,
+        pruner=pruner,
+        # Parameters the spec did not declare are sampled in place, reproducibly per trial.
+        sampler=optuna.samplers.RandomSampler(seed=assignment.seed),
+    )
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        study._study_id, assignment.trial_number
+    )
+    state = storage.get_trial(trial_id).state
+    return study, optuna.Trial(study, trial_id), state
+
+
+def with_retries(action: Any, attempts: int = 8, first_delay_s: float = 0.5) -> Any:
+    """Call ``action`` until it succeeds, backing off; storage outages are usually brief."""
+    delay = first_delay_s
+    for attempt in range(attempts):
+        try:
+            return action()
+        except Exception as exc:  # noqa: BLE001 - the storage raises many kinds
+            if attempt == attempts - 1 or not _is_transient(exc):
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+    return None
+
+
+def _is_transient(exc: Exception) -> bool:
+    import sqlalchemy.exc
+
+    return isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError))
