@@ -67,15 +67,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from controller.strategies import choose_strategy
+    from controller.strategies import affordable_trials, choose_strategy, trial_cost
 
     manifest = _load(args.spec)
     spec = manifest.spec
-    choice = choose_strategy(spec)
+    affordability = affordable_trials(spec, trial_cost(spec))
+    choice = choose_strategy(spec, affordability)
+    cost = affordability.cost
     print(f"study {manifest.metadata.name}")
+    affordable = "unlimited" if affordability.trials is None else str(affordability.trials)
+    print(f"  affordable trials: {affordable}")
+    for name, count in affordability.limits.items():
+        print(f"    {name}: {count}")
+    print(f"  trial cost: ~{cost.seconds:.0f} s per trial ({cost.basis})")
+    if cost.basis == "maxDuration":
+        print("    (the worst case: set trial.expectedDuration for a closer figure; runs revise it as trials finish)")
     print(f"  sampler: {choice.sampler}")
     print(f"  pruner:  {choice.pruner}")
-    for reason in choice.reasons:
+    for reason in choice.reasons[1:]:
         print(f"  because: {reason}")
     return EXIT_OK
 
@@ -116,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("spec")
     validate.set_defaults(handler=cmd_validate)
 
-    plan = sub.add_parser("plan", help="show the strategy a study would use and why")
+    plan = sub.add_parser(
+        "plan", help="show the affordable trials, the sampler and pruner a study would use, and why"
+    )
     plan.add_argument("spec")
     plan.set_defaults(handler=cmd_plan)
 
@@ -128,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     crd = sub.add_parser("crd", help="print the CustomResourceDefinitions")
     crd.set_defaults(handler=cmd_crd)
+
+    from controller.kube.commands import add_commands
+
+    add_commands(sub)  # controller, render, release-finalizers
     return parser
 
 

@@ -31,7 +31,7 @@ from trial_worker.seeding import seed_everything
 from trial_worker.storage import load_trial, with_retries
 
 TRACEBACK_TAIL_CHARS = 4000
-CONSTRAINTS_KEY = "constraints"  # the system attribute Optuna's samplers read constraints from
+CONSTRAINTS_PREFIX = "constraints:"  # trial.set_constraint's system attributes, read by Optuna 5's samplers
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Outcome:
     values: list[float] | None = None
     message: str | None = None
     detail: str | None = None
-    constraints: list[float] | None = None
+    constraints: dict[str, float] | None = None
 
 
 def run_assignment(assignment: Assignment) -> TrialReport:
@@ -95,7 +95,7 @@ def _run_objective(assignment: Assignment, trial: optuna.Trial) -> Outcome:
         if result.failure is not None:
             return Outcome(TrialState.FAIL, result.failure, message=result.message)
         values = [result.values[name] for name in metric_names]
-        constraints = [result.values[name] for name in assignment.constraints]
+        constraints = {name: result.values[name] for name in assignment.constraints}
         return _checked(values, len(metric_names), constraints)
 
     try:
@@ -119,20 +119,25 @@ def _run_objective(assignment: Assignment, trial: optuna.Trial) -> Outcome:
             message=f"{type(exc).__name__}: {exc}",
             detail=_traceback_tail(),
         )
-    constraints: list[float] = []
+    bounds: dict[str, float] = {}
+    stored = trial.storage.get_trial_system_attrs(trial._trial_id) if assignment.constraints else {}
     for name in assignment.constraints:
-        value = trial.user_attrs.get(name)
+        # trial.set_constraint(name, v) (Optuna 5) or trial.set_user_attr(name, v) both work.
+        value = stored.get(CONSTRAINTS_PREFIX + name, trial.user_attrs.get(name))
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             return Outcome(
                 TrialState.FAIL,
                 ExitCode.INVALID_VALUE,
-                message=f"no value for constraint {name!r}: call trial.set_user_attr({name!r}, value)",
+                message=f"no value for constraint {name!r}: call trial.set_constraint({name!r}, value)",
             )
-        constraints.append(float(value))
-    return _checked(returned, len(metric_names), constraints)
+        bounds[name] = float(value)
+    return _checked(returned, len(metric_names), bounds)
 
 
-def _checked(returned: Any, expected: int, constraints: list[float]) -> Outcome:
+def _checked(returned: Any, expected: int, constraints: dict[str, float]) -> Outcome:
+    for name, bound in constraints.items():
+        if not math.isfinite(bound):
+            return _invalid(f"constraint {name!r} is {bound}; constraint values must be finite")
     if returned is None:
         return _invalid("the objective returned None")
     values: Sequence[Any] = returned if isinstance(returned, Sequence) and not isinstance(returned, str) else [returned]
@@ -162,8 +167,9 @@ def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> None:
         if outcome.message or outcome.detail:
             detail = "\n".join(p for p in (outcome.message, outcome.detail) if p)
             storage.set_trial_user_attr(trial._trial_id, ATTR_DETAIL, detail[-TRACEBACK_TAIL_CHARS:])
-    if outcome.constraints is not None:
-        storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_KEY, outcome.constraints)
+    for name, bound in (outcome.constraints or {}).items():
+        # What trial.set_constraint stores, written directly so a retried tell stays idempotent.
+        storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_PREFIX + name, bound)
     current = storage.get_trial(trial._trial_id).state
     if current.is_finished():
         return  # already told (a retried tell whose first attempt reached the database)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from typing import IO
 
 from pydantic import ValidationError
 
+from trial_worker.command import RunningCommand
 from trial_worker.contract import Assignment, ExitCode, TrialReport
 from trial_worker.run import run_assignment
 
@@ -19,8 +22,10 @@ REPORT_FD_ENV = "TUNEFLEET_REPORT_FD"
 def serve(lines: IO[str], reports: IO[str]) -> int:
     """Read one assignment per line, run it, write one :class:`TrialReport` line per trial.
 
-    Returns when ``lines`` ends (the runner closed our stdin).
+    Returns when ``lines`` ends (the runner closed our stdin). Exits at once if the runner dies,
+    so no orphaned worker keeps running a trial that the next run will mark lost and retry.
     """
+    _exit_with_parent()
     for line in lines:
         if not line.strip():
             continue
@@ -34,6 +39,18 @@ def serve(lines: IO[str], reports: IO[str]) -> int:
         reports.write(report.model_dump_json() + "\n")
         reports.flush()
     return 0
+
+
+def _exit_with_parent(poll_s: float = 0.5) -> None:
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        RunningCommand.terminate(grace_s=2.0)
+        os._exit(int(ExitCode.STORAGE_UNAVAILABLE))
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def report_stream() -> IO[str]:

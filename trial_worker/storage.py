@@ -39,11 +39,14 @@ def load_trial(
         # Parameters the spec did not declare are sampled in place, reproducibly per trial.
         sampler=optuna.samplers.RandomSampler(seed=assignment.seed),
     )
-    trial_id = storage.get_trial_id_from_study_id_trial_number(
-        study._study_id, assignment.trial_number
-    )
-    state = storage.get_trial(trial_id).state
-    return study, optuna.Trial(study, trial_id), state
+    # Reading the trials through the study registers them with Optuna's storage cache, which
+    # suggesting an undeclared parameter needs; later reads (the pruner's) are incremental.
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    mine = next((t for t in running if t.number == assignment.trial_number), None)
+    if mine is None:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, assignment.trial_number)
+        return study, optuna.Trial(study, trial_id), storage.get_trial(trial_id).state
+    return study, optuna.Trial(study, mine._trial_id), mine.state
 
 
 def with_retries(action: Any, attempts: int = 8, first_delay_s: float = 0.5) -> Any:

@@ -1,4 +1,8 @@
-"""``trials.csv``: one row per trial with state, values, params, duration, charges and reason."""
+"""``trials.csv``: one row per trial with state, values, params, duration, charges and reason.
+
+``kind`` is ``search`` or ``confirm``; a confirmation run names the search trial it repeats in
+``confirm_of``.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from trial_worker.contract import ATTR_REASON
 def trial_columns(metrics: list[str], params: list[str]) -> list[str]:
     return [
         "number",
+        "kind",
+        "confirm_of",
         "state",
         *metrics,
         *(f"param_{p}" for p in params),
@@ -25,9 +31,14 @@ def trial_columns(metrics: list[str], params: list[str]) -> list[str]:
 
 
 def write_trials_csv(
-    path: Path, trials: list[FrozenTrial], metrics: list[str], charges: dict[int, Charge]
+    path: Path,
+    trials: list[FrozenTrial],
+    metrics: list[str],
+    charges: dict[int, Charge],
+    confirm_of: dict[int, int] | None = None,
 ) -> None:
     """Write every trial; parameters a trial did not use (conditional ones) stay empty."""
+    confirm_of = confirm_of or {}
     params = sorted({name for t in trials for name in t.params})
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -39,6 +50,8 @@ def write_trials_csv(
             writer.writerow(
                 [
                     trial.number,
+                    "confirm" if trial.number in confirm_of else "search",
+                    confirm_of.get(trial.number, ""),
                     trial.state.name,
                     *("" if v is None else repr(float(v)) for v in values),
                     *(_cell(trial.params.get(p)) for p in params),

@@ -286,9 +286,7 @@ def study_crd() -> Schema:
             "budget": {
                 "type": "object",
                 PRESERVE_UNKNOWN: True,
-                "properties": {
-                    "summary": {"type": "string", "description": "GPU-hours used / budget."}
-                },
+                "properties": {"summary": {"type": "string", "description": "GPU-hours used / budget."}},
             },
         }
     )
@@ -354,8 +352,18 @@ def build_crds() -> list[Schema]:
 
 
 # Keywords an apiextensions.k8s.io/v1 schema may not use at all.
-_FORBIDDEN_KEYWORDS = ("$ref", "$defs", "definitions", "dependencies", "patternProperties", "id",
-                       "$schema", "const", "oneOf", "discriminator")
+_FORBIDDEN_KEYWORDS = (
+    "$ref",
+    "$defs",
+    "definitions",
+    "dependencies",
+    "patternProperties",
+    "id",
+    "$schema",
+    "const",
+    "oneOf",
+    "discriminator",
+)
 
 
 def structural_problems(schema: Schema, path: str = "") -> list[str]:

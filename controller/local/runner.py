@@ -14,18 +14,36 @@ import optuna
 import structlog
 from optuna.trial import FrozenTrial
 
+from controller.budget.accounting import worst_case
 from controller.budget.ledger import Charge, Ledger
+from controller.budget.slots import CUDA_VISIBLE_DEVICES, GpuSlots
+from controller.budget.views import study_budget_view
 from controller.local.progress import StudyProgress
 from controller.local.workers import LocalWorker, WorkerEvent
 from controller.planner import BudgetView, Observation, Plan, StopReason, decide, summarize
+from controller.planner.confirmation import (
+    ATTR_CONFIRM_OF,
+    ATTR_CONFIRM_WARNING,
+    CONFIRM_KIND,
+    budget_warning,
+)
 from controller.planner.summary import StudySummary
 from controller.spec import StudyManifest, StudySpec
-from controller.strategies import build_sampler, choose_strategy
-from controller.studies.asking import ask_new_trial, start_retry
+from controller.strategies import Spent
+from controller.strategies.live import LiveStrategy
+from controller.strategies.warmstart import apply_warm_start
+from controller.studies.asking import ask_new_trial, start_retry, trial_seed
 from controller.studies.observe import fail_trial, observe_trials
-from controller.studies.record import ATTR_STARTED_AT, ATTR_STOP_REASON, record_study, spec_hash
+from controller.studies.record import (
+    ATTR_STARTED_AT,
+    ATTR_STOP_REASON,
+    record_local_run,
+    record_study,
+    spec_hash,
+)
 from controller.studies.storage import create_or_load_study, open_storage, resolve_storage_url
 from trial_worker.contract import (
+    ATTR_KIND,
     ATTR_SEED,
     Assignment,
     CommandObjective,
@@ -83,6 +101,11 @@ class LocalRunner:
         self.name = manifest.metadata.name
         self.storage_url = resolve_storage_url(options.storage_url, self.spec.storage.url, self.name)
         self.parallelism = options.parallel or self.spec.parallelism
+        # gpus: k -> each worker owns k of this machine's GPUs; no more trials than slots at once.
+        self._gpu_slots = GpuSlots.for_trial(self.spec.trial.gpus)
+        self._worker_slots: dict[int, str] = {}
+        if self._gpu_slots is not None:
+            self.parallelism = min(self.parallelism, self._gpu_slots.capacity)
         self._clock = clock
         self._events: queue.Queue[WorkerEvent] = queue.Queue()
         self._workers: dict[int, LocalWorker] = {}
@@ -98,22 +121,22 @@ class LocalRunner:
     def _open(self) -> tuple[optuna.Study, Ledger]:
         storage = open_storage(self.storage_url)
         seed = self.spec.strategy.seed if self.spec.strategy.seed is not None else random.randrange(2**31)
-        choice = choose_strategy(self.spec)
+        self._strategy = strategy = LiveStrategy(self.spec, seed)
         study = create_or_load_study(
             storage,
             self.name,
             self.spec.objective.directions,
-            sampler=build_sampler(choice.sampler, self.spec, seed),
+            sampler=strategy.build_sampler(),
         )
-        attrs = record_study(study, self.spec, seed, choice, self._clock())
+        attrs = record_study(study, self.spec, seed, strategy.choice, self._clock())
+        record_local_run(study, self.options.workdir)
         if attrs.get("tunefleet.spec_hash") != spec_hash(self.spec):
             log.warning("the spec changed since this study began; the first record is kept", study=self.name)
         self._study_seed = int(attrs.get("tunefleet.study_seed", seed))
         if self._study_seed != seed:
-            study.sampler = build_sampler(choice.sampler, self.spec, self._study_seed)
+            study.sampler = strategy.build_sampler(self._study_seed)
         self._started_at = float(attrs.get(ATTR_STARTED_AT, self._clock()))
-        self._pruner = PrunerConfig(name=choice.pruner if choice.pruner != "auto" else "none",  # type: ignore[arg-type]
-                                    settings=self.spec.strategy.prunerSettings)
+        apply_warm_start(study, self.spec)
         ledger = Ledger(self.storage_url)
         budget = self.spec.budget
         ledger.set_study_limits(
@@ -122,6 +145,11 @@ class LocalRunner:
             cpu_seconds=int(budget.cpuHours * 3600) if budget.cpuHours else None,
         )
         self._settle_leftovers(study, ledger)
+        self._ledger = ledger
+        warning = budget_warning(self.spec, self._budget_view())
+        if warning is not None and ATTR_CONFIRM_WARNING not in study.user_attrs:
+            log.warning("confirmation does not fit the budget", study=self.name, detail=warning)
+            study.set_user_attr(ATTR_CONFIRM_WARNING, warning)
         return study, ledger
 
     def _settle_leftovers(self, study: optuna.Study, ledger: Ledger) -> None:
@@ -149,7 +177,13 @@ class LocalRunner:
                 try:
                     trials, views = observe_trials(study)
                     progress.update(summarize(self.spec, views))
-                    plan = decide(self.spec, self._observation(views))
+                    self._strategy.refresh(study, trials, self._spent())
+                    plan = decide(
+                        self.spec,
+                        self._observation(views),
+                        _confirmation_sources(trials),
+                        converged=self._strategy.converged,
+                    )
                     self._execute(study, plan, trials)
                     if plan.finished:
                         break
@@ -166,12 +200,13 @@ class LocalRunner:
         reason = plan.stop or StopReason.INTERRUPTED
         study.set_user_attr(ATTR_STOP_REASON, reason.value)
         ledger.close()
+        search = [t for t in trials if t.number not in _confirmation_sources(trials)]
         return RunResult(
             study_name=self.name,
             storage_url=self.storage_url,
             stop_reason=reason,
             summary=summary,
-            best=study.best_trial if not self.spec.is_multi_objective and summary.complete else None,
+            best=_best_of(self.spec, search) if not self.spec.is_multi_objective else None,
             pareto=study.best_trials if self.spec.is_multi_objective and summary.complete else [],
             elapsed_s=time.monotonic() - began,
         )
@@ -187,17 +222,16 @@ class LocalRunner:
             parallelism_override=self.parallelism,
         )
 
+    def _spent(self) -> Spent:
+        settled = self._ledger.totals(self.name).settled
+        return Spent(settled.gpu_seconds, settled.cpu_seconds, self._clock() - self._started_at)
+
     def _budget_view(self) -> BudgetView | None:
-        totals = self._ledger.totals(self.name)
-        worst = self._charge(self.spec.trial.maxDuration + LOCAL_GRACE_S)
-        views = []
-        if totals.gpu_seconds_limit is not None and worst.gpu_seconds > 0:
-            views.append(BudgetView(totals.gpu_seconds_limit, totals.settled.gpu_seconds,
-                                    totals.reserved.gpu_seconds, worst.gpu_seconds))
-        if totals.cpu_seconds_limit is not None:
-            views.append(BudgetView(totals.cpu_seconds_limit, totals.settled.cpu_seconds,
-                                    totals.reserved.cpu_seconds, worst.cpu_seconds))
-        return min(views, key=lambda v: v.affordable) if views else None
+        return study_budget_view(self._ledger.totals(self.name), self._worst_case())
+
+    def _worst_case(self) -> Charge:
+        trial = self.spec.trial
+        return worst_case(trial.gpus, trial.cpus, trial.maxDuration, LOCAL_GRACE_S)
 
     def _charge(self, seconds: float) -> Charge:
         return Charge.for_run(self.spec.trial.gpus, self.spec.trial.cpus, seconds)
@@ -212,6 +246,8 @@ class LocalRunner:
             self._dispatch(study, start_retry(study, by_number[number]))
         for _ in range(plan.start_new):
             self._dispatch(study, ask_new_trial(study, self.spec.searchSpace, self._study_seed))
+        for source in plan.confirm:
+            self._dispatch(study, _start_confirmation(study, by_number[source], self._study_seed))
         for number in plan.drain:
             flight = self._inflight.pop(number)
             flight.worker.kill()
@@ -221,7 +257,7 @@ class LocalRunner:
 
     def _dispatch(self, study: optuna.Study, trial: optuna.Trial) -> None:
         key = f"{self.name}/{trial.number}"
-        worst = self._charge(self.spec.trial.maxDuration + LOCAL_GRACE_S)
+        worst = self._worst_case()
         if not self._ledger.reserve(key, self.name, trial.number, worst):
             fail_trial(study, trial.number, "budget", "the budget could not cover this trial's worst case")
             return
@@ -244,7 +280,10 @@ class LocalRunner:
             objective=objective,
             metrics=[MetricDirection(name=m.name, direction=m.direction) for m in self.spec.objective.metrics],
             constraints=self.spec.objective.constraints,
-            pruner=self._pruner,
+            # A confirmation run measures the full value: never pruned.
+            pruner=(
+                PrunerConfig() if trial.user_attrs.get(ATTR_KIND) == CONFIRM_KIND else self._strategy.pruner
+            ),
             seed=int(trial.user_attrs.get(ATTR_SEED, 0)),
             max_duration_s=entry.maxDuration,
             deterministic=self.spec.reproducibility.deterministic,
@@ -260,12 +299,22 @@ class LocalRunner:
             self._events,
             self.log_dir / f"worker-{worker_id}.log",
             self.options.workdir,
-            {"TUNEFLEET_LOG_FORMAT": "json"},
+            {"TUNEFLEET_LOG_FORMAT": "json", **self._take_gpu_slot(worker_id)},
         )
         self._workers[worker_id] = worker
         return worker
 
+    def _take_gpu_slot(self, worker_id: int) -> dict[str, str]:
+        if self._gpu_slots is None:
+            return {}
+        slot = self._worker_slots[worker_id] = self._gpu_slots.take()
+        return {CUDA_VISIBLE_DEVICES: slot}
+
     def _forget_worker(self, worker: LocalWorker) -> None:
+        slot = self._worker_slots.pop(worker.worker_id, None)
+        if slot is not None and self._gpu_slots is not None:
+            self._gpu_slots.give_back(slot)
+        worker.retire()
         self._workers.pop(worker.worker_id, None)
         if worker in self._idle:
             self._idle.remove(worker)
@@ -313,7 +362,8 @@ class LocalRunner:
             return
         if report.exit_code == ExitCode.STORAGE_UNAVAILABLE:
             fail_trial(study, report.trial_number, "storageUnavailable", report.reason)
-        self._settle(flight, report.duration_s)
+        # Charged for the wall time its slot was held, from dispatch to report.
+        self._settle(flight, time.monotonic() - flight.started)
         if worker is None:
             return
         worker.trial_number = None
@@ -349,6 +399,48 @@ class LocalRunner:
                 worker.kill()
         self._workers.clear()
         self._idle.clear()
+
+
+def _confirmation_sources(trials: list[FrozenTrial]) -> dict[int, int]:
+    """Confirmation trial number -> the search trial whose configuration it repeats."""
+    return {
+        t.number: int(t.user_attrs[ATTR_CONFIRM_OF])
+        for t in trials
+        if t.user_attrs.get(ATTR_KIND) == CONFIRM_KIND and ATTR_CONFIRM_OF in t.user_attrs
+    }
+
+
+def _start_confirmation(study: optuna.Study, source: FrozenTrial, study_seed: int) -> optuna.Trial:
+    """A RUNNING trial with ``source``'s params, marked as a confirmation run, with its own seed."""
+    import datetime
+
+    template = FrozenTrial(
+        number=-1,
+        state=optuna.trial.TrialState.RUNNING,
+        value=None,
+        values=None,
+        datetime_start=datetime.datetime.now(),
+        datetime_complete=None,
+        params=dict(source.params),
+        distributions=dict(source.distributions),
+        user_attrs={ATTR_KIND: CONFIRM_KIND, ATTR_CONFIRM_OF: source.number},
+        system_attrs={},
+        intermediate_values={},
+        trial_id=-1,
+    )
+    storage = study._storage
+    trial_id = storage.create_new_trial(study._study_id, template_trial=template)
+    trial = optuna.Trial(study, trial_id)
+    trial.set_user_attr(ATTR_SEED, trial_seed(study_seed, trial.number))
+    return trial
+
+
+def _best_of(spec: StudySpec, trials: list[FrozenTrial]) -> FrozenTrial | None:
+    completed = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.values]
+    if not completed:
+        return None
+    sign = -1.0 if spec.objective.metrics[0].direction == "maximize" else 1.0
+    return min(completed, key=lambda t: (sign * t.values[0], t.number))
 
 
 def _reason_for_exit(code: int) -> str:

@@ -73,8 +73,8 @@ class LocalWorker:
         if self._process.stdin is not None and not self._process.stdin.closed:
             try:
                 self._process.stdin.close()
-            except BrokenPipeError:
-                pass
+            except OSError:
+                pass  # the worker is already gone
 
     def kill(self) -> None:
         """Stop the worker and everything it started, now."""
@@ -82,6 +82,7 @@ class LocalWorker:
             os.killpg(self._process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        self.retire()
 
     def wait(self, timeout: float | None = None) -> int | None:
         try:

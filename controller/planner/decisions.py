@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from controller.planner.confirmation import confirmation_step, runs_still_needed
 from controller.planner.observation import Observation, StopReason, TrialView
 from controller.spec import StudySpec
 
@@ -13,9 +15,11 @@ UNLIMITED = 1 << 62
 
 @dataclass(frozen=True)
 class Plan:
-    """The actions of one reconcile, executed in this order: mark lost, retry, start, drain.
+    """The actions of one reconcile, executed in this order: mark lost, retry, start, confirm, drain.
 
     ``finished`` means the study is over: it has a stop reason and nothing is in flight.
+    ``confirm`` holds one source trial number per confirmation run to start (see
+    :mod:`controller.planner.confirmation`); ``confirming`` is set while that phase runs.
     """
 
     mark_lost: tuple[int, ...] = ()
@@ -27,26 +31,49 @@ class Plan:
     finished: bool = False
     suspended: bool = False
     waiting_for_budget: bool = False
+    budget_waiting: bool = False  # BudgetWaiting: the namespace's GPUBudget refills next period
+    confirm: tuple[int, ...] = ()
+    confirming: bool = False
 
 
-def decide(spec: StudySpec, observation: Observation) -> Plan:
-    """Decide the next actions for a study from what was observed (a pure function)."""
+def decide(
+    spec: StudySpec,
+    observation: Observation,
+    confirm_of: Mapping[int, int] | None = None,
+    *,
+    converged: bool = False,
+) -> Plan:
+    """Decide the next actions for a study from what was observed (a pure function).
+
+    ``confirm_of`` maps each confirmation trial's number to the search trial it repeats; those
+    trials are left out of the search's counts and stop conditions. ``converged`` is the verdict
+    of Optuna's terminator (``strategy.terminator``), judged by the caller: the study stops as
+    ``Converged``.
+    """
+    confirm_of = confirm_of or {}
     live = observation.live
     lost = tuple(t.number for t in observation.trials if t.state == "RUNNING" and t.number not in live)
     trials = [
         dataclasses.replace(t, state="FAIL", reason="lost") if t.number in lost else t
         for t in observation.trials
     ]
+    all_trials = trials
+    trials = [t for t in trials if t.number not in confirm_of]
     pending_retries = _pending_retries(trials, spec.trial.maxRetries)
-    stop = _stop_reason(spec, observation, trials, has_pending_retries=bool(pending_retries))
+    stop = _stop_reason(
+        spec, observation, trials, has_pending_retries=bool(pending_retries), converged=converged
+    )
 
+    if stop is not None and stop is not StopReason.INTERRUPTED and spec.confirm is not None:
+        return _confirm(spec, observation, all_trials, confirm_of, stop, lost)
     if stop is not None:
-        drain = tuple(sorted(live)) if stop is StopReason.INTERRUPTED else ()
+        drain_reason = _drain_reason(spec, stop)
+        drain = tuple(sorted(live)) if drain_reason else ()
         return Plan(
             mark_lost=lost,
             stop=stop,
             drain=drain,
-            drain_reason="interrupted" if drain else None,
+            drain_reason=drain_reason if drain else None,
             finished=not live,
         )
     if spec.suspend:
@@ -54,7 +81,10 @@ def decide(spec: StudySpec, observation: Observation) -> Plan:
 
     parallelism = observation.parallelism_override or spec.parallelism
     slots = max(0, parallelism - len(live))
-    affordable = observation.budget.affordable if observation.budget is not None else UNLIMITED
+    affordable = _affordable(observation)
+    if observation.limiting_budget is not None:
+        # The confirmation runs' worst case stays reserved for after the search.
+        affordable = max(0, affordable - runs_still_needed(spec, all_trials, confirm_of))
     retry = tuple(t.number for t in pending_retries[: min(slots, affordable)])
     slots -= len(retry)
     affordable -= len(retry)
@@ -68,14 +98,20 @@ def decide(spec: StudySpec, observation: Observation) -> Plan:
     start_new = max(0, min(slots, affordable, remaining_trials, remaining_space))
 
     blocked_by_budget = (
-        observation.budget is not None
-        and observation.budget.affordable == 0
+        observation.limiting_budget is not None
+        and affordable == 0
         and not retry
         and start_new == 0
         and (pending_retries or remaining_trials > 0)
     )
     if blocked_by_budget:
+        limiting = observation.limiting_budget
+        if limiting is not None and limiting.refills and limiting is observation.namespace_budget:
+            # The namespace's periodic GPUBudget is empty: wait for the next period (BudgetWaiting).
+            return Plan(mark_lost=lost, waiting_for_budget=True, budget_waiting=True)
         if not live:
+            if spec.confirm is not None:
+                return _confirm(spec, observation, all_trials, confirm_of, StopReason.BUDGET_EXHAUSTED, lost)
             return Plan(mark_lost=lost, stop=StopReason.BUDGET_EXHAUSTED, finished=True)
         if spec.budget.onExhausted == "drain":
             return Plan(
@@ -86,6 +122,45 @@ def decide(spec: StudySpec, observation: Observation) -> Plan:
             )
         return Plan(mark_lost=lost, waiting_for_budget=True)
     return Plan(mark_lost=lost, retry=retry, start_new=start_new)
+
+
+def _confirm(
+    spec: StudySpec,
+    observation: Observation,
+    trials: list[TrialView],
+    confirm_of: Mapping[int, int],
+    stop: StopReason,
+    lost: tuple[int, ...],
+) -> Plan:
+    """The search has stopped: run the confirmation phase, then finish."""
+    live = observation.live
+    parallelism = observation.parallelism_override or spec.parallelism
+    affordable = _affordable(observation)
+    step = confirmation_step(
+        spec, trials, confirm_of, live, slots=max(0, parallelism - len(live)), affordable=affordable
+    )
+    return Plan(
+        mark_lost=lost,
+        stop=stop,
+        confirm=step.start,
+        confirming=not step.finished,
+        finished=step.finished,
+    )
+
+
+def _affordable(observation: Observation) -> int:
+    """Trials that still fit in both the study's and the namespace's budget."""
+    limiting = observation.limiting_budget
+    return limiting.affordable if limiting is not None else UNLIMITED
+
+
+def _drain_reason(spec: StudySpec, stop: StopReason) -> str | None:
+    """Running trials stop now on an interrupt, and at the deadline under ``onExhausted: drain``."""
+    if stop is StopReason.INTERRUPTED:
+        return "interrupted"
+    if stop is StopReason.DEADLINE and spec.budget.onExhausted == "drain":
+        return "deadline"
+    return None
 
 
 def _pending_retries(trials: list[TrialView], max_retries: int) -> list[TrialView]:
@@ -102,8 +177,16 @@ def _pending_retries(trials: list[TrialView], max_retries: int) -> list[TrialVie
     )
 
 
+IMPORTED_REASON = "imported"  # warmStart.fromStudy copies: they inform the sampler, cost nothing
+
+
+def _own(trials: list[TrialView]) -> list[TrialView]:
+    """The trials this study ran (imported ones count for the grid, not for limits or stops)."""
+    return [t for t in trials if t.reason != IMPORTED_REASON]
+
+
 def _logical_started(trials: list[TrialView]) -> set[int]:
-    return {t.logical for t in trials if t.state != "WAITING"}
+    return {t.logical for t in _own(trials) if t.state != "WAITING"}
 
 
 def _distinct_configs(trials: list[TrialView]) -> int:
@@ -113,16 +196,22 @@ def _distinct_configs(trials: list[TrialView]) -> int:
 
 
 def _stop_reason(
-    spec: StudySpec, observation: Observation, trials: list[TrialView], has_pending_retries: bool
+    spec: StudySpec,
+    observation: Observation,
+    trials: list[TrialView],
+    has_pending_retries: bool,
+    converged: bool = False,
 ) -> StopReason | None:
     if observation.interrupted:
         return StopReason.INTERRUPTED
-    if _goal_reached(spec, trials):
+    if _goal_reached(spec, _own(trials)):
         return StopReason.GOAL
     deadline = spec.budget.deadline
     if deadline is not None and observation.now - observation.started_at >= deadline:
         return StopReason.DEADLINE
-    if spec.budget.patience is not None and _stalled_for(spec, trials) >= spec.budget.patience:
+    if spec.budget.patience is not None and _stalled_for(spec, _own(trials)) >= spec.budget.patience:
+        return StopReason.CONVERGED
+    if converged:
         return StopReason.CONVERGED
     if has_pending_retries:
         return None

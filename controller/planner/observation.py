@@ -66,6 +66,7 @@ class BudgetView:
     settled: int
     reserved: int
     worst_case: int
+    refills: bool = False  # a periodic GPUBudget: when empty, wait for the next period
 
     @property
     def affordable(self) -> int:
@@ -89,3 +90,10 @@ class Observation:
     budget: BudgetView | None = None
     interrupted: bool = False
     parallelism_override: int | None = None
+    namespace_budget: BudgetView | None = None
+
+    @property
+    def limiting_budget(self) -> BudgetView | None:
+        """The study's or the namespace's budget, whichever fits fewer trials (the study's on a tie)."""
+        views = [v for v in (self.budget, self.namespace_budget) if v is not None]
+        return min(views, key=lambda v: v.affordable) if views else None

@@ -95,6 +95,29 @@ class Strategy(_Strict):
         default=False, description="Also stop when Optuna's terminator judges the study converged."
     )
 
+    @model_validator(mode="after")
+    def _check_settings(self) -> Strategy:
+        # Checked against the installed Optuna's constructor signatures (controller.strategies).
+        from controller.strategies.settings import SettingError, check_sampler_settings, pruner_options
+
+        for field, name, settings in (
+            ("settings", self.sampler, self.settings),
+            ("prunerSettings", self.pruner, self.prunerSettings),
+        ):
+            if not settings:
+                continue
+            if name == "auto":
+                kind = "sampler" if field == "settings" else "pruner"
+                raise field_error(field, f"settings need a named {kind}; auto chooses one with its defaults")
+            try:
+                if field == "settings":
+                    check_sampler_settings(name, settings)
+                else:
+                    pruner_options(name, settings)
+            except SettingError as error:
+                raise field_error(f"{field}.{error.key}" if error.key else field, error.message) from None
+        return self
+
 
 class Budget(_Strict):
     """Limits on the study; any subset. gpuHours and cpuHours are hard caps."""
@@ -229,6 +252,7 @@ class StudySpec(_Strict):
                     )
         if self.budget.patience is not None and len(self.objective.metrics) > 1:
             raise field_error("budget.patience", "patience applies to single-objective studies")
+        _check_strategy_fits_objective(self)
         return self
 
     @property
@@ -238,16 +262,32 @@ class StudySpec(_Strict):
     def space_size(self) -> int | None:
         """Distinct configurations in the space, or None if any parameter is continuous.
 
-        Conditional parameters count as if always active, an upper bound that is exact for
-        unconditional spaces.
+        Exact for conditional spaces too: a parameter only varies where its condition holds.
         """
-        size = 1
-        for param in self.searchSpace.values():
-            points = param.grid_points()
-            if points is None:
-                return None
-            size *= points
-        return size
+        from controller.strategies.grid import count_configurations
+
+        return count_configurations(self.searchSpace)
+
+
+def _check_strategy_fits_objective(spec: StudySpec) -> None:
+    strategy = spec.strategy
+    several = spec.is_multi_objective
+    if several and strategy.sampler == "cmaes":
+        raise field_error("strategy.sampler", "cmaes optimizes a single metric; use nsga2, nsga3 or motpe")
+    if not several and strategy.sampler in ("motpe", "nsga2", "nsga3"):
+        raise field_error(
+            "strategy.sampler", f"{strategy.sampler} is for several metrics; with one, use tpe, gp or cmaes"
+        )
+    if several and strategy.pruner not in ("auto", "none"):
+        raise field_error("strategy.pruner", "Optuna prunes single-objective studies only; use none")
+    if several and strategy.terminator:
+        raise field_error("strategy.terminator", "the terminator judges single-objective studies only")
+    if strategy.sampler == "grid":
+        from controller.strategies.grid import MAX_GRID_POINTS, product_size
+
+        size = product_size(spec.searchSpace)
+        if size is not None and size > MAX_GRID_POINTS:
+            raise field_error("strategy.sampler", f"the grid has {size} points; at most {MAX_GRID_POINTS} are supported")
 
 
 def _check_conditions(space: dict[str, FloatParam | IntParam | CategoricalParam]) -> None:

@@ -1,8 +1,28 @@
-"""Samplers and pruners: resolving ``auto`` and building Optuna objects from the spec."""
+"""Search strategies: samplers, pruners, ``auto`` by budget, warm start, convergence, Pareto sets."""
 
 from __future__ import annotations
 
-from controller.strategies.choice import StrategyChoice, choose_strategy
+from controller.strategies.choice import (
+    Affordability,
+    Spent,
+    StrategyChoice,
+    TrialCost,
+    affordable_trials,
+    choose_strategy,
+    trial_cost,
+)
+from controller.strategies.pareto import feasible_pareto_front, is_feasible
 from controller.strategies.samplers import build_sampler
 
-__all__ = ["StrategyChoice", "build_sampler", "choose_strategy"]
+__all__ = [
+    "Affordability",
+    "Spent",
+    "StrategyChoice",
+    "TrialCost",
+    "affordable_trials",
+    "build_sampler",
+    "choose_strategy",
+    "feasible_pareto_front",
+    "is_feasible",
+    "trial_cost",
+]

@@ -1,10 +1,69 @@
-"""Resolving ``sampler: auto`` and ``pruner: auto`` into named strategies, with the reasons."""
+"""``sampler: auto`` and ``pruner: auto``: what the budget affords decides the strategy.
+
+Pure functions of the spec and of numbers the caller observed (trial durations, what was spent),
+so the planner side, the operator and ``tunefleet plan`` all reach the same choice. The
+thresholds are documented in docs/strategies.md and tested on both sides of each.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
-from controller.spec import StudySpec
+from controller.spec import CategoricalParam, StudySpec
+from controller.strategies.grid import count_configurations
+
+RANDOM_BELOW = 20
+"""Fewer affordable trials than this: random search (a model cannot learn from so few)."""
+MODEL_BAND_BELOW = 100
+"""Below this, GP for small continuous spaces with expensive trials, and MOTPE over NSGA-II."""
+GP_MAX_PARAMS = 8
+GP_MIN_TRIAL_SECONDS = 60.0
+"""A trial this long makes GP's own seconds of fitting per trial negligible."""
+HYPERBAND_MIN_TRIALS = RANDOM_BELOW
+"""Hyperband needs enough trials to fill its brackets; below, median pruning."""
+
+CostBasis = Literal["expectedDuration", "measured", "maxDuration"]
+
+
+@dataclass(frozen=True)
+class TrialCost:
+    """Wall seconds one trial is expected to take, and where the figure comes from."""
+
+    seconds: float
+    basis: CostBasis
+
+
+@dataclass(frozen=True)
+class Spent:
+    """What the study used so far (zero at creation)."""
+
+    gpu_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    elapsed_s: float = 0.0
+    trials_started: int = 0
+
+
+@dataclass(frozen=True)
+class Affordability:
+    """How many trials the study can run in all (``trials`` None: no limit) and per limit."""
+
+    trials: int | None
+    limits: dict[str, int]
+    cost: TrialCost
+
+    def describe(self) -> str:
+        basis = {
+            "expectedDuration": "trial.expectedDuration",
+            "measured": "measured from finished trials",
+            "maxDuration": "trial.maxDuration, the worst case, until trials finish",
+        }[self.cost.basis]
+        per_limit = ", ".join(f"{name}: {count}" for name, count in self.limits.items())
+        head = "no limit on trials" if self.trials is None else f"the budget affords {self.trials} trials"
+        limits = per_limit or "no budget, maxTrials or deadline"
+        return f"{head} ({limits}; ~{self.cost.seconds:.0f} s per trial, {basis})"
 
 
 @dataclass(frozen=True)
@@ -14,33 +73,126 @@ class StrategyChoice:
     sampler: str
     pruner: str
     reasons: tuple[str, ...] = field(default_factory=tuple)
+    affordable_trials: int | None = None
 
 
-def choose_strategy(spec: StudySpec, affordable_trials: int | None = None) -> StrategyChoice:
-    """Resolve ``auto`` names from the spec (a pure function; explicit names are kept)."""
-    reasons: list[str] = []
-    sampler = spec.strategy.sampler
+def trial_cost(spec: StudySpec, measured_seconds: Sequence[float] = ()) -> TrialCost:
+    """``trial.expectedDuration`` if given, else the mean of finished trials, else maxDuration."""
+    if spec.trial.expectedDuration is not None:
+        return TrialCost(float(spec.trial.expectedDuration), "expectedDuration")
+    durations = [s for s in measured_seconds if s > 0 and math.isfinite(s)]
+    if durations:
+        return TrialCost(sum(durations) / len(durations), "measured")
+    return TrialCost(float(spec.trial.maxDuration), "maxDuration")
+
+
+def affordable_trials(spec: StudySpec, cost: TrialCost, spent: Spent | None = None) -> Affordability:
+    """Trials the study can run in all: those started plus what the remaining budget covers."""
+    spent = spent or Spent()
+    seconds = max(cost.seconds, 1e-3)
+    budget = spec.budget
+    limits: dict[str, int] = {}
+    if budget.maxTrials is not None:
+        limits["maxTrials"] = budget.maxTrials
+    if budget.gpuHours is not None and spec.trial.gpus > 0:
+        left = budget.gpuHours * 3600 - spent.gpu_seconds
+        limits["gpuHours"] = spent.trials_started + _whole(left / (spec.trial.gpus * seconds))
+    if budget.cpuHours is not None:
+        left = budget.cpuHours * 3600 - spent.cpu_seconds
+        limits["cpuHours"] = spent.trials_started + _whole(left / (spec.trial.cpus * seconds))
+    if budget.deadline is not None:
+        left = budget.deadline - spent.elapsed_s
+        limits["deadline"] = spent.trials_started + _whole(left / seconds) * spec.parallelism
+    trials = min(limits.values()) if limits else None
+    return Affordability(trials, limits, cost)
+
+
+def _whole(value: float) -> int:
+    return max(0, math.floor(value + 1e-9))
+
+
+def choose_strategy(
+    spec: StudySpec,
+    affordability: Affordability | None = None,
+    reports_intermediate: bool | None = None,
+) -> StrategyChoice:
+    """Resolve ``auto`` names; explicit names are kept.
+
+    Args:
+        spec: the study.
+        affordability: what the budget affords; by default computed from the spec alone
+            (``expectedDuration``, else ``maxDuration``).
+        reports_intermediate: whether finished trials reported intermediate values (None: no
+            trial has finished yet).
+    """
+    affordability = affordability or affordable_trials(spec, trial_cost(spec))
+    reasons: list[str] = [affordability.describe()]
+    sampler: str = spec.strategy.sampler
     if sampler == "auto":
-        size = spec.space_size()
-        limit = affordable_trials if affordable_trials is not None else spec.budget.maxTrials
-        if spec.is_multi_objective:
-            sampler = "nsga2"
-            reasons.append("several metrics: NSGA-II finds a Pareto front")
-        elif size is not None and limit is not None and size <= limit:
-            sampler = "grid"
-            reasons.append(f"the space is finite ({size} points) and the budget covers all of them")
-        elif limit is not None and limit < 20:
-            sampler = "random"
-            reasons.append(f"only {limit} trials are affordable: too few for a model to help")
-        else:
-            sampler = "tpe"
-            reasons.append("TPE adapts to conditional spaces and parallel workers")
-    pruner = spec.strategy.pruner
+        sampler, why = _auto_sampler(spec, affordability)
+        reasons.append(why)
+    else:
+        reasons.append(f"{sampler}: named in strategy.sampler")
+    pruner: str = spec.strategy.pruner
     if pruner == "auto":
-        if spec.is_multi_objective:
-            pruner = "none"
-            reasons.append("pruning needs a single objective")
-        else:
-            pruner = "median"
-            reasons.append("median pruning stops trials that report worse than most at the same step")
-    return StrategyChoice(sampler=sampler, pruner=pruner, reasons=tuple(reasons))
+        pruner, why = _auto_pruner(spec, sampler, affordability.trials, reports_intermediate)
+        reasons.append(why)
+    else:
+        reasons.append(f"{pruner}: named in strategy.pruner")
+    return StrategyChoice(sampler, pruner, tuple(reasons), affordability.trials)
+
+
+def _auto_sampler(spec: StudySpec, affordability: Affordability) -> tuple[str, str]:
+    limit = affordability.trials
+    size = count_configurations(spec.searchSpace)
+    if size is not None and (limit is None or size <= limit):
+        return "grid", f"grid: the space is finite ({size} configurations) and the budget covers every one"
+    if spec.is_multi_objective:
+        if limit is not None and limit < MODEL_BAND_BELOW:
+            return "motpe", (
+                f"multi-objective TPE: several metrics and fewer than {MODEL_BAND_BELOW} trials, "
+                "too few generations for NSGA-II"
+            )
+        return "nsga2", f"NSGA-II: several metrics and {MODEL_BAND_BELOW}+ trials to evolve a Pareto front"
+    if limit is not None and limit < RANDOM_BELOW:
+        return "random", f"random: fewer than {RANDOM_BELOW} trials are too few for a model to help"
+    if (
+        limit is not None
+        and limit < MODEL_BAND_BELOW
+        and _small_continuous(spec)
+        and affordability.cost.seconds >= GP_MIN_TRIAL_SECONDS
+    ):
+        return "gp", (
+            f"GP: a small continuous space, trials of ~{affordability.cost.seconds:.0f} s and fewer than "
+            f"{MODEL_BAND_BELOW} of them, where a Gaussian process is the most sample-efficient"
+        )
+    band = f"fewer than {MODEL_BAND_BELOW}" if limit is not None and limit < MODEL_BAND_BELOW else "many"
+    return "tpe", f"TPE: {band} trials; multivariate TPE handles conditional spaces and parallel workers"
+
+
+def _small_continuous(spec: StudySpec) -> bool:
+    space = spec.searchSpace
+    return (
+        0 < len(space) <= GP_MAX_PARAMS
+        and not any(isinstance(p, CategoricalParam) for p in space.values())
+        and not any(p.when for p in space.values())
+    )
+
+
+def _auto_pruner(
+    spec: StudySpec, sampler: str, limit: int | None, reports_intermediate: bool | None
+) -> tuple[str, str]:
+    if spec.is_multi_objective:
+        return "none", "no pruning: Optuna prunes single-objective studies only"
+    if sampler == "grid":
+        return "none", "no pruning: a grid evaluates every configuration fully"
+    if reports_intermediate is False:
+        return "none", "no pruning: finished trials reported no intermediate values"
+    if limit is not None and limit < HYPERBAND_MIN_TRIALS:
+        return "median", f"median pruning: under {HYPERBAND_MIN_TRIALS} trials cannot fill Hyperband brackets"
+    if reports_intermediate:
+        return "hyperband", "Hyperband: the objective reports intermediate values, so weak trials stop early"
+    return "hyperband", (
+        "Hyperband, if the objective reports intermediate values (it prunes nothing until "
+        "trials do; revised to none once trials finish without any)"
+    )

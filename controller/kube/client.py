@@ -1,0 +1,202 @@
+"""The few Kubernetes calls the controller makes, on the official client, returning plain dicts.
+
+Responses are read raw (``_preload_content=False``) and parsed as JSON: the controller works on
+dicts like the manifests it builds, and skips the client's slow model deserialization.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import uuid
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from controller.kube.manifests import ACCOUNTING_FINALIZER, GROUP, VERSION
+
+STUDY_PLURAL = "studies"
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+COMPONENT = "tunefleet-controller"
+
+
+def load_api_client(kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
+    """In-cluster config when running in a pod, else the kubeconfig ($KUBECONFIG or ~/.kube/config)."""
+    try:
+        kubernetes.config.load_incluster_config()
+        return kubernetes.client.ApiClient()
+    except kubernetes.config.ConfigException:
+        return kubernetes.config.new_client_from_config(config_file=kubeconfig)
+
+
+def _body(response: Any) -> Any:
+    data = response.data
+    return json.loads(data) if data else {}
+
+
+def status_code(error: ApiException) -> int:
+    return int(error.status or 0)
+
+
+class KubeApi:
+    """Typed wrappers over CoreV1, BatchV1, CustomObjects and CoordinationV1."""
+
+    def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
+        self.api_client = api_client
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.batch = kubernetes.client.BatchV1Api(api_client)
+        self.custom = kubernetes.client.CustomObjectsApi(api_client)
+
+    # -- trial Jobs and pods ------------------------------------------------------------------
+
+    def list_jobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        response = self.batch.list_namespaced_job(namespace, label_selector=selector, _preload_content=False)
+        return list(_body(response).get("items") or [])
+
+    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        response = self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False)
+        return list(_body(response).get("items") or [])
+
+    def list_pods_everywhere(self, selector: str) -> list[dict[str, Any]]:
+        response = self.core.list_pod_for_all_namespaces(label_selector=selector, _preload_content=False)
+        return list(_body(response).get("items") or [])
+
+    def create_job(self, namespace: str, job: dict[str, Any]) -> bool:
+        """Create the Job; False if one of that name exists already (adopted, not duplicated)."""
+        try:
+            self.batch.create_namespaced_job(namespace, job, _preload_content=False)
+        except ApiException as error:
+            if status_code(error) == 409:
+                return False
+            raise
+        return True
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        body = {"propagationPolicy": "Background"}
+        try:
+            self.batch.delete_namespaced_job(name, namespace, body=body, _preload_content=False)
+        except ApiException as error:
+            if status_code(error) != 404:
+                raise
+
+    def remove_accounting_finalizer(self, pod: dict[str, Any]) -> None:
+        """Drop our finalizer with a JSON patch guarded by a test, so others' finalizers survive."""
+        meta = pod["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        if ACCOUNTING_FINALIZER not in finalizers:
+            return
+        remaining = [f for f in finalizers if f != ACCOUNTING_FINALIZER]
+        patch = [
+            {"op": "test", "path": "/metadata/finalizers", "value": finalizers},
+            {"op": "replace", "path": "/metadata/finalizers", "value": remaining},
+        ]
+        try:
+            self.core.patch_namespaced_pod(
+                meta["name"], meta["namespace"], patch, _content_type=JSON_PATCH, _preload_content=False
+            )
+        except ApiException as error:
+            if status_code(error) == 404:
+                return
+            if status_code(error) in (409, 422):  # the finalizers changed meanwhile: reread once
+                fresh = self.read_pod(meta["namespace"], meta["name"])
+                if fresh is not None and fresh is not pod:
+                    self.remove_accounting_finalizer(fresh)
+                return
+            raise
+
+    def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(_body(self.core.read_namespaced_pod(name, namespace, _preload_content=False)))
+        except ApiException as error:
+            if status_code(error) == 404:
+                return None
+            raise
+
+    # -- the Study ----------------------------------------------------------------------------
+
+    def read_study(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            response = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, STUDY_PLURAL, name, _preload_content=False
+            )
+        except ApiException as error:
+            if status_code(error) == 404:
+                return None
+            raise
+        return dict(_body(response))
+
+    def patch_study_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, STUDY_PLURAL, name, {"status": status},
+                _content_type=MERGE_PATCH, _preload_content=False,
+            )
+        except ApiException as error:
+            if status_code(error) != 404:  # deleted meanwhile
+                raise
+
+    def post_event(
+        self, study: dict[str, Any], reason: str, message: str, warning: bool = False
+    ) -> None:
+        """A core/v1 Event on the Study, like ``kubectl describe study`` shows."""
+        meta = study["metadata"]
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "Study",
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid", ""),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": "Warning" if warning else "Normal",
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": COMPONENT,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], event, _preload_content=False)
+        except ApiException:
+            pass  # events are best effort, never a reason to fail a reconcile
+
+    # -- per-namespace prerequisites ----------------------------------------------------------
+
+    def read_secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        import base64
+
+        try:
+            secret = _body(self.core.read_namespaced_secret(name, namespace, _preload_content=False))
+        except ApiException as error:
+            if status_code(error) == 404:
+                return None
+            raise
+        raw = (secret.get("data") or {}).get(key)
+        return base64.b64decode(raw).decode() if raw is not None else None
+
+    def ensure_object(self, manifest: dict[str, Any]) -> None:
+        """Create a namespaced ServiceAccount, Secret or ConfigMap; replace Secret/ConfigMap data."""
+        kind = manifest["kind"]
+        meta = manifest["metadata"]
+        create, replace = {
+            "ServiceAccount": (self.core.create_namespaced_service_account, None),
+            "Secret": (self.core.create_namespaced_secret, self.core.patch_namespaced_secret),
+            "ConfigMap": (self.core.create_namespaced_config_map, self.core.patch_namespaced_config_map),
+        }[kind]
+        try:
+            create(meta["namespace"], manifest, _preload_content=False)
+        except ApiException as error:
+            if status_code(error) != 409:
+                raise
+            if replace is not None:
+                patch = {k: v for k, v in manifest.items() if k in ("data", "stringData")}
+                replace(meta["name"], meta["namespace"], patch, _content_type=MERGE_PATCH, _preload_content=False)

@@ -1,0 +1,172 @@
+"""The cluster subcommands of ``tunefleet``: ``controller``, ``render`` and ``release-finalizers``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+from urllib.parse import unquote
+
+import yaml
+
+from controller.kube.manifests import (
+    DEFAULT_TRIAL_IMAGE,
+    TRIAL_SERVICE_ACCOUNT,
+    StudyRef,
+    TrialPodSettings,
+    build_assignment,
+    db_credentials_secret,
+    trial_job,
+    trial_service_account,
+)
+from trial_worker.contract import DB_PASSWORD_ENV, PrunerConfig
+
+STORAGE_URL_ENV = "TUNEFLEET_STORAGE_URL"
+DB_SECRET_ENV = "TUNEFLEET_DB_SECRET"
+TRIAL_SERVICE_ACCOUNT_ENV = "TUNEFLEET_TRIAL_SERVICE_ACCOUNT"
+TRIAL_IMAGE_ENV = "TUNEFLEET_TRIAL_IMAGE"
+RENDER_STORAGE_URL = "postgresql+psycopg2://tunefleet@tunefleet-postgresql:5432/tunefleet"
+
+
+def split_password(url: str) -> tuple[str, str | None]:
+    """The URL without its password, and the password (None when it had none)."""
+    if "://" not in url:
+        return url, None
+    scheme, rest = url.split("://", 1)
+    authority, sep, tail = rest.partition("/")
+    if "@" not in authority:
+        return url, None
+    userinfo, host = authority.rsplit("@", 1)
+    if ":" not in userinfo:
+        return url, None
+    user, password = userinfo.split(":", 1)
+    return f"{scheme}://{user}@{host}{sep}{tail}", unquote(password)
+
+
+def trial_settings_from_env() -> TrialPodSettings:
+    return TrialPodSettings(
+        service_account=os.environ.get(TRIAL_SERVICE_ACCOUNT_ENV) or TRIAL_SERVICE_ACCOUNT,
+        default_image=os.environ.get(TRIAL_IMAGE_ENV) or DEFAULT_TRIAL_IMAGE,
+    )
+
+
+# -- tunefleet controller ----------------------------------------------------------------------
+
+
+def cmd_controller(args: argparse.Namespace) -> int:
+    from controller.kube.operator import OperatorOptions, run
+    from controller.kube.reconciler import ControllerConfig
+
+    raw_url = os.environ.get(STORAGE_URL_ENV)
+    if not raw_url:
+        print(f"tunefleet controller: set {STORAGE_URL_ENV} to the study database URL", file=sys.stderr)
+        return 2
+    url, inline_password = split_password(raw_url)
+    password = os.environ.get(DB_PASSWORD_ENV) or inline_password
+    if password:
+        os.environ[DB_PASSWORD_ENV] = password  # the controller's own connections add it back
+    config = ControllerConfig(
+        storage_url=url,
+        db_password=password,
+        db_secret=os.environ.get(DB_SECRET_ENV) or None,
+        controller_namespace=os.environ.get("POD_NAMESPACE") or _own_namespace(),
+        trial_settings=trial_settings_from_env(),
+        unschedulable_timeout_s=float(os.environ.get("TUNEFLEET_UNSCHEDULABLE_TIMEOUT_S", 600)),
+        image_pull_timeout_s=float(os.environ.get("TUNEFLEET_IMAGE_PULL_TIMEOUT_S", 300)),
+        resync_s=float(os.environ.get("TUNEFLEET_RESYNC_S", 5)),
+    )
+    options = OperatorOptions(
+        config=config,
+        namespaces=args.namespace or (),
+        peering=None if args.standalone else args.peering,
+        health_port=args.health_port or None,
+        metrics_port=args.metrics_port or None,
+        reconcile_log=os.environ.get("TUNEFLEET_RECONCILE_LOG") or None,
+    )
+    run(options)
+    return 0
+
+
+def _own_namespace() -> str:
+    path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+    try:
+        with open(path) as handle:
+            return handle.read().strip() or "default"
+    except OSError:
+        return "default"
+
+
+# -- tunefleet render --------------------------------------------------------------------------
+
+
+def render_objects(
+    manifest: Any, namespace: str | None, trial_number: int, storage_url: str, include_namespace_objects: bool
+) -> list[dict[str, Any]]:
+    """What the controller would create for one trial (offline: no cluster, no database)."""
+    from controller.strategies import choose_strategy
+    from controller.studies.asking import trial_seed
+
+    spec = manifest.spec
+    ref = StudyRef(manifest.metadata.name, namespace or manifest.metadata.namespace or "default")
+    choice = choose_strategy(spec)
+    pruner = PrunerConfig(
+        name=choice.pruner if choice.pruner != "auto" else "none",  # type: ignore[arg-type]
+        settings=spec.strategy.prunerSettings,
+    )
+    seed = trial_seed(spec.strategy.seed or 0, trial_number)
+    settings = trial_settings_from_env()
+    assignment = build_assignment(spec, ref, trial_number, seed, split_password(storage_url)[0], pruner)
+    objects = [trial_job(spec, ref, assignment, settings)]
+    if include_namespace_objects:
+        objects.append(trial_service_account(ref.namespace, settings))
+        objects.append(db_credentials_secret(ref.namespace, "<mirrored from the database Secret>", settings))
+    return objects
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from controller.spec import load_study_file
+
+    manifest = load_study_file(args.spec)
+    url = args.storage or os.environ.get(STORAGE_URL_ENV) or RENDER_STORAGE_URL
+    objects = render_objects(manifest, args.namespace, args.trial, url, args.all)
+    sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False, explicit_start=True))
+    return 0
+
+
+# -- tunefleet release-finalizers --------------------------------------------------------------
+
+
+def cmd_release_finalizers(args: argparse.Namespace) -> int:
+    from controller.kube.release_finalizers import release_all
+
+    released = release_all(args.namespace or (), kubeconfig=None)
+    print(f"released the tunefleet.dev/gpu-accounting finalizer of {released} pod(s)")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Register the cluster subcommands on the ``tunefleet`` parser."""
+    controller = sub.add_parser("controller", help="run the Kubernetes operator (Studies -> trial Jobs)")
+    controller.add_argument("--namespace", action="append", metavar="NS",
+                            help="watch only this namespace (repeatable; default: cluster-wide)")
+    mode = controller.add_mutually_exclusive_group()
+    mode.add_argument("--peering", metavar="NAME", help="replicas elect one leader via this peering object")
+    mode.add_argument("--standalone", action="store_true", help="one replica: no leader election")
+    controller.add_argument("--health-port", type=int, default=8080, help="/healthz and /readyz (0: off)")
+    controller.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics (0: off)")
+    controller.set_defaults(handler=cmd_controller)
+
+    render = sub.add_parser("render", help="print the Kubernetes objects a trial would get, offline")
+    render.add_argument("spec", help="the Study YAML file")
+    render.add_argument("--namespace", help="the study namespace (default: metadata.namespace or default)")
+    render.add_argument("--trial", type=int, default=0, help="trial number (default 0)")
+    render.add_argument("--storage", help=f"storage URL in the assignment (default: ${STORAGE_URL_ENV})")
+    render.add_argument("--all", action="store_true", help="also the ServiceAccount and Secret of the namespace")
+    render.set_defaults(handler=cmd_render)
+
+    release = sub.add_parser(
+        "release-finalizers", help="remove tunefleet.dev/gpu-accounting from every trial pod (uninstall)"
+    )
+    release.add_argument("--namespace", action="append", metavar="NS", help="only this namespace (repeatable)")
+    release.set_defaults(handler=cmd_release_finalizers)

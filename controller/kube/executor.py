@@ -1,0 +1,222 @@
+"""Acting for one study: record pod outcomes, then carry out the planner's Plan on the cluster.
+
+The order is what keeps the books right across crashes:
+- a finished pod: its trial's outcome is committed to Optuna, then the pod is settled in the
+  ledger (by pod UID, idempotent), and only then is the accounting finalizer removed;
+- a new trial: asked in Optuna, its worst case reserved in the ledger, then its Job created
+  (deterministic name). A controller that dies in between finds a RUNNING trial without a Job
+  on its next reconcile and creates that Job (:meth:`Executor.adopt_unstarted`), so nothing is
+  asked twice.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import structlog
+from optuna.trial import FrozenTrial, TrialState
+
+from controller.budget.accounting import Charge, pod_charge, worst_case
+from controller.budget.ledger import Ledger
+from controller.kube.client import KubeApi
+from controller.kube.manifests import (
+    DEADLINE_GRACE_SECONDS,
+    TERMINATION_GRACE_SECONDS,
+    StudyRef,
+    TrialPodSettings,
+    build_assignment,
+    job_name,
+    optuna_study_name,
+    reservation_key,
+    trial_job,
+)
+from controller.kube.observe import ClusterView, PodOutcome
+from controller.planner import Plan
+from controller.spec import StudySpec
+from controller.studies.asking import ask_new_trial, start_retry
+from controller.studies.observe import fail_trial
+from trial_worker.contract import ATTR_ATTEMPT, ATTR_SEED, PrunerConfig
+
+log = structlog.get_logger("tunefleet.controller")
+
+
+@dataclass
+class StudyRuntime:
+    """What executing needs about one study: its spec, Optuna study, seeds and settings."""
+
+    ref: StudyRef
+    spec: StudySpec
+    study: optuna.Study
+    study_seed: int
+    pruner: PrunerConfig
+    storage_url: str  # without a password: it goes into every assignment
+    settings: TrialPodSettings
+
+    @property
+    def key(self) -> str:
+        return optuna_study_name(self.ref)
+
+    def worst_case(self) -> Charge:
+        trial = self.spec.trial
+        return worst_case(
+            trial.gpus, trial.cpus, trial.maxDuration + DEADLINE_GRACE_SECONDS, TERMINATION_GRACE_SECONDS
+        )
+
+
+@dataclass
+class ExecutionReport:
+    """What one reconcile did, for events, status and the scale bench."""
+
+    created: list[int] = field(default_factory=list)
+    adopted: list[int] = field(default_factory=list)
+    failed: list[tuple[int, str, str]] = field(default_factory=list)  # number, reason, detail
+    settled: int = 0
+    stuck: list[PodOutcome] = field(default_factory=list)
+    refused_by_budget: list[int] = field(default_factory=list)
+
+
+class Executor:
+    """Carries out recorded outcomes and plans with the Kubernetes API, Optuna and the ledger."""
+
+    def __init__(self, kube: KubeApi, ledger: Ledger) -> None:
+        self.kube = kube
+        self.ledger = ledger
+
+    # -- outcomes ------------------------------------------------------------------------------
+
+    def record_outcomes(
+        self, runtime: StudyRuntime, view: ClusterView, pods: Sequence[dict[str, Any]], report: ExecutionReport
+    ) -> None:
+        """Finished pods: outcome to Optuna, charge to the ledger, then release the finalizer.
+
+        Stuck pods (unschedulable, image pulls failing) past their timeout: FAIL the trial with
+        the Kubernetes reason and delete the Job.
+        """
+        by_uid = {p["metadata"]["uid"]: p for p in pods}
+        now = datetime.datetime.now(datetime.UTC)
+        for outcome in view.stuck:
+            if self._fail(runtime, outcome.trial_number, outcome.reason or "stuck", outcome.detail, report):
+                report.stuck.append(outcome)
+            self.kube.delete_job(runtime.ref.namespace, job_name(runtime.ref.name, outcome.trial_number))
+        for outcome in view.finished:
+            pod = by_uid.get(outcome.uid)
+            if pod is None:
+                continue
+            self._record_finished(runtime, outcome, pod, now, report)
+
+    def _record_finished(
+        self,
+        runtime: StudyRuntime,
+        outcome: PodOutcome,
+        pod: dict[str, Any],
+        now: datetime.datetime,
+        report: ExecutionReport,
+    ) -> None:
+        number = outcome.trial_number
+        if outcome.reason is not None:
+            if not self._fail(runtime, number, outcome.reason, outcome.detail, report):
+                # The worker stored the failure itself; the event still tells it.
+                report.failed.append((number, outcome.reason, outcome.detail or ""))
+        else:
+            # Succeeded means the worker told its outcome; a trial still RUNNING lost that report.
+            self._fail(runtime, number, "lost", "the pod succeeded but the trial's outcome was not stored", report)
+        self.settle_pod(runtime.spec, runtime.ref, pod, now)
+        self.kube.remove_accounting_finalizer(pod)
+        report.settled += 1
+
+    def settle_pod(self, spec: StudySpec, ref: StudyRef, pod: dict[str, Any], now: datetime.datetime) -> None:
+        """Charge the pod's allocation against its trial's reservation (idempotent by pod UID)."""
+        number = int(pod["metadata"]["labels"].get("tunefleet.dev/trial", -1))
+        key = reservation_key(ref, number)
+        reservation = self.ledger.reservation(key)
+        if reservation is None:
+            log.warning("no reservation to settle", study=optuna_study_name(ref), trial=number)
+            return
+        charge, seconds = pod_charge(
+            pod, spec.trial.gpus, now, TERMINATION_GRACE_SECONDS, reservation.amount, cpus=spec.trial.cpus
+        )
+        self.ledger.settle(pod["metadata"]["uid"], key, charge, seconds)
+
+    def _fail(
+        self, runtime: StudyRuntime, number: int, reason: str, detail: str | None, report: ExecutionReport
+    ) -> bool:
+        try:
+            changed = fail_trial(runtime.study, number, reason, detail)
+        except KeyError:
+            return False  # a pod labelled with a trial this study does not have
+        if changed:
+            report.failed.append((number, reason, detail or ""))
+            log.info("trial failed", study=runtime.key, trial=number, reason=reason, detail=detail)
+        return changed
+
+    # -- trials that were asked but whose Job does not exist ------------------------------------
+
+    def adopt_unstarted(
+        self, runtime: StudyRuntime, trials: Iterable[FrozenTrial], view: ClusterView, report: ExecutionReport
+    ) -> set[int]:
+        """RUNNING trials with neither Job nor pod: create their Job (a crash left them unstarted)."""
+        adopted: set[int] = set()
+        for trial in trials:
+            if trial.state != TrialState.RUNNING:
+                continue
+            if trial.number in view.jobs or trial.number in view.pods:
+                continue
+            if self._launch(runtime, trial.number, trial.user_attrs, report):
+                adopted.add(trial.number)
+                report.adopted.append(trial.number)
+        return adopted
+
+    # -- the plan ------------------------------------------------------------------------------
+
+    def execute(
+        self, runtime: StudyRuntime, plan: Plan, trials: Sequence[FrozenTrial], view: ClusterView,
+        report: ExecutionReport,
+    ) -> None:
+        """mark lost -> retry -> start new -> drain, as the planner ordered them."""
+        study = runtime.study
+        for number in plan.mark_lost:
+            self._fail(runtime, number, "lost", "its Job or pod is gone", report)
+            if not view.pods.get(number):
+                self.ledger.release(reservation_key(runtime.ref, number))
+        by_number = {t.number: t for t in trials}
+        for number in plan.retry:
+            retry = start_retry(study, by_number[number])
+            self._launch(runtime, retry.number, retry.user_attrs, report)
+        for _ in range(plan.start_new):
+            trial = ask_new_trial(study, runtime.spec.searchSpace, runtime.study_seed)
+            self._launch(runtime, trial.number, trial.user_attrs, report)
+        for number in plan.drain:
+            self.kube.delete_job(runtime.ref.namespace, job_name(runtime.ref.name, number))
+            self._fail(runtime, number, plan.drain_reason or "drained", "the study stopped this trial", report)
+
+    def _launch(
+        self, runtime: StudyRuntime, number: int, user_attrs: dict[str, Any], report: ExecutionReport
+    ) -> bool:
+        """Reserve the worst case, then create the Job; a refused reservation fails the trial."""
+        ref = runtime.ref
+        key = reservation_key(ref, number)
+        if not self.ledger.reserve(key, runtime.key, number, runtime.worst_case(), namespace=ref.namespace):
+            self._fail(runtime, number, "budget", "the budget cannot cover this trial's worst case", report)
+            report.refused_by_budget.append(number)
+            return False
+        assignment = build_assignment(
+            runtime.spec, ref, number, int(user_attrs.get(ATTR_SEED, 0)), runtime.storage_url, runtime.pruner
+        )
+        job = trial_job(runtime.spec, ref, assignment, runtime.settings, attempt=int(user_attrs.get(ATTR_ATTEMPT, 0)))
+        if self.kube.create_job(ref.namespace, job):
+            report.created.append(number)
+        return True
+
+    # -- study deletion ------------------------------------------------------------------------
+
+    def fail_running(self, study: optuna.Study, reason: str, detail: str) -> list[int]:
+        """Mark every RUNNING trial FAIL (e.g. ``studyDeleted``); the study data stays."""
+        failed = []
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if fail_trial(study, trial.number, reason, detail):
+                failed.append(trial.number)
+        return failed

@@ -1,0 +1,312 @@
+"""``tunefleet controller``: the kopf operator that runs Studies as trial Jobs.
+
+kopf delivers the watch streams (Studies, and trial Jobs and pods by label); each Study gets one
+asyncio task that reconciles it, level-triggered: woken by any change of its objects, and every
+few seconds anyway. A reconcile blocks (Optuna, Postgres, the kubernetes client), so it runs in a
+worker thread; the event loop only routes wake-ups. kopf adds no finalizer to Studies (only
+event handlers are registered), so a Study never blocks its namespace's deletion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+import structlog
+from aiohttp import web
+
+from controller.kube.client import KubeApi, load_api_client
+from controller.kube.leadership import RENEW_SECONDS, Leadership
+from controller.kube.manifests import ACCOUNTING_FINALIZER, GROUP, STUDY_LABEL, VERSION
+from controller.kube.reconciler import ControllerConfig, Reconciler
+
+log = structlog.get_logger("tunefleet.controller")
+DEBOUNCE_S = 0.05
+ORPHAN_SWEEP_S = 30.0
+MAX_BACKOFF_S = 30.0
+RECONCILE_THREADS = 8
+
+
+@dataclass
+class OperatorOptions:
+    config: ControllerConfig
+    namespaces: Sequence[str] = ()
+    peering: str | None = None
+    health_port: int | None = 8080
+    metrics_port: int | None = 9090
+    kubeconfig: str | None = None
+    # Where to append one line per reconcile ("<seconds>\n"), for the scale bench.
+    reconcile_log: str | None = None
+
+
+@dataclass
+class _StudyTask:
+    body: dict[str, Any]
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    deleted: bool = False
+    generation: Any = None
+
+
+class Operator:
+    """The per-Study tasks, leadership and health; kopf handlers call into it."""
+
+    def __init__(self, options: OperatorOptions) -> None:
+        self.options = options
+        self.kube = KubeApi(load_api_client(options.kubeconfig))
+        namespace = options.namespaces[0] if options.namespaces else None
+        self.leadership = Leadership(self.kube, options.peering, namespace)
+        self.reconciler: Reconciler | None = None
+        self.studies: dict[tuple[str, str], _StudyTask] = {}
+        self.started_at = time.monotonic()
+        self.ready = False
+        self.stopping = False
+        self._background: list[asyncio.Task[None]] = []
+        self._health: web.AppRunner | None = None
+        self._metrics: Any = None
+        self._reconcile_log = open(options.reconcile_log, "a") if options.reconcile_log else None  # noqa: SIM115
+        self._log_lock = threading.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(RECONCILE_THREADS, "reconcile"))
+        if self.options.health_port:
+            await self._serve_health(self.options.health_port)
+        self.reconciler = await asyncio.to_thread(Reconciler, self.options.config, self.kube)
+        if self.options.metrics_port:
+            self._metrics = await asyncio.to_thread(self._serve_metrics, self.options.metrics_port)
+        self._background.append(asyncio.create_task(self._lead()))
+        self._background.append(asyncio.create_task(self._sweep_orphans()))
+        self.ready = True
+        log.info("controller started", namespaces=list(self.options.namespaces) or "all",
+                 peering=self.options.peering or "standalone", identity=self.leadership.identity)
+
+    async def stop(self) -> None:
+        self.stopping = True
+        tasks = [s.task for s in self.studies.values() if s.task is not None]
+        for task in [*tasks, *self._background]:
+            task.cancel()
+        await asyncio.gather(*tasks, *self._background, return_exceptions=True)
+        await asyncio.to_thread(self.leadership.release)
+        if self._health is not None:
+            await self._health.cleanup()
+        if self.reconciler is not None:
+            await asyncio.to_thread(self.reconciler.close)
+        if self._reconcile_log is not None:
+            self._reconcile_log.close()
+
+    # -- events from kopf ----------------------------------------------------------------------
+
+    def on_study(self, event_type: str | None, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        current = self.studies.get(key)
+        if event_type == "DELETED":
+            if current is not None:
+                current.deleted = True
+                current.wake.set()
+            else:
+                self._spawn_cleanup(key, None)
+            return
+        if current is None:
+            current = _StudyTask(body=body, generation=meta.get("generation"))
+            self.studies[key] = current
+            current.task = asyncio.create_task(self._study_loop(key, current), name=f"study {key[0]}/{key[1]}")
+            return
+        current.body = body
+        if meta.get("generation") != current.generation or meta.get("deletionTimestamp"):
+            current.generation = meta.get("generation")
+            current.wake.set()  # a spec change; our own status patches do not wake the loop
+
+    def poke(self, namespace: str, study: str | None) -> None:
+        if study is None:
+            return
+        current = self.studies.get((namespace, study))
+        if current is not None:
+            current.wake.set()
+
+    # -- per-Study loop ------------------------------------------------------------------------
+
+    async def _study_loop(self, key: tuple[str, str], study: _StudyTask) -> None:
+        delay = 0.0
+        failures = 0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(study.wake.wait(), timeout=delay)
+            if study.deleted:
+                break
+            if not self.leadership.is_leader or self.reconciler is None:
+                study.wake.clear()
+                delay = RENEW_SECONDS
+                continue
+            await asyncio.sleep(DEBOUNCE_S)  # let a burst of pod events coalesce
+            study.wake.clear()
+            began = time.perf_counter()
+            try:
+                result = await asyncio.to_thread(self.reconciler.reconcile, study.body)
+                delay = result.requeue_after
+                failures = 0
+            except Exception as error:  # noqa: BLE001 - a failed reconcile is retried, never fatal
+                failures += 1
+                delay = min(MAX_BACKOFF_S, 0.5 * 2**failures)
+                log.warning("reconcile failed; retrying", study=f"{key[0]}/{key[1]}", error=repr(error)[:500],
+                            retry_in_s=delay)
+            self._record(time.perf_counter() - began)
+        self.studies.pop(key, None)
+        if not self.stopping:
+            self._spawn_cleanup(key, study)
+
+    def _spawn_cleanup(self, key: tuple[str, str], study: _StudyTask | None) -> None:
+        if self.stopping or not self.leadership.is_leader or self.reconciler is None:
+            return
+        reconciler = self.reconciler
+
+        async def cleanup() -> None:
+            for attempt in range(5):
+                try:
+                    await asyncio.to_thread(reconciler.study_deleted, *key)
+                    log.info("study deleted: jobs removed, running trials failed", study=f"{key[0]}/{key[1]}")
+                    return
+                except Exception as error:  # noqa: BLE001
+                    log.warning("cleanup of a deleted study failed", study=f"{key[0]}/{key[1]}", error=repr(error))
+                    await asyncio.sleep(2.0 * (attempt + 1))
+
+        self._background.append(asyncio.create_task(cleanup()))
+
+    def _record(self, seconds: float) -> None:
+        if self._metrics is not None:
+            self._metrics.reconcile_duration.labels(outcome="ok").observe(seconds)
+        if self._reconcile_log is not None:
+            with self._log_lock:
+                self._reconcile_log.write(f"{seconds:.6f}\n")
+                self._reconcile_log.flush()
+
+    # -- leadership and orphans ----------------------------------------------------------------
+
+    async def _lead(self) -> None:
+        was_leader = self.leadership.is_leader
+        while True:
+            try:
+                leader = await asyncio.to_thread(self.leadership.step)
+            except Exception as error:  # noqa: BLE001
+                log.warning("leader election failed", error=repr(error))
+                leader = False
+            if leader and not was_leader:
+                log.info("this replica now leads", identity=self.leadership.identity)
+                for study in self.studies.values():
+                    study.wake.set()
+            elif was_leader and not leader:
+                log.warning("this replica lost the lead", identity=self.leadership.identity)
+            was_leader = leader
+            await asyncio.sleep(RENEW_SECONDS)
+
+    async def _sweep_orphans(self) -> None:
+        """Pods of Studies deleted while no controller ran still hold the finalizer: release them."""
+        await asyncio.sleep(ORPHAN_SWEEP_S / 2)
+        while True:
+            if self.leadership.is_leader and self.reconciler is not None:
+                try:
+                    pods = await asyncio.to_thread(self._list_trial_pods)
+                    orphans = {
+                        (p["metadata"]["namespace"], p["metadata"]["labels"][STUDY_LABEL])
+                        for p in pods
+                        if ACCOUNTING_FINALIZER in (p["metadata"].get("finalizers") or [])
+                    } - set(self.studies)
+                    for key in orphans:
+                        if await asyncio.to_thread(self.kube.read_study, *key) is None:
+                            self._spawn_cleanup(key, None)
+                except Exception as error:  # noqa: BLE001
+                    log.warning("orphan sweep failed", error=repr(error))
+            await asyncio.sleep(ORPHAN_SWEEP_S)
+
+    def _list_trial_pods(self) -> list[dict[str, Any]]:
+        if not self.options.namespaces:
+            return self.kube.list_pods_everywhere(STUDY_LABEL)
+        pods: list[dict[str, Any]] = []
+        for namespace in self.options.namespaces:
+            pods.extend(self.kube.list_pods(namespace, STUDY_LABEL))
+        return pods
+
+    # -- health and metrics --------------------------------------------------------------------
+
+    async def _serve_health(self, port: int) -> None:
+        async def healthz(_: web.Request) -> web.Response:
+            return web.json_response({"ok": True, "leader": self.leadership.is_leader,
+                                      "studies": len(self.studies)})
+
+        async def readyz(_: web.Request) -> web.Response:
+            return web.json_response({"ready": self.ready}, status=200 if self.ready else 503)
+
+        app = web.Application()
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        self._health = web.AppRunner(app, access_log=None)
+        await self._health.setup()
+        await web.TCPSite(self._health, "0.0.0.0", port).start()
+
+    @staticmethod
+    def _serve_metrics(port: int) -> Any:
+        try:
+            from controller.budget.metrics import ControllerMetrics
+        except ImportError:
+            return None
+        metrics = ControllerMetrics()
+        metrics.serve(port)
+        return metrics
+
+
+def build_registry(operator: Operator) -> kopf.OperatorRegistry:
+    """kopf handlers: event handlers only (no kopf finalizers, no kopf state on our objects)."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)  # in-cluster, else the kubeconfig
+
+    @kopf.on.startup(registry=registry)
+    async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.level = 40  # kopf's own events only for errors; ours are explicit
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.networking.error_backoffs = [0.5, 1, 2, 5, 10]
+        settings.batching.worker_limit = 64
+        await operator.start()
+
+    @kopf.on.cleanup(registry=registry)
+    async def _cleanup(**_: Any) -> None:
+        await operator.stop()
+
+    @kopf.on.event(GROUP, VERSION, "studies", registry=registry)
+    async def _study(event: dict[str, Any], **_: Any) -> None:
+        operator.on_study(event.get("type"), event["object"])
+
+    @kopf.on.event("batch", "v1", "jobs", labels={STUDY_LABEL: kopf.PRESENT}, registry=registry)
+    async def _job(event: dict[str, Any], **_: Any) -> None:
+        meta = event["object"]["metadata"]
+        operator.poke(meta.get("namespace", ""), (meta.get("labels") or {}).get(STUDY_LABEL))
+
+    @kopf.on.event("", "v1", "pods", labels={STUDY_LABEL: kopf.PRESENT}, registry=registry)
+    async def _pod(event: dict[str, Any], **_: Any) -> None:
+        meta = event["object"]["metadata"]
+        operator.poke(meta.get("namespace", ""), (meta.get("labels") or {}).get(STUDY_LABEL))
+
+    return registry
+
+
+def run(options: OperatorOptions, stop_flag: threading.Event | None = None) -> None:
+    """Run the operator until interrupted (or ``stop_flag`` is set)."""
+    operator = Operator(options)
+    registry = build_registry(operator)
+    kwargs: dict[str, Any] = {"namespaces": list(options.namespaces)} if options.namespaces else {"clusterwide": True}
+    os.environ.setdefault("KOPF_LOGGING_FORMAT", "plain")
+    kopf.run(registry=registry, standalone=True, stop_flag=stop_flag, **kwargs)

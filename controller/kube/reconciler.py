@@ -1,0 +1,381 @@
+"""One level-triggered reconcile of one Study: observe -> the shared planner decides -> execute.
+
+Synchronous on purpose: the operator runs each reconcile in a worker thread (Optuna, Postgres and
+the kubernetes client all block), one at a time per Study.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import structlog
+import yaml
+
+from controller.budget.ledger import Ledger
+from controller.budget.views import planner_budgets
+from controller.budget.views import study_status as ledger_budget_status
+from controller.kube import status as status_mod
+from controller.kube.client import KubeApi
+from controller.kube.executor import ExecutionReport, Executor, StudyRuntime
+from controller.kube.manifests import (
+    TrialPodSettings,
+    StudyRef,
+    best_config_map,
+    db_credentials_secret,
+    optuna_study_name,
+    study_selector,
+    trial_service_account,
+)
+from controller.kube.observe import (
+    IMAGE_PULL_TIMEOUT_S,
+    UNSCHEDULABLE_TIMEOUT_S,
+    observe_cluster,
+)
+from controller.planner import Observation, Plan, decide, summarize
+from controller.planner.summary import best_trial
+from controller.spec import SpecInvalid, StudySpec, validate_spec
+from controller.strategies import build_sampler, choose_strategy
+from controller.studies.observe import observe_trials
+from controller.studies.record import ATTR_STARTED_AT, ATTR_STOP_REASON, record_study
+from controller.studies.storage import create_or_load_study, open_storage
+from trial_worker.contract import PrunerConfig
+
+log = structlog.get_logger("tunefleet.controller")
+RESYNC_S = 5.0
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """How the controller reaches the database and builds trial pods."""
+
+    storage_url: str  # no password: trial pods get it from the mirrored Secret
+    db_password: str | None = None
+    db_secret: str | None = None  # a Secret (key ``password``) in the controller's namespace
+    controller_namespace: str = "default"
+    trial_settings: TrialPodSettings = field(default_factory=TrialPodSettings)
+    unschedulable_timeout_s: float = UNSCHEDULABLE_TIMEOUT_S
+    image_pull_timeout_s: float = IMAGE_PULL_TIMEOUT_S
+    resync_s: float = RESYNC_S
+
+
+@dataclass
+class StudyState:
+    """What the controller remembers about a Study between reconciles (rebuilt after a restart)."""
+
+    runtime: StudyRuntime | None = None
+    spec_json: str | None = None
+    limits: tuple[int | None, int | None] | None = None
+    started_at: float = 0.0
+    last_status: dict[str, Any] | None = None
+    namespace_ready: str | None = None  # the password mirrored last
+    stuck: tuple[str, str] | None = None
+    announced: set[str] = field(default_factory=set)
+    best_written: int | None = None
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    requeue_after: float
+    report: ExecutionReport | None = None
+    finished: bool = False
+
+
+class Reconciler:
+    """Reconciles Studies; safe to call from several threads for different Studies."""
+
+    def __init__(self, config: ControllerConfig, kube: KubeApi) -> None:
+        self.config = config
+        self.kube = kube
+        self.storage = open_storage(config.storage_url, pool_size=4)
+        self.ledger = Ledger(config.storage_url)
+        self.executor = Executor(kube, self.ledger)
+        self._states: dict[tuple[str, str], StudyState] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.ledger.close()
+        self.storage.remove_session()
+
+    def state(self, namespace: str, name: str) -> StudyState:
+        with self._lock:
+            return self._states.setdefault((namespace, name), StudyState())
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._states.pop((namespace, name), None)
+
+    # -- the reconcile -------------------------------------------------------------------------
+
+    def reconcile(self, body: dict[str, Any]) -> ReconcileResult:
+        meta = body["metadata"]
+        ref = StudyRef(meta["name"], meta["namespace"], meta.get("uid", ""))
+        state = self.state(ref.namespace, ref.name)
+        generation = meta.get("generation")
+        previous_status = body.get("status") or {}
+        try:
+            spec = validate_spec(body.get("spec"))
+        except SpecInvalid as error:
+            message = "; ".join(str(e) for e in error.errors)
+            self._write_status(ref, state, status_mod.invalid_status(message, generation, previous_status.get("conditions") or []))
+            if "Invalid" not in state.announced:
+                state.announced.add("Invalid")
+                self.kube.post_event(body, "SpecInvalid", message, warning=True)
+            state.runtime = None
+            return ReconcileResult(requeue_after=60.0)
+        state.announced.discard("Invalid")
+
+        self._prepare_namespace(ref, spec, state)
+        runtime = self._runtime(ref, spec, state)
+        self._apply_limits(runtime, state)
+
+        now = datetime.datetime.now(datetime.UTC)
+        selector = study_selector(ref.name)
+        jobs = self.kube.list_jobs(ref.namespace, selector)
+        pods = self.kube.list_pods(ref.namespace, selector)
+        view = observe_cluster(
+            jobs, pods, now, self.config.unschedulable_timeout_s, self.config.image_pull_timeout_s
+        )
+        report = ExecutionReport()
+        self.executor.record_outcomes(runtime, view, pods, report)
+        trials, _ = observe_trials(runtime.study)
+        adopted = self.executor.adopt_unstarted(runtime, trials, view, report)
+        if report.failed:
+            trials, _ = observe_trials(runtime.study)
+        views = tuple(_views(trials))
+        study_budget, namespace_budget = planner_budgets(
+            self.ledger, runtime.key, runtime.worst_case(), namespace=ref.namespace
+        )
+        observation = Observation(
+            trials=views,
+            live=view.live | adopted,
+            now=time.time(),
+            started_at=state.started_at,
+            budget=study_budget,
+            namespace_budget=namespace_budget,
+        )
+        plan = decide(spec, observation)
+        self.executor.execute(runtime, plan, trials, view, report)
+        if plan.mark_lost or plan.retry or plan.start_new or plan.drain:
+            trials, _ = observe_trials(runtime.study)
+        if report.stuck:
+            first = report.stuck[0]
+            state.stuck = (first.reason or "Stuck", f"trial {first.trial_number}: {first.detail}")
+        elif any(o.kind == "running" for outcomes in view.pods.values() for o in outcomes):
+            state.stuck = None
+        self._report(body, ref, spec, runtime, state, plan, trials, report, generation, previous_status)
+        if plan.finished:
+            return ReconcileResult(requeue_after=max(30.0, self.config.resync_s), report=report, finished=True)
+        return ReconcileResult(requeue_after=self.config.resync_s, report=report)
+
+    # -- set-up, once per Study (or per change) ------------------------------------------------
+
+    def _prepare_namespace(self, ref: StudyRef, spec: StudySpec, state: StudyState) -> None:
+        """The trial ServiceAccount and the mirrored database password in the study's namespace."""
+        password = self._db_password(ref, spec)
+        if state.namespace_ready == password:
+            return
+        settings = self.config.trial_settings
+        self.kube.ensure_object(trial_service_account(ref.namespace, settings))
+        self.kube.ensure_object(db_credentials_secret(ref.namespace, password, settings))
+        state.namespace_ready = password
+
+    def _db_password(self, ref: StudyRef, spec: StudySpec) -> str:
+        if spec.storage.secretRef:
+            value = self.kube.read_secret_value(ref.namespace, spec.storage.secretRef, "password")
+            if value is not None:
+                return value
+        if self.config.db_secret:
+            value = self.kube.read_secret_value(self.config.controller_namespace, self.config.db_secret, "password")
+            if value is not None:
+                return value
+        return self.config.db_password or ""
+
+    def _runtime(self, ref: StudyRef, spec: StudySpec, state: StudyState) -> StudyRuntime:
+        spec_json = spec.model_dump_json()
+        if state.runtime is not None and state.spec_json == spec_json and state.runtime.ref == ref:
+            return state.runtime
+        seed = spec.strategy.seed if spec.strategy.seed is not None else random.randrange(2**31)
+        choice = choose_strategy(spec)
+        key = optuna_study_name(ref)
+        study = create_or_load_study(
+            self.storage, key, spec.objective.directions, sampler=build_sampler(choice.sampler, spec, seed)
+        )
+        attrs = record_study(study, spec, seed, choice, time.time())
+        study_seed = int(attrs.get("tunefleet.study_seed", seed))
+        if study_seed != seed:
+            study.sampler = build_sampler(choice.sampler, spec, study_seed)
+        state.started_at = float(attrs.get(ATTR_STARTED_AT, time.time()))
+        pruner_name = choice.pruner if choice.pruner != "auto" else "none"
+        runtime = StudyRuntime(
+            ref=ref,
+            spec=spec,
+            study=study,
+            study_seed=study_seed,
+            pruner=PrunerConfig(name=pruner_name, settings=spec.strategy.prunerSettings),  # type: ignore[arg-type]
+            storage_url=self.config.storage_url,
+            settings=self.config.trial_settings,
+        )
+        state.runtime = runtime
+        state.spec_json = spec_json
+        return runtime
+
+    def _apply_limits(self, runtime: StudyRuntime, state: StudyState) -> None:
+        budget = runtime.spec.budget
+        limits = (
+            int(budget.gpuHours * 3600) if budget.gpuHours else None,
+            int(budget.cpuHours * 3600) if budget.cpuHours else None,
+        )
+        if state.limits != limits:
+            self.ledger.set_study_limits(runtime.key, gpu_seconds=limits[0], cpu_seconds=limits[1])
+            state.limits = limits
+
+    # -- status, events and the best configuration ---------------------------------------------
+
+    def _report(
+        self,
+        body: dict[str, Any],
+        ref: StudyRef,
+        spec: StudySpec,
+        runtime: StudyRuntime,
+        state: StudyState,
+        plan: Plan,
+        trials: list[optuna.trial.FrozenTrial],
+        report: ExecutionReport,
+        generation: int | None,
+        previous: dict[str, Any],
+    ) -> None:
+        views = tuple(_views(trials))
+        summary = summarize(spec, views)
+        best = best_trial(spec, views)
+        phase = status_mod.phase_for(plan, summary, invalid=False)
+        now = status_mod.now_iso()
+        conditions = status_mod.render_conditions(
+            status_mod.conditions_for(phase, plan, stuck=state.stuck), previous.get("conditions") or [], now
+        )
+        totals = self.ledger.totals(runtime.key)
+        budget = ledger_budget_status(totals)
+        start_time = previous.get("startTime") or (now if summary.running or summary.finished else None)
+        completion = previous.get("completionTime") if plan.finished else None
+        if plan.finished and completion is None:
+            completion = now
+        status = status_mod.study_status(
+            spec,
+            phase=phase,
+            conditions=conditions,
+            summary=summary,
+            best=best,
+            budget=status_mod.BudgetFigures(),
+            generation=generation,
+            start_time=start_time,
+            completion_time=completion,
+            stop=plan.stop,
+            optuna_study=runtime.key,
+        )
+        status["budget"] = budget
+        self._write_status(ref, state, status)
+        self._events(body, state, plan, phase, report, summary.complete)
+        if plan.finished:
+            self._finish(ref, runtime, plan, state, best)
+
+    def _write_status(self, ref: StudyRef, state: StudyState, status: dict[str, Any]) -> None:
+        comparable = {k: v for k, v in status.items() if k != "conditions"}
+        comparable["conditions"] = [
+            {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status.get("conditions") or []
+        ]
+        if state.last_status == comparable:
+            return
+        self.kube.patch_study_status(ref.namespace, ref.name, status)
+        state.last_status = comparable
+
+    def _events(
+        self, body: dict[str, Any], state: StudyState, plan: Plan, phase: str, report: ExecutionReport, complete: int
+    ) -> None:
+        if report.created and "Started" not in state.announced:
+            state.announced.add("Started")
+            self.kube.post_event(body, "StudyStarted", f"started trial Jobs {report.created}")
+        for number, reason, detail in report.failed:
+            self.kube.post_event(body, "TrialFailed", f"trial {number} failed: {reason}: {detail}", warning=True)
+        for outcome in report.stuck:
+            self.kube.post_event(
+                body, "TrialPodStuck", f"trial {outcome.trial_number}: {outcome.reason}: {outcome.detail}", warning=True
+            )
+        if phase == "Suspended" and "Suspended" not in state.announced:
+            state.announced.add("Suspended")
+            self.kube.post_event(body, "StudySuspended", "spec.suspend is true: no new trials start")
+        elif phase != "Suspended":
+            state.announced.discard("Suspended")
+        if plan.finished and "Finished" not in state.announced:
+            state.announced.add("Finished")
+            why = plan.stop.value if plan.stop else "finished"
+            self.kube.post_event(body, "StudyFinished", f"the study ended: {why} ({complete} trials complete)")
+        elif not plan.finished:
+            state.announced.discard("Finished")
+
+    def _finish(
+        self, ref: StudyRef, runtime: StudyRuntime, plan: Plan, state: StudyState, best: Any
+    ) -> None:
+        if plan.stop is not None and runtime.study.user_attrs.get(ATTR_STOP_REASON) != plan.stop.value:
+            runtime.study.set_user_attr(ATTR_STOP_REASON, plan.stop.value)
+        if best is None or state.best_written == best.number:
+            return
+        payload = {
+            "study": runtime.key,
+            "trial": best.number,
+            "params": dict(best.params),
+            "values": dict(zip(runtime.spec.objective.metric_names, best.values or (), strict=False)),
+        }
+        text = yaml.safe_dump(json.loads(json.dumps(payload)), sort_keys=True)
+        self.kube.ensure_object(best_config_map(ref, payload, text))
+        state.best_written = best.number
+
+    # -- study deletion ------------------------------------------------------------------------
+
+    def study_deleted(self, namespace: str, name: str) -> None:
+        """Delete the Study's Jobs, FAIL its running trials ``studyDeleted``, settle and release
+        its pods. The Optuna study and the ledger stay."""
+        ref = StudyRef(name, namespace)
+        key = optuna_study_name(ref)
+        state = self.state(namespace, name)
+        selector = study_selector(name)
+        for job in self.kube.list_jobs(namespace, selector):
+            self.kube.delete_job(namespace, job["metadata"]["name"])
+        try:
+            study: optuna.Study | None = optuna.load_study(study_name=key, storage=self.storage)
+        except KeyError:
+            study = None
+        spec = state.runtime.spec if state.runtime is not None else None
+        if study is not None:
+            self.executor.fail_running(study, "studyDeleted", "the Study was deleted")
+            if spec is None:
+                spec = _recorded_spec(study)
+        now = datetime.datetime.now(datetime.UTC)
+        for pod in self.kube.list_pods(namespace, selector):
+            if spec is not None:
+                self.executor.settle_pod(spec, ref, pod, now)
+            self.kube.remove_accounting_finalizer(pod)
+        for open_key in self.ledger.open_reservations(key):
+            self.ledger.release(open_key)
+        self.forget(namespace, name)
+
+
+def _recorded_spec(study: optuna.Study) -> StudySpec | None:
+    from controller.studies.record import ATTR_SPEC
+
+    raw = study.user_attrs.get(ATTR_SPEC)
+    try:
+        return validate_spec(raw) if raw is not None else None
+    except SpecInvalid:
+        return None
+
+
+def _views(trials: list[optuna.trial.FrozenTrial]) -> list[Any]:
+    from controller.studies.observe import trial_view
+
+    return [trial_view(t) for t in trials]

@@ -1,0 +1,117 @@
+"""``tunefleet run`` as a user runs it: Ctrl-C, a runner killed mid-study, and resuming."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import REPO_ROOT
+from tests.support.specs import study_document, write_study
+
+pytestmark = pytest.mark.storage
+
+
+def start_run(spec: Path, storage_url: str, sleep_s: str, tmp_path: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "TUNEFLEET_TEST_SLEEP": sleep_s, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "controller.cli", "run", str(spec), "--storage", storage_url, "-q",
+         "--workdir", str(REPO_ROOT)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for_running(storage_url: str, count: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            trials = optuna.load_study(study_name="test-study", storage=storage_url).get_trials()
+        except KeyError:
+            trials = []
+        if sum(t.state == TrialState.RUNNING for t in trials) >= count:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{count} trials never ran at once")
+
+
+def sleeping_study(tmp_path: Path) -> Path:
+    document = study_document(
+        trial={"python": "tests.support.objectives:sleeps", "maxRetries": 1}, budget={"maxTrials": 4}
+    )
+    return write_study(tmp_path / "study.yaml", document)
+
+
+def test_ctrl_c_marks_running_trials_interrupted_and_a_rerun_finishes_them(
+    storage_url: str, tmp_path: Path
+) -> None:
+    spec = sleeping_study(tmp_path)
+    process = start_run(spec, storage_url, "60", tmp_path)
+    wait_for_running(storage_url, 2)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert "Interrupted" in output
+    trials = optuna.load_study(study_name="test-study", storage=storage_url).get_trials()
+    assert [t.user_attrs.get("tunefleet.reason") for t in trials] == ["interrupted", "interrupted"]
+
+    rerun = start_run(spec, storage_url, "0", tmp_path)
+    output, _ = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, output
+    assert "MaxTrialsReached" in output
+    trials = optuna.load_study(study_name="test-study", storage=storage_url).get_trials()
+    retried = {t.user_attrs["tunefleet.retry_of"]: t for t in trials if "tunefleet.retry_of" in t.user_attrs}
+    assert set(retried) == {0, 1}
+    assert all(retried[n].params == trials[n].params for n in (0, 1))
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
+    assert not any(t.state == TrialState.RUNNING for t in trials)
+
+
+def test_a_killed_runner_leaves_nothing_running_after_the_rerun(sqlite_url: str, tmp_path: Path) -> None:
+    spec = sleeping_study(tmp_path)
+    process = start_run(spec, sqlite_url, "60", tmp_path)
+    wait_for_running(sqlite_url, 2)
+    process.kill()
+    process.communicate(timeout=30)
+
+    rerun = start_run(spec, sqlite_url, "0", tmp_path)
+    output, _ = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, output
+    trials = optuna.load_study(study_name="test-study", storage=sqlite_url).get_trials()
+    lost = [t for t in trials if t.user_attrs.get("tunefleet.reason") == "lost"]
+    assert [t.number for t in lost] == [0, 1]
+    assert not any(t.state == TrialState.RUNNING for t in trials)
+    first_attempts = [t for t in trials if "tunefleet.retry_of" not in t.user_attrs]
+    assert len(first_attempts) == 4, "maxTrials counts configurations, not attempts"
+
+
+def test_bad_spec_exits_1_without_a_traceback(tmp_path: Path) -> None:
+    document = study_document(parallelism=-1)
+    spec = write_study(tmp_path / "bad.yaml", document)
+    result = subprocess.run(
+        [sys.executable, "-m", "controller.cli", "run", str(spec)], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
+    assert result.returncode == 1
+    assert "spec.parallelism" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreachable_storage_is_a_clear_error(tmp_path: Path) -> None:
+    spec = write_study(tmp_path / "study.yaml", study_document())
+    result = subprocess.run(
+        [sys.executable, "-m", "controller.cli", "run", str(spec), "--storage",
+         "postgresql+psycopg2://tunefleet:hunter2@127.0.0.1:1/none"],
+        capture_output=True, text=True, cwd=tmp_path, check=False, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "cannot open storage" in result.stderr and "127.0.0.1:1" in result.stderr
+    assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
