@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from controller.spec import SpecInvalid, StudyManifest, load_study_file
+from controller.spec import SpecInvalid, StudyManifest, load_manifest_file, load_study_file
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -28,8 +28,8 @@ def _load(path: str) -> StudyManifest:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    manifest = _load(args.spec)
-    print(f"{args.spec}: valid Study {manifest.metadata.name!r}")
+    manifest = load_manifest_file(args.spec)
+    print(f"{args.spec}: valid {manifest.kind} {manifest.metadata.name!r}")
     return EXIT_OK
 
 
@@ -121,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     run.set_defaults(handler=cmd_run)
 
-    validate = sub.add_parser("validate", help="check a Study file; exit 1 listing every error")
+    validate = sub.add_parser(
+        "validate", help="check a Study or GPUBudget file; exit 1 listing every error"
+    )
     validate.add_argument("spec")
     validate.set_defaults(handler=cmd_validate)
 

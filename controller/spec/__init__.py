@@ -5,7 +5,12 @@ from __future__ import annotations
 from controller.spec.durations import Duration, format_duration, parse_duration
 from controller.spec.errors import SpecError, SpecInvalid
 from controller.spec.gpubudget import GPUBudgetManifest, GPUBudgetSpec
-from controller.spec.loading import load_study_file, parse_study_text, validate_spec
+from controller.spec.loading import (
+    load_manifest_file,
+    load_study_file,
+    parse_study_text,
+    validate_spec,
+)
 from controller.spec.params import CategoricalParam, Choice, FloatParam, IntParam, Param
 from controller.spec.study import (
     API_VERSION,
@@ -33,6 +38,7 @@ __all__ = [
     "StudyManifest",
     "StudySpec",
     "format_duration",
+    "load_manifest_file",
     "load_study_file",
     "ordered_parameters",
     "parse_duration",

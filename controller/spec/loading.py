@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from controller.spec.errors import SpecError, SpecInvalid, describe
+from controller.spec.gpubudget import GPUBudgetManifest
 from controller.spec.params import PARAM_TYPES
 from controller.spec.study import (
     NAME_PATTERN,
@@ -34,14 +35,16 @@ _PATTERN_FORMS = {
 
 def load_study_file(path: str | Path) -> StudyManifest:
     """Read and validate a Study file; raises :class:`SpecInvalid` naming every problem."""
-    source = str(path)
+    return parse_study_text(_read_text(path), str(path))
+
+
+def _read_text(path: str | Path) -> str:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SpecInvalid([SpecError("", f"no such file: {source}")], source) from None
+        raise SpecInvalid([SpecError("", f"no such file: {path}")], str(path)) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise SpecInvalid([SpecError("", f"cannot read the file: {exc}")], source) from None
-    return parse_study_text(text, source)
+        raise SpecInvalid([SpecError("", f"cannot read the file: {exc}")], str(path)) from None
 
 
 def parse_study_text(text: str, source: str = "<spec>") -> StudyManifest:
@@ -51,6 +54,19 @@ def parse_study_text(text: str, source: str = "<spec>") -> StudyManifest:
         return StudyManifest.model_validate(document)
     except ValidationError as exc:
         raise SpecInvalid(errors_from_validation(exc, StudyManifest, lines), source) from None
+
+
+def load_manifest_file(path: str | Path) -> StudyManifest | GPUBudgetManifest:
+    """Read a Study or a GPUBudget file, choosing the model by its ``kind``."""
+    source = str(path)
+    text = _read_text(path)
+    document, lines = _parse_yaml(text, source)
+    if document.get("kind") != "GPUBudget":
+        return parse_study_text(text, source)
+    try:
+        return GPUBudgetManifest.model_validate(document)
+    except ValidationError as exc:
+        raise SpecInvalid(errors_from_validation(exc, GPUBudgetManifest, lines), source) from None
 
 
 def validate_spec(spec: Any, prefix: Loc = ("spec",)) -> StudySpec:
