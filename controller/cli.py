@@ -56,7 +56,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  best trial #{result.best.number}: {values}")
         print(f"  params: {json.dumps(result.best.params)}")
     elif result.pareto:
-        print(f"  Pareto set: {len(result.pareto)} trials ({', '.join('#' + str(t.number) for t in result.pareto[:10])})")
+        numbers = ", ".join(f"#{t.number}" for t in result.pareto[:10])
+        print(f"  Pareto set: {len(result.pareto)} trials ({numbers})")
     else:
         print("  no trial completed")
     if args.out:
@@ -81,7 +82,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"    {name}: {count}")
     print(f"  trial cost: ~{cost.seconds:.0f} s per trial ({cost.basis})")
     if cost.basis == "maxDuration":
-        print("    (the worst case: set trial.expectedDuration for a closer figure; runs revise it as trials finish)")
+        print(
+            "    (the worst case: set trial.expectedDuration for a closer figure; runs revise it as trials finish)"
+        )
     print(f"  sampler: {choice.sampler}")
     print(f"  pruner:  {choice.pruner}")
     for reason in choice.reasons[1:]:
@@ -121,9 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     run.set_defaults(handler=cmd_run)
 
-    validate = sub.add_parser(
-        "validate", help="check a Study or GPUBudget file; exit 1 listing every error"
-    )
+    validate = sub.add_parser("validate", help="check a Study or GPUBudget file; exit 1 listing every error")
     validate.add_argument("spec")
     validate.set_defaults(handler=cmd_validate)
 

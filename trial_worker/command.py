@@ -100,7 +100,9 @@ def run_command(
             start_new_session=True,
         )
     except OSError as exc:
-        return CommandResult({}, failure=ExitCode.COMMAND_FAILED, message=f"cannot start {command[0]!r}: {exc}")
+        return CommandResult(
+            {}, failure=ExitCode.COMMAND_FAILED, message=f"cannot start {command[0]!r}: {exc}"
+        )
     with RunningCommand.lock:
         RunningCommand.current = process
     pruned = False

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 from enum import IntEnum
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 ASSIGNMENT_ENV = "TUNEFLEET_ASSIGNMENT"
 DB_PASSWORD_ENV = "TUNEFLEET_DB_PASSWORD"
-CONTRACT_VERSION = 1
+CONTRACT_VERSION: Literal[1] = 1
 
 PRUNER_NAMES = ("none", "median", "percentile", "hyperband", "asha", "wilcoxon")
 
@@ -90,7 +90,7 @@ class CommandObjective(_Frozen):
     argv: list[str]
 
 
-ObjectiveEntry = Annotated[Union[PythonObjective, CommandObjective], Field(discriminator="kind")]
+ObjectiveEntry = Annotated[PythonObjective | CommandObjective, Field(discriminator="kind")]
 
 
 class MetricDirection(_Frozen):

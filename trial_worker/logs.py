@@ -16,7 +16,9 @@ def configure_logging(level: int = logging.INFO) -> None:
     wanted = os.environ.get(LOG_FORMAT_ENV, "").lower()
     as_json = wanted == "json" or (wanted != "console" and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(
         processors=[

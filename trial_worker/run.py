@@ -65,7 +65,9 @@ def run_assignment(assignment: Assignment) -> TrialReport:
     except Exception as exc:  # noqa: BLE001
         # The result could not be stored: exit as an infrastructure failure so the trial is retried
         # with the same params rather than silently dropped.
-        return _report(assignment, "FAIL", ExitCode.STORAGE_UNAVAILABLE, f"cannot store the outcome: {exc}", started)
+        return _report(
+            assignment, "FAIL", ExitCode.STORAGE_UNAVAILABLE, f"cannot store the outcome: {exc}", started
+        )
     return _report(assignment, outcome.state.name, outcome.exit_code, outcome.message, started)
 
 
@@ -140,9 +142,13 @@ def _checked(returned: Any, expected: int, constraints: dict[str, float]) -> Out
             return _invalid(f"constraint {name!r} is {bound}; constraint values must be finite")
     if returned is None:
         return _invalid("the objective returned None")
-    values: Sequence[Any] = returned if isinstance(returned, Sequence) and not isinstance(returned, str) else [returned]
+    values: Sequence[Any] = (
+        returned if isinstance(returned, Sequence) and not isinstance(returned, str) else [returned]
+    )
     if len(values) != expected:
-        return _invalid(f"the objective returned {len(values)} value(s) but the study has {expected} metric(s)")
+        return _invalid(
+            f"the objective returned {len(values)} value(s) but the study has {expected} metric(s)"
+        )
     floats: list[float] = []
     for value in values:
         try:
@@ -188,7 +194,7 @@ def _import_objective(entry: str, workdir: str | None) -> Callable[[optuna.Trial
     function = getattr(module, function_name, None)
     if not callable(function):
         raise AttributeError(f"{module_name} has no callable {function_name!r}")
-    return function  # type: ignore[no-any-return]
+    return function
 
 
 def _traceback_tail() -> str:

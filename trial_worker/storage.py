@@ -55,7 +55,7 @@ def with_retries(action: Any, attempts: int = 8, first_delay_s: float = 0.5) -> 
     for attempt in range(attempts):
         try:
             return action()
-        except Exception as exc:  # noqa: BLE001 - the storage raises many kinds
+        except Exception as exc:
             if attempt == attempts - 1 or not _is_transient(exc):
                 raise
             time.sleep(delay)

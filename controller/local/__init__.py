@@ -1,1 +1,3 @@
 """Local mode: the same planner, with trials as worker processes on this machine."""
+
+from __future__ import annotations

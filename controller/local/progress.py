@@ -12,9 +12,7 @@ from controller.planner import StudySummary
 
 
 def describe_summary(summary: StudySummary) -> str:
-    best = (
-        ", ".join(f"{v:.6g}" for v in summary.best_values) if summary.best_values else "-"
-    )
+    best = ", ".join(f"{v:.6g}" for v in summary.best_values) if summary.best_values else "-"
     return (
         f"complete {summary.complete} · running {summary.running} · pruned {summary.pruned} "
         f"· failed {summary.failed} · best {best}"

@@ -20,7 +20,7 @@ from controller.budget.slots import CUDA_VISIBLE_DEVICES, GpuSlots
 from controller.budget.views import study_budget_view
 from controller.local.progress import StudyProgress
 from controller.local.workers import LocalWorker, WorkerEvent
-from controller.planner import BudgetView, Observation, Plan, StopReason, decide, summarize
+from controller.planner import BudgetView, Observation, Plan, StopReason, TrialView, decide, summarize
 from controller.planner.confirmation import (
     ATTR_CONFIRM_OF,
     ATTR_CONFIRM_WARNING,
@@ -170,7 +170,12 @@ class LocalRunner:
         study, ledger = self._open()
         self._ledger = ledger
         total = self.spec.budget.maxTrials
-        log.info("study starting", study=self.name, storage=_redacted(self.storage_url), parallelism=self.parallelism)
+        log.info(
+            "study starting",
+            study=self.name,
+            storage=_redacted(self.storage_url),
+            parallelism=self.parallelism,
+        )
         plan = Plan()
         with StudyProgress(self.name, total, enabled=self.options.show_progress) as progress:
             while True:
@@ -211,7 +216,7 @@ class LocalRunner:
             elapsed_s=time.monotonic() - began,
         )
 
-    def _observation(self, views: tuple) -> Observation:  # type: ignore[type-arg]
+    def _observation(self, views: tuple[TrialView, ...]) -> Observation:
         return Observation(
             trials=views,
             live=frozenset(self._inflight),
@@ -271,14 +276,18 @@ class LocalRunner:
     def _assignment(self, trial: optuna.Trial) -> Assignment:
         entry = self.spec.trial
         objective = (
-            PythonObjective(entry=entry.python) if entry.python else CommandObjective(argv=entry.command or [])
+            PythonObjective(entry=entry.python)
+            if entry.python
+            else CommandObjective(argv=entry.command or [])
         )
         return Assignment(
             storage_url=self.storage_url,
             study_name=self.name,
             trial_number=trial.number,
             objective=objective,
-            metrics=[MetricDirection(name=m.name, direction=m.direction) for m in self.spec.objective.metrics],
+            metrics=[
+                MetricDirection(name=m.name, direction=m.direction) for m in self.spec.objective.metrics
+            ],
             constraints=self.spec.objective.constraints,
             # A confirmation run measures the full value: never pruned.
             pruner=(
@@ -381,11 +390,15 @@ class LocalRunner:
             del self._inflight[number]
             flight.worker.kill()
             self._forget_worker(flight.worker)
-            fail_trial(study, number, "maxDuration", f"exceeded maxDuration ({self.spec.trial.maxDuration} s)")
+            fail_trial(
+                study, number, "maxDuration", f"exceeded maxDuration ({self.spec.trial.maxDuration} s)"
+            )
             self._settle(flight, now - flight.started)
 
     def _settle(self, flight: _InFlight, seconds: float) -> None:
-        self._ledger.settle(f"local:{flight.reservation_key}", flight.reservation_key, self._charge(seconds), seconds)
+        self._ledger.settle(
+            f"local:{flight.reservation_key}", flight.reservation_key, self._charge(seconds), seconds
+        )
 
     def _kill_all(self) -> None:
         for worker in list(self._workers.values()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -71,17 +72,13 @@ class LocalWorker:
     def retire(self) -> None:
         """Ask the worker to exit after its current trial (closes its stdin)."""
         if self._process.stdin is not None and not self._process.stdin.closed:
-            try:
+            with contextlib.suppress(OSError):  # the worker is already gone
                 self._process.stdin.close()
-            except OSError:
-                pass  # the worker is already gone
 
     def kill(self) -> None:
         """Stop the worker and everything it started, now."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self._process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.retire()
 
     def wait(self, timeout: float | None = None) -> int | None:

@@ -90,9 +90,7 @@ def decide(
     affordable -= len(retry)
 
     started_logical = _logical_started(trials)
-    remaining_trials = (
-        spec.budget.maxTrials - len(started_logical) if spec.budget.maxTrials else UNLIMITED
-    )
+    remaining_trials = spec.budget.maxTrials - len(started_logical) if spec.budget.maxTrials else UNLIMITED
     size = spec.space_size()
     remaining_space = size - _distinct_configs(trials) if size is not None else UNLIMITED
     start_new = max(0, min(slots, affordable, remaining_trials, remaining_space))
@@ -225,9 +223,7 @@ def _stop_reason(
 
 
 def _completed_in_order(trials: list[TrialView]) -> list[TrialView]:
-    return sorted(
-        (t for t in trials if t.state == "COMPLETE" and t.values), key=lambda t: t.number
-    )
+    return sorted((t for t in trials if t.state == "COMPLETE" and t.values), key=lambda t: t.number)
 
 
 def _goal_reached(spec: StudySpec, trials: list[TrialView]) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-class StopReason(str, enum.Enum):
+class StopReason(enum.StrEnum):
     """Why a study stops starting trials (and, once nothing runs, why it ended)."""
 
     MAX_TRIALS = "MaxTrialsReached"

@@ -56,8 +56,10 @@ def best_trial(spec: StudySpec, trials: tuple[TrialView, ...] | list[TrialView])
     for trial in sorted(trials, key=lambda t: t.number):
         if trial.state != "COMPLETE" or not trial.values:
             continue
-        if best is None or best.values is None:
-            best = trial
-        elif (trial.values[0] > best.values[0]) if maximize else (trial.values[0] < best.values[0]):
+        if best is None or best.values is None or _better(trial.values[0], best.values[0], maximize):
             best = trial
     return best
+
+
+def _better(value: float, than: float, maximize: bool) -> bool:
+    return value > than if maximize else value < than

@@ -27,9 +27,7 @@ def parse_duration(value: Any) -> int:
         else:
             match = _DURATION.match(text)
             if not text or match is None:
-                raise ValueError(
-                    f"{value!r} is not a duration; write it like 90s, 30m, 2h, 1d or 1h30m"
-                )
+                raise ValueError(f"{value!r} is not a duration; write it like 90s, 30m, 2h, 1d or 1h30m")
             days, hours, minutes, secs = (int(g) if g else 0 for g in match.groups())
             seconds = days * 86400 + hours * 3600 + minutes * 60 + secs
     else:

@@ -76,8 +76,10 @@ def validate_spec(spec: Any, prefix: Loc = ("spec",)) -> StudySpec:
     except ValidationError as exc:
         errors = errors_from_validation(exc, StudySpec, {})
         raise SpecInvalid(
-            [SpecError(".".join(str(p) for p in prefix) + ("." + e.path if e.path else ""),
-                       e.message) for e in errors]
+            [
+                SpecError(".".join(str(p) for p in prefix) + ("." + e.path if e.path else ""), e.message)
+                for e in errors
+            ]
         ) from None
 
 
@@ -145,9 +147,13 @@ def _clean_loc(loc: Loc) -> Loc:
         after_param_name = index >= 2 and loc[index - 2] == "searchSpace"
         if after_param_name and part in PARAM_TYPES:
             continue
-        if isinstance(part, str) and (
-            part in _UNION_MEMBER_TAGS or "[" in part
-        ) and not after_param_name and index > 0 and loc[index - 1] != "searchSpace":
+        if (
+            isinstance(part, str)
+            and (part in _UNION_MEMBER_TAGS or "[" in part)
+            and not after_param_name
+            and index > 0
+            and loc[index - 1] != "searchSpace"
+        ):
             continue
         cleaned.append(part)
     return tuple(cleaned)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controller.spec.errors import describe, field_error
 
-Choice = Union[bool, int, float, str]
+Choice = bool | int | float | str
 """A categorical choice. bool comes first so YAML ``true`` stays a bool, not 1."""
 
-ConditionValue = Union[Choice, list[Choice]]
+ConditionValue = Choice | list[Choice]
 
 
 class _Param(BaseModel):
@@ -62,9 +62,7 @@ class FloatParam(_Param):
         if not (math.isfinite(self.low) and math.isfinite(self.high)):
             raise field_error("low", "low and high must be finite numbers")
         if self.low > self.high:
-            raise field_error(
-                "high", f"high ({self.high}) must be greater than or equal to low ({self.low})"
-            )
+            raise field_error("high", f"high ({self.high}) must be greater than or equal to low ({self.low})")
         if self.log and self.low <= 0:
             raise field_error("low", f"a log-scaled range needs low > 0, got {self.low}")
         if self.log and self.step is not None:
@@ -75,7 +73,7 @@ class FloatParam(_Param):
         """How many values a grid over this parameter has, or None if it is continuous."""
         if self.step is None:
             return None
-        return int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+        return math.floor((self.high - self.low) / self.step + 1e-9) + 1
 
 
 class IntParam(_Param):
@@ -90,9 +88,7 @@ class IntParam(_Param):
     @model_validator(mode="after")
     def _check_range(self) -> IntParam:
         if self.low > self.high:
-            raise field_error(
-                "high", f"high ({self.high}) must be greater than or equal to low ({self.low})"
-            )
+            raise field_error("high", f"high ({self.high}) must be greater than or equal to low ({self.low})")
         if self.log and self.low < 1:
             raise field_error("low", f"a log-scaled int range needs low >= 1, got {self.low}")
         if self.log and self.step != 1:
@@ -124,5 +120,5 @@ class CategoricalParam(_Param):
         return len(self.choices)
 
 
-Param = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
+Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
 PARAM_TYPES = ("float", "int", "categorical")

@@ -287,7 +287,9 @@ def _check_strategy_fits_objective(spec: StudySpec) -> None:
 
         size = product_size(spec.searchSpace)
         if size is not None and size > MAX_GRID_POINTS:
-            raise field_error("strategy.sampler", f"the grid has {size} points; at most {MAX_GRID_POINTS} are supported")
+            raise field_error(
+                "strategy.sampler", f"the grid has {size} points; at most {MAX_GRID_POINTS} are supported"
+            )
 
 
 def _check_conditions(space: dict[str, FloatParam | IntParam | CategoricalParam]) -> None:
@@ -314,9 +316,7 @@ def _check_conditions(space: dict[str, FloatParam | IntParam | CategoricalParam]
                             f"[{target.low}, {target.high}]",
                         )
                 else:
-                    raise field_error(
-                        where, f"{parent!r} is a float; conditions need a categorical or int"
-                    )
+                    raise field_error(where, f"{parent!r} is a float; conditions need a categorical or int")
     _check_acyclic(space)
 
 
@@ -328,7 +328,7 @@ def _check_acyclic(space: dict[str, FloatParam | IntParam | CategoricalParam]) -
         if name in done:
             return
         if name in visiting:
-            cycle = " -> ".join([*trail[trail.index(name):], name])
+            cycle = " -> ".join([*trail[trail.index(name) :], name])
             raise field_error(f"searchSpace.{name}.when", f"conditions form a cycle: {cycle}")
         visiting.add(name)
         for parent in space[name].when or {}:
@@ -353,9 +353,7 @@ def _check_fixed_params(
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             raise field_error(f"{where}.{name}", f"{describe(value)} is not a number")
         elif not param.low <= value <= param.high:
-            raise field_error(
-                f"{where}.{name}", f"{value} is outside [{param.low}, {param.high}]"
-            )
+            raise field_error(f"{where}.{name}", f"{value} is outside [{param.low}, {param.high}]")
 
 
 def ordered_parameters(

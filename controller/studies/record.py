@@ -76,7 +76,9 @@ def code_revision(workdir: str) -> dict[str, str] | None:
             return None
         status = subprocess.run(
             [tool, "-C", workdir, "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None

@@ -8,6 +8,7 @@ from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
+from optuna.study import StudyDirection
 
 from trial_worker.contract import redact_url, storage_url_with_password
 
@@ -41,7 +42,7 @@ def open_storage(url: str, pool_size: int = 2) -> RDBStorage:
         engine_kwargs = {"pool_size": pool_size, "max_overflow": 2, "pool_pre_ping": True}
     try:
         return RDBStorage(full_url, engine_kwargs=engine_kwargs)
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy and drivers raise many kinds
+    except Exception as exc:
         raise StorageUnavailable(f"cannot open storage {redact_url(url)}: {_first_line(exc)}") from exc
 
 
@@ -64,7 +65,9 @@ def create_or_load_study(
     study = optuna.create_study(
         storage=storage,
         study_name=name,
-        directions=directions,
+        directions=[
+            StudyDirection.MAXIMIZE if d == "maximize" else StudyDirection.MINIMIZE for d in directions
+        ],
         sampler=sampler,
         pruner=pruner,
         load_if_exists=True,

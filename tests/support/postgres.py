@@ -83,12 +83,32 @@ class PostgresServer:
     def start(self) -> None:
         if self.data_dir is None:
             raise PostgresUnavailable("this server was not started by the tests; cannot restart it")
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data_dir} -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        options = " ".join(
+            [
+                f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1 -c max_connections=300",
+                # A throwaway server: durability only costs time here.
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            ]
+        )
         result = self._run(
-            "pg_ctl", "-D", str(self.data_dir), "-o", options, "-l", str(self.data_dir / "server.log"), "-w", "-t", "60", "start"
+            "pg_ctl",
+            "-D",
+            str(self.data_dir),
+            "-o",
+            options,
+            "-l",
+            str(self.data_dir / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
         )
         if result.returncode != 0:
-            log = (self.data_dir / "server.log").read_text(errors="replace")[-2000:] if (self.data_dir / "server.log").exists() else ""
+            log = (
+                (self.data_dir / "server.log").read_text(errors="replace")[-2000:]
+                if (self.data_dir / "server.log").exists()
+                else ""
+            )
             raise PostgresUnavailable(f"pg_ctl start failed: {result.stderr or result.stdout}\n{log}")
 
     def restart(self) -> None:
@@ -102,7 +122,9 @@ def start_server() -> PostgresServer:
         from sqlalchemy.engine import make_url
 
         url = make_url(existing)
-        return PostgresServer(host=url.host or "127.0.0.1", port=url.port or 5432, user=url.username or "postgres")
+        return PostgresServer(
+            host=url.host or "127.0.0.1", port=url.port or 5432, user=url.username or "postgres"
+        )
     bin_dir = _bin_dir()
     as_postgres = os.geteuid() == 0
     root = Path(tempfile.mkdtemp(prefix="tunefleet-pg-"))
@@ -112,7 +134,9 @@ def start_server() -> PostgresServer:
         os.chmod(root, 0o755)
         shutil.chown(data_dir, "postgres", "postgres")
     server = PostgresServer("127.0.0.1", _free_port(), "postgres", data_dir, bin_dir, as_postgres)
-    result = server._run("initdb", "-D", str(data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+    result = server._run(
+        "initdb", "-D", str(data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"
+    )
     if result.returncode != 0:
         raise PostgresUnavailable(f"initdb failed: {result.stderr or result.stdout}")
     server.start()

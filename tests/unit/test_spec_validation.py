@@ -51,7 +51,9 @@ def test_unknown_top_level_field_names_it_and_lists_allowed() -> None:
 
 
 def test_unknown_field_inside_a_parameter() -> None:
-    error = single_error(study_document(searchSpace={"lr": {"type": "float", "low": 0.1, "high": 1, "lgo": True}}))
+    error = single_error(
+        study_document(searchSpace={"lr": {"type": "float", "low": 0.1, "high": 1, "lgo": True}})
+    )
     assert error.startswith("spec.searchSpace.lr.lgo")
     assert "allowed here" in error and "log" in error
 
@@ -65,14 +67,14 @@ def test_yaml_syntax_error_gives_the_line() -> None:
 
 def test_errors_carry_the_yaml_line_of_the_field() -> None:
     text = yaml.safe_dump(study_document(parallelism=0), sort_keys=False)
-    line = next(i for i, l in enumerate(text.splitlines(), 1) if l.strip().startswith("parallelism"))
+    line = next(n for n, row in enumerate(text.splitlines(), 1) if row.strip().startswith("parallelism"))
     assert f"(line {line})" in single_error(text)
 
 
 def test_missing_required_field() -> None:
     document = study_document()
     del document["spec"]["trial"]
-    assert single_error(document) .startswith("spec.trial")
+    assert single_error(document).startswith("spec.trial")
     assert "required" in single_error(document)
 
 
@@ -89,12 +91,16 @@ def test_low_above_high_names_the_parameter() -> None:
 
 
 def test_log_scale_needs_a_positive_low() -> None:
-    error = single_error(study_document(searchSpace={"lr": {"type": "float", "low": 0.0, "high": 1.0, "log": True}}))
+    error = single_error(
+        study_document(searchSpace={"lr": {"type": "float", "low": 0.0, "high": 1.0, "log": True}})
+    )
     assert error.startswith("spec.searchSpace.lr.low") and "low > 0" in error
 
 
 def test_log_and_step_are_exclusive() -> None:
-    document = study_document(searchSpace={"n": {"type": "int", "low": 1, "high": 64, "log": True, "step": 2}})
+    document = study_document(
+        searchSpace={"n": {"type": "int", "low": 1, "high": 64, "log": True, "step": 2}}
+    )
     assert single_error(document).startswith("spec.searchSpace.n.step")
 
 
@@ -117,7 +123,11 @@ def test_unknown_parameter_type() -> None:
 
 def test_condition_on_an_unknown_parameter() -> None:
     error = single_error(
-        study_document(searchSpace={"momentum": {"type": "float", "low": 0.8, "high": 0.99, "when": {"optimizer": "sgd"}}})
+        study_document(
+            searchSpace={
+                "momentum": {"type": "float", "low": 0.8, "high": 0.99, "when": {"optimizer": "sgd"}}
+            }
+        )
     )
     assert error.startswith("spec.searchSpace.momentum.when.optimizer")
     assert "not a parameter" in error
@@ -218,7 +228,10 @@ def test_cli_validate_lists_every_error_and_exits_1(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(document))
     result = subprocess.run(
-        [sys.executable, "-m", "controller.cli", "validate", str(path)], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "controller.cli", "validate", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 1
     assert "2 errors" in result.stderr
@@ -228,7 +241,13 @@ def test_cli_validate_lists_every_error_and_exits_1(tmp_path: Path) -> None:
 
 def test_cli_validate_accepts_a_good_spec() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "controller.cli", "validate", str(REPO_ROOT / "examples/quickstart/study.yaml")],
+        [
+            sys.executable,
+            "-m",
+            "controller.cli",
+            "validate",
+            str(REPO_ROOT / "examples/quickstart/study.yaml"),
+        ],
         capture_output=True,
         text=True,
         check=False,
