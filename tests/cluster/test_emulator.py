@@ -1,0 +1,612 @@
+"""The emulated Kubernetes API, exercised through the official client and kopf, unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+import kubernetes
+import pytest
+from kubernetes.client import ApiClient, ApiException, BatchV1Api, CoreV1Api, CustomObjectsApi
+from kubernetes.watch import Watch
+
+from tests.cluster.emulator import KubeEmulator
+
+pytestmark = pytest.mark.timeout(60)
+
+GROUP, VERSION = "tunefleet.dev", "v1alpha1"
+
+
+def crd(plural: str, kind: str, *, status_schema: dict[str, Any] | None = None,
+        subresources: bool = True) -> dict[str, Any]:
+    preserve = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    schema = {"type": "object", "properties": {
+        "spec": preserve, "status": status_schema or preserve}}
+    version: dict[str, Any] = {"name": VERSION, "served": True, "storage": True,
+                               "schema": {"openAPIV3Schema": schema}}
+    if subresources:
+        version["subresources"] = {"status": {}}
+    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{plural}.{GROUP}"},
+            "spec": {"group": GROUP, "scope": "Namespaced", "versions": [version],
+                     "names": {"plural": plural, "singular": plural[:-1], "kind": kind}}}
+
+
+def http(kube: KubeEmulator, method: str, path: str, body: Any = None,
+         content_type: str = "application/json") -> tuple[int, Any]:
+    """A raw request, for what the official client cannot express."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{kube.url}{path}", data=data, method=method,
+                                     headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def job(name: str, command: list[str], **spec: Any) -> dict[str, Any]:
+    pod_spec = spec.pop("pod_spec", {})
+    meta = spec.pop("pod_metadata", {})
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+            "spec": {"backoffLimit": 0, **spec, "template": {"metadata": meta, "spec": {
+                "restartPolicy": "Never", "terminationGracePeriodSeconds": 2,
+                "containers": [{"name": "main", "image": "python:3.11", "command": command,
+                                "resources": {"limits": {"nvidia.com/gpu": "1"}}}],
+                **pod_spec}}}}
+
+
+def job_pod(kube: KubeEmulator, name: str, timeout: float = 15) -> dict[str, Any]:
+    pods: list[dict[str, Any]] = kube.wait_for(
+        lambda: kube.api.list("pods", "default", label_selector=f"job-name={name}"), timeout)
+    assert len(pods) == 1
+    return pods[0]
+
+
+def pod_phase(kube: KubeEmulator, name: str, phase: str, timeout: float = 20) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        pod = kube.api.find("pods", "default", name)
+        return pod if pod and pod["status"].get("phase") == phase else None
+    return kube.wait_for(check, timeout, message=f"pod {name} never reached {phase}")
+
+
+def job_condition(kube: KubeEmulator, name: str, kind: str, timeout: float = 20) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        obj = kube.api.find("jobs.batch", "default", name) or {}
+        return next((c for c in (obj.get("status") or {}).get("conditions") or []
+                     if c["type"] == kind), None)
+    return kube.wait_for(check, timeout, message=f"job {name} never got {kind}")
+
+
+# -- API semantics ------------------------------------------------------------------------------
+
+
+def test_crud_conflicts_and_not_found(kube_client: ApiClient) -> None:
+    v1 = CoreV1Api(kube_client)
+    created = v1.create_namespaced_config_map("default", {"metadata": {"name": "one"},
+                                                          "data": {"a": "1"}})
+    assert created.metadata.uid and created.metadata.creation_timestamp
+    assert int(created.metadata.resource_version) > 0 and created.metadata.generation == 1
+    with pytest.raises(ApiException) as exc:
+        v1.create_namespaced_config_map("default", {"metadata": {"name": "one"}})
+    assert exc.value.status == 409 and json.loads(exc.value.body)["reason"] == "AlreadyExists"
+    with pytest.raises(ApiException) as exc:
+        v1.read_namespaced_config_map("missing", "default")
+    status = json.loads(exc.value.body)
+    assert (exc.value.status, status["kind"], status["reason"]) == (404, "Status", "NotFound")
+    with pytest.raises(ApiException) as exc:
+        v1.create_namespaced_config_map("nowhere", {"metadata": {"name": "x"}})
+    assert exc.value.status == 404
+
+    generated = v1.create_namespaced_config_map("default", {"metadata": {"generateName": "gen-"}})
+    assert generated.metadata.name.startswith("gen-") and len(generated.metadata.name) == 9
+    v1.create_namespace({"metadata": {"name": "team-a"}})
+    v1.create_namespaced_config_map("team-a", {"metadata": {"name": "one"}})
+    every = v1.list_config_map_for_all_namespaces()
+    assert {(c.metadata.namespace, c.metadata.name) for c in every.items} >= {
+        ("default", "one"), ("team-a", "one")}
+    assert int(every.metadata.resource_version) >= int(created.metadata.resource_version)
+
+    v1.delete_namespaced_config_map("one", "default")
+    with pytest.raises(ApiException) as exc:
+        v1.delete_namespaced_config_map("one", "default")
+    assert exc.value.status == 404
+
+
+def test_stale_resource_version_conflicts(kube_client: ApiClient) -> None:
+    v1 = CoreV1Api(kube_client)
+    first = v1.create_namespaced_config_map("default", {"metadata": {"name": "cm"},
+                                                        "data": {"a": "1"}})
+    first.data = {"a": "2"}
+    second = v1.replace_namespaced_config_map("cm", "default", first)
+    assert int(second.metadata.resource_version) > int(first.metadata.resource_version)
+    first.data = {"a": "3"}  # still carries the old resourceVersion
+    with pytest.raises(ApiException) as exc:
+        v1.replace_namespaced_config_map("cm", "default", first)
+    assert exc.value.status == 409 and json.loads(exc.value.body)["reason"] == "Conflict"
+    stale = {"metadata": {"resourceVersion": first.metadata.resource_version}, "data": {"a": "4"}}
+    with pytest.raises(ApiException) as exc:
+        v1.patch_namespaced_config_map("cm", "default", stale)
+    assert exc.value.status == 409
+    # A write that changes nothing keeps the resourceVersion (no event either).
+    same = v1.patch_namespaced_config_map("cm", "default", {"data": {"a": "2"}})
+    assert same.metadata.resource_version == second.metadata.resource_version
+
+
+def test_label_and_field_selectors(kube_client: ApiClient) -> None:
+    v1 = CoreV1Api(kube_client)
+    for name, labels in (("a", {"app": "x", "tier": "web"}), ("b", {"app": "y"}), ("c", {})):
+        v1.create_namespaced_config_map("default", {"metadata": {"name": name, "labels": labels}})
+
+    def names(**kwargs: str) -> set[str]:
+        return {c.metadata.name for c in v1.list_namespaced_config_map("default", **kwargs).items
+                if c.metadata.name in "abc"}
+
+    assert names(label_selector="app=x") == {"a"}
+    assert names(label_selector="app!=x") == {"b", "c"}
+    assert names(label_selector="app in (x,y)") == {"a", "b"}
+    assert names(label_selector="app notin (x)") == {"b", "c"}
+    assert names(label_selector="tier") == {"a"}
+    assert names(label_selector="!app") == {"c"}
+    assert names(label_selector="app,tier=web") == {"a"}
+    assert names(field_selector="metadata.name=b") == {"b"}
+    assert names(field_selector="metadata.name!=b") == {"a", "c"}
+    with pytest.raises(ApiException) as exc:
+        v1.list_namespaced_config_map("default", field_selector="data.a=1")
+    assert exc.value.status == 400
+    page = v1.list_namespaced_config_map("default", limit=2)
+    rest = v1.list_namespaced_config_map("default", limit=2, _continue=page.metadata._continue)
+    assert len(page.items) == 2 and {i.metadata.name for i in page.items + rest.items} >= {"a", "b", "c"}
+
+
+def test_status_subresource_generation_and_crd_discovery(
+        kube_emulator: KubeEmulator, kube_client: ApiClient) -> None:
+    ext = kubernetes.client.ApiextensionsV1Api(kube_client)
+    ext.create_custom_resource_definition(crd("studies", "Study"))
+    groups = kubernetes.client.ApisApi(kube_client).get_api_versions()
+    assert GROUP in {g.name for g in groups.groups}
+    _, found = http(kube_emulator, "GET", f"/apis/{GROUP}/{VERSION}")
+    assert {r["name"] for r in found["resources"]} == {"studies", "studies/status"}
+
+    crs = CustomObjectsApi(kube_client)
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Study", "metadata": {"name": "s"},
+            "spec": {"parallelism": 1}, "status": {"phase": "ignored"}}
+    study = crs.create_namespaced_custom_object(GROUP, VERSION, "default", "studies", body)
+    assert "status" not in study and study["metadata"]["generation"] == 1
+    study = crs.patch_namespaced_custom_object(GROUP, VERSION, "default", "studies", "s",
+                                               {"status": {"phase": "nope"},
+                                                "metadata": {"labels": {"l": "1"}}})
+    assert "status" not in study and study["metadata"]["generation"] == 1
+    study = crs.patch_namespaced_custom_object_status(GROUP, VERSION, "default", "studies", "s",
+                                                      {"status": {"phase": "Running"},
+                                                       "spec": {"parallelism": 9}})
+    assert study["status"] == {"phase": "Running"} and study["spec"] == {"parallelism": 1}
+    assert study["metadata"]["generation"] == 1
+    study = crs.patch_namespaced_custom_object(GROUP, VERSION, "default", "studies", "s",
+                                               {"spec": {"parallelism": 2}})
+    assert study["metadata"]["generation"] == 2 and study["status"] == {"phase": "Running"}
+    code, _ = http(kube_emulator, "PATCH", f"/apis/{GROUP}/{VERSION}/namespaces/default/studies/s",
+                   {"spec": {}}, "application/strategic-merge-patch+json")
+    assert code == 415  # custom resources refuse strategic merge
+
+    ext.delete_custom_resource_definition(f"studies.{GROUP}")
+    assert f"{GROUP}/{VERSION}/studies" not in kube_emulator.api.served()
+
+
+def test_status_schema_without_preserve_unknown_fields_prunes(kube_emulator: KubeEmulator) -> None:
+    kube_emulator.api.apply_crds([crd("gpubudgets", "GPUBudget", status_schema={
+        "type": "object", "properties": {"usedGpuSeconds": {"type": "integer"}}})])
+    kube_emulator.api.create("gpubudgets.tunefleet.dev", {"metadata": {"name": "b"},
+                                                          "spec": {"gpuHours": 4}}, "default")
+    patched = kube_emulator.api.patch("gpubudgets.tunefleet.dev", "default", "b", {
+        "status": {"usedGpuSeconds": 5, "operatorState": {"x": 1}}}, subresource="status")
+    assert patched["status"] == {"usedGpuSeconds": 5}
+
+
+def test_patch_flavours(kube_emulator: KubeEmulator, kube_client: ApiClient) -> None:
+    v1 = CoreV1Api(kube_client)
+    v1.create_namespaced_config_map("default", {"metadata": {"name": "p"},
+                                                "data": {"a": "1", "b": "2"}})
+    _, merged = http(kube_emulator, "PATCH", "/api/v1/namespaces/default/configmaps/p",
+                     {"data": {"a": None, "c": "3"}}, "application/merge-patch+json")
+    assert merged["data"] == {"b": "2", "c": "3"}
+    patched = v1.patch_namespaced_config_map("p", "default", [
+        {"op": "test", "path": "/data/b", "value": "2"},
+        {"op": "replace", "path": "/data/b", "value": "20"},
+        {"op": "add", "path": "/metadata/labels", "value": {"k": "v"}}])
+    assert patched.data == {"b": "20", "c": "3"} and patched.metadata.labels == {"k": "v"}
+    with pytest.raises(ApiException) as exc:
+        v1.patch_namespaced_config_map("p", "default", [{"op": "test", "path": "/data/b",
+                                                         "value": "nope"}])
+    assert exc.value.status == 422
+    # Strategic merge (the official client's default for dicts): conditions merge by type.
+    v1.create_namespaced_pod("default", {"metadata": {"name": "pod"}, "spec": {
+        "containers": [{"name": "c", "image": "does-not-exist"}]}})
+    conditions = [{"type": "Custom", "status": "True"}]
+    pod = v1.patch_namespaced_pod_status("pod", "default", {"status": {"conditions": conditions}})
+    kinds = {c.type for c in pod.status.conditions}
+    assert "Custom" in kinds and ("PodScheduled" in kinds or len(kinds) == 1)
+    with pytest.raises(ApiException) as exc:  # pod specs are immutable
+        v1.patch_namespaced_pod("pod", "default", {"spec": {"restartPolicy": "Never"}})
+    assert exc.value.status == 422
+
+
+def test_finalizers_hold_deletion(kube_client: ApiClient) -> None:
+    v1 = CoreV1Api(kube_client)
+    v1.create_namespaced_config_map("default", {"metadata": {"name": "f",
+                                                             "finalizers": ["test/hold"]}})
+    v1.delete_namespaced_config_map("f", "default")
+    held = v1.read_namespaced_config_map("f", "default")
+    assert held.metadata.deletion_timestamp is not None
+    with pytest.raises(ApiException) as exc:
+        v1.patch_namespaced_config_map("f", "default", {"metadata": {
+            "finalizers": ["test/hold", "test/new"]}})
+    assert exc.value.status == 422
+    v1.patch_namespaced_config_map("f", "default", [{"op": "remove", "path": "/metadata/finalizers"}])
+    with pytest.raises(ApiException) as exc:
+        v1.read_namespaced_config_map("f", "default")
+    assert exc.value.status == 404
+
+
+def test_owner_references_garbage_collection(kube_emulator: KubeEmulator,
+                                             kube_client: ApiClient) -> None:
+    v1 = CoreV1Api(kube_client)
+    owner = v1.create_namespaced_config_map("default", {"metadata": {"name": "owner"}})
+    ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid}
+    for name, finalizers in (("free", []), ("held", ["test/hold"])):
+        v1.create_namespaced_config_map("default", {"metadata": {
+            "name": name, "ownerReferences": [ref], "finalizers": finalizers}})
+    v1.delete_namespaced_config_map("owner", "default")
+    kube_emulator.wait_for(lambda: kube_emulator.api.find("configmaps", "default", "free") is None)
+    held = kube_emulator.api.get("configmaps", "default", "held")
+    assert held["metadata"]["deletionTimestamp"]
+
+    orphan_owner = v1.create_namespaced_config_map("default", {"metadata": {"name": "o2"}})
+    ref["name"], ref["uid"] = "o2", orphan_owner.metadata.uid
+    v1.create_namespaced_config_map("default", {"metadata": {"name": "kept",
+                                                             "ownerReferences": [ref]}})
+    v1.delete_namespaced_config_map("o2", "default", propagation_policy="Orphan")
+    time.sleep(0.3)
+    kept = kube_emulator.api.get("configmaps", "default", "kept")
+    assert not kept["metadata"].get("ownerReferences")
+
+
+def test_watch_resume_gone_and_selectors(kube_emulator: KubeEmulator,
+                                         kube_client: ApiClient) -> None:
+    v1 = CoreV1Api(kube_client)
+    a = v1.create_namespaced_config_map("default", {"metadata": {"name": "a",
+                                                                 "labels": {"w": "1"}}})
+    since = a.metadata.resource_version
+    v1.create_namespaced_config_map("default", {"metadata": {"name": "b", "labels": {"w": "1"}}})
+    v1.create_namespaced_config_map("default", {"metadata": {"name": "other"}})
+    v1.patch_namespaced_config_map("a", "default", {"data": {"x": "1"}})
+    v1.patch_namespaced_config_map("b", "default", {"metadata": {"labels": {"w": "2"}}})
+    seen = [(e["type"], e["object"].metadata.name) for e in Watch().stream(
+        v1.list_namespaced_config_map, "default", resource_version=since, label_selector="w=1",
+        timeout_seconds=1)]
+    # b leaving the selector is a DELETED for this watch, like the real watch cache.
+    assert seen == [("ADDED", "b"), ("MODIFIED", "a"), ("DELETED", "b")]
+
+    kube_emulator.compact_history()
+    with pytest.raises(ApiException) as exc:
+        list(Watch().stream(v1.list_namespaced_config_map, "default", resource_version=since,
+                            timeout_seconds=1))
+    assert exc.value.status == 410
+
+
+@pytest.mark.kube_emulator(bookmark_interval_s=0.2)
+def test_watch_timeout_and_bookmarks(kube_emulator: KubeEmulator) -> None:
+    url = (f"{kube_emulator.url}/api/v1/namespaces/default/configmaps?watch=true"
+           f"&timeoutSeconds=1&allowWatchBookmarks=true&resourceVersion="
+           f"{kube_emulator.api.resource_version}")
+    started = time.monotonic()
+    with urllib.request.urlopen(url, timeout=10) as response:
+        events = [json.loads(line) for line in response]
+    assert 0.9 < time.monotonic() - started < 3
+    assert events and {e["type"] for e in events} == {"BOOKMARK"}
+    assert events[0]["object"]["metadata"]["resourceVersion"] == str(
+        kube_emulator.api.resource_version)
+
+
+def test_watch_restarts_after_force_close(kube_emulator: KubeEmulator,
+                                          kube_client: ApiClient) -> None:
+    v1 = CoreV1Api(kube_client)
+    seen: list[str] = []
+    watch = Watch()
+
+    def consume() -> None:
+        for event in watch.stream(v1.list_namespaced_config_map, "default",
+                                  resource_version=str(kube_emulator.api.resource_version)):
+            seen.append(event["object"].metadata.name)
+            if len(seen) == 2:
+                watch.stop()
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    kube_emulator.wait_for(lambda: kube_emulator.request_counts[("watch", "configmaps")] == 1)
+    v1.create_namespaced_config_map("default", {"metadata": {"name": "before"}})
+    kube_emulator.wait_for(lambda: seen == ["before"])
+    assert kube_emulator.close_watches() == 1
+    v1.create_namespaced_config_map("default", {"metadata": {"name": "after"}})
+    thread.join(timeout=10)
+    assert seen == ["before", "after"]
+    assert kube_emulator.request_counts[("watch", "configmaps")] == 2
+
+
+def test_namespace_deletion_cascades(kube_emulator: KubeEmulator, kube_client: ApiClient) -> None:
+    v1 = CoreV1Api(kube_client)
+    v1.create_namespace({"metadata": {"name": "doomed"}})
+    v1.create_namespaced_config_map("doomed", {"metadata": {"name": "c",
+                                                             "finalizers": ["test/hold"]}})
+    v1.delete_namespace("doomed")
+    assert v1.read_namespace("doomed").status.phase == "Terminating"
+    with pytest.raises(ApiException) as exc:
+        v1.create_namespaced_config_map("doomed", {"metadata": {"name": "new"}})
+    assert exc.value.status == 403
+    kube_emulator.api.patch("configmaps", "doomed", "c", {"metadata": {"finalizers": None}})
+    kube_emulator.wait_for(lambda: kube_emulator.api.find("namespaces", None, "doomed") is None)
+
+
+def test_api_outage(kube_emulator: KubeEmulator, kube_client: ApiClient) -> None:
+    v1 = CoreV1Api(kube_client)
+    kube_emulator.pause()
+    with pytest.raises(ApiException) as exc:
+        v1.list_namespace()
+    assert exc.value.status == 503
+    kube_emulator.pause("refuse")
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"{kube_emulator.url}/api/v1/namespaces", timeout=5)
+    kube_emulator.resume()
+    assert v1.list_namespace().items
+
+
+# -- Jobs and the pod runner --------------------------------------------------------------------
+
+
+def test_job_succeeds_with_timestamps_and_log(kube_emulator: KubeEmulator,
+                                              kube_client: ApiClient) -> None:
+    batch, v1 = BatchV1Api(kube_client), CoreV1Api(kube_client)
+    batch.create_namespaced_job("default", job("hi", ["python", "-c", "print('hi')"],
+                                               pod_metadata={"labels": {"trial": "7"}}))
+    job_condition(kube_emulator, "hi", "Complete")
+    status = batch.read_namespaced_job_status("hi", "default").status
+    assert status.succeeded == 1 and not status.failed and not status.active
+    assert status.start_time is not None and status.completion_time is not None
+    pod = v1.list_namespaced_pod("default", label_selector="job-name=hi").items[0]
+    assert pod.metadata.name.startswith("hi-") and len(pod.metadata.name) == 8
+    assert pod.metadata.labels["batch.kubernetes.io/job-name"] == "hi"
+    assert pod.metadata.labels["trial"] == "7"
+    owner = pod.metadata.owner_references[0]
+    assert (owner.kind, owner.name, owner.controller) == ("Job", "hi", True)
+    assert pod.status.phase == "Succeeded" and pod.status.start_time is not None
+    terminated = pod.status.container_statuses[0].state.terminated
+    assert (terminated.exit_code, terminated.reason) == (0, "Completed")
+    assert terminated.started_at <= terminated.finished_at
+    assert {c.type for c in pod.status.conditions} >= {"PodScheduled", "Initialized", "Ready",
+                                                       "ContainersReady"}
+    assert v1.read_namespaced_pod_log(pod.metadata.name, "default") == "hi\n"
+
+
+def test_job_failure_exit_code_and_no_retry(kube_emulator: KubeEmulator) -> None:
+    kube_emulator.api.create("jobs.batch", job("bad", ["python", "-c", "raise SystemExit(3)"]),
+                             "default")
+    condition = job_condition(kube_emulator, "bad", "Failed")
+    assert condition["reason"] == "BackoffLimitExceeded"
+    pod = job_pod(kube_emulator, "bad")
+    assert pod["status"]["phase"] == "Failed"
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (3, "Error")
+    time.sleep(0.3)
+    assert len(kube_emulator.api.list("pods", "default", label_selector="job-name=bad")) == 1
+    assert kube_emulator.api.get("jobs.batch", "default", "bad")["status"]["failed"] == 1
+
+
+def test_active_deadlines(kube_emulator: KubeEmulator) -> None:
+    sleep = ["python", "-c", "import time; time.sleep(30)"]
+    kube_emulator.api.create("jobs.batch", job("pod-deadline", sleep,
+                                               pod_spec={"activeDeadlineSeconds": 1}), "default")
+    kube_emulator.api.create("jobs.batch", job("job-deadline", sleep, activeDeadlineSeconds=1),
+                             "default")
+    pod = pod_phase(kube_emulator, job_pod(kube_emulator, "pod-deadline")["metadata"]["name"],
+                    "Failed")
+    assert pod["status"]["reason"] == "DeadlineExceeded"
+    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137
+    assert job_condition(kube_emulator, "job-deadline", "Failed")["reason"] == "DeadlineExceeded"
+
+
+def test_fault_injection(kube_emulator: KubeEmulator) -> None:
+    sleep = ["python", "-c", "import time; time.sleep(30)"]
+    hold = {"finalizers": ["tunefleet.dev/gpu-accounting"]}
+    for name in ("killed", "preempted", "vanished"):
+        kube_emulator.api.create("jobs.batch", job(name, sleep, pod_metadata=hold), "default")
+    names = {n: job_pod(kube_emulator, n)["metadata"]["name"] for n in ("killed", "preempted",
+                                                                         "vanished")}
+    for name in names.values():
+        pod_phase(kube_emulator, name, "Running")
+
+    kube_emulator.runner.kill_pod("default", names["killed"])
+    killed = pod_phase(kube_emulator, names["killed"], "Failed")
+    terminated = killed["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (137, "Error")
+
+    kube_emulator.runner.preempt_pod("default", names["preempted"])
+    preempted = pod_phase(kube_emulator, names["preempted"], "Failed")
+    disruption = next(c for c in preempted["status"]["conditions"]
+                      if c["type"] == "DisruptionTarget")
+    assert (disruption["status"], disruption["reason"]) == ("True", "PreemptionByScheduler")
+    assert preempted["metadata"]["deletionTimestamp"]  # held by the accounting finalizer
+
+    kube_emulator.runner.vanish_pod("default", names["vanished"])
+    vanished = kube_emulator.wait_for(lambda: (p := kube_emulator.api.get(
+        "pods", "default", names["vanished"]))["metadata"].get("deletionTimestamp") and p)
+    assert "terminated" not in vanished["status"]["containerStatuses"][0]["state"]
+    assert job_condition(kube_emulator, "vanished", "Failed")["reason"] == "BackoffLimitExceeded"
+    # The Job controller released its own finalizer; ours still holds the pod.
+    kube_emulator.wait_for(lambda: kube_emulator.api.get("pods", "default", names["vanished"])[
+        "metadata"]["finalizers"] == ["tunefleet.dev/gpu-accounting"])
+    kube_emulator.api.patch("pods", "default", names["vanished"],
+                            {"metadata": {"finalizers": None}})
+    assert kube_emulator.api.find("pods", "default", names["vanished"]) is None
+
+
+def test_env_from_secrets_and_fields(kube_emulator: KubeEmulator) -> None:
+    env = [{"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}},
+           {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+           {"name": "TRIAL", "valueFrom": {"fieldRef": {
+               "fieldPath": "metadata.labels['tunefleet.dev/trial']"}}},
+           {"name": "GREETING", "value": "hello $(TRIAL)"}]
+    script = "import os; print(os.environ['PASSWORD'], os.environ['POD'], os.environ['GREETING'])"
+    spec = job("env", ["python", "-c", script],
+               pod_metadata={"labels": {"tunefleet.dev/trial": "4"}})
+    spec["spec"]["template"]["spec"]["containers"][0]["env"] = env
+    kube_emulator.api.create("jobs.batch", spec, "default")
+    name = job_pod(kube_emulator, "env")["metadata"]["name"]
+
+    def waiting() -> Any:
+        pod = kube_emulator.api.get("pods", "default", name)
+        state = ((pod["status"].get("containerStatuses") or [{}])[0]).get("state") or {}
+        return state.get("waiting", {}).get("reason") == "CreateContainerConfigError" and pod
+    pod = kube_emulator.wait_for(waiting)
+    assert pod["status"]["phase"] == "Pending"
+    kube_emulator.api.create("secrets", {"metadata": {"name": "db"},
+                                         "stringData": {"password": "s3cret"}}, "default")
+    pod_phase(kube_emulator, name, "Succeeded")
+    log = kube_emulator.runner.log_path("default", name)
+    assert log is not None and log.read_text() == f"s3cret {name} hello 4\n"
+
+
+def test_scheduling_block_and_image_pull_failure(kube_emulator: KubeEmulator) -> None:
+    kube_emulator.runner.block_scheduling(lambda pod: True)
+    kube_emulator.api.create("pods", {"metadata": {"name": "waits"}, "spec": {"containers": [
+        {"name": "c", "image": "x", "command": ["python", "-c", "pass"]}]}}, "default")
+
+    def unschedulable() -> bool:
+        pod = kube_emulator.api.get("pods", "default", "waits")
+        return any(c["type"] == "PodScheduled" and c["reason"] == "Unschedulable"
+                   for c in pod["status"].get("conditions") or [])
+    kube_emulator.wait_for(unschedulable)
+    kube_emulator.runner.block_scheduling(None)
+    pod = pod_phase(kube_emulator, "waits", "Succeeded")
+    assert pod["spec"]["nodeName"]
+
+    kube_emulator.api.create("pods", {"metadata": {"name": "pull"}, "spec": {"containers": [
+        {"name": "c", "image": "registry.example/does-not-exist:1"}]}}, "default")
+
+    def backoff() -> bool:
+        pod = kube_emulator.api.get("pods", "default", "pull")
+        state = ((pod["status"].get("containerStatuses") or [{}])[0]).get("state") or {}
+        return state.get("waiting", {}).get("reason") == "ImagePullBackOff"
+    kube_emulator.wait_for(backoff)
+    assert kube_emulator.api.get("pods", "default", "pull")["status"]["phase"] == "Pending"
+
+
+def test_graceful_pod_deletion_and_job_ttl(kube_emulator: KubeEmulator,
+                                           kube_client: ApiClient) -> None:
+    v1 = CoreV1Api(kube_client)
+    v1.create_namespaced_pod("default", {"metadata": {"name": "sleepy"}, "spec": {
+        "terminationGracePeriodSeconds": 5, "containers": [
+            {"name": "c", "image": "x",
+             "command": ["python", "-c", "import time; time.sleep(30)"]}]}})
+    pod_phase(kube_emulator, "sleepy", "Running")
+    deleting = v1.delete_namespaced_pod("sleepy", "default")
+    assert deleting.metadata.deletion_timestamp is not None
+    kube_emulator.wait_for(lambda: kube_emulator.api.find("pods", "default", "sleepy") is None)
+    assert not kube_emulator.runner.running_pids()
+
+    kube_emulator.api.create("jobs.batch", job("ttl", ["python", "-c", "pass"],
+                                               ttlSecondsAfterFinished=0), "default")
+    kube_emulator.wait_for(lambda: kube_emulator.api.find("jobs.batch", "default", "ttl") is None,
+                           message="ttlSecondsAfterFinished not honoured")
+    kube_emulator.wait_for(lambda: not kube_emulator.api.list("pods", "default",
+                                                              label_selector="job-name=ttl"))
+
+
+@pytest.mark.kube_emulator(mode="simulate", behaviour=lambda pod: (
+    0.2, 1 if pod["metadata"]["name"].startswith("sim-3") else 0))
+def test_simulate_mode_scales_cheaply(kube_emulator: KubeEmulator) -> None:
+    for index in range(50):
+        kube_emulator.api.create("jobs.batch", job(f"sim-{index}", ["ignored"]), "default")
+
+    def finished() -> int:
+        jobs = kube_emulator.api.list("jobs.batch", "default")
+        done = [j for j in jobs if any(c["type"] in ("Complete", "Failed")
+                                       for c in j["status"].get("conditions") or [])]
+        return len(done) == 50 and len(done)
+    kube_emulator.wait_for(finished, timeout=30)
+    failed = {j["metadata"]["name"] for j in kube_emulator.api.list("jobs.batch", "default")
+              if j["status"].get("failed")}
+    assert failed == {"sim-3"} | {f"sim-{i}" for i in range(30, 40)}
+    assert not kube_emulator.runner.running_pids()
+
+
+# -- kopf ---------------------------------------------------------------------------------------
+
+
+def test_kopf_operator_against_emulator(kube_emulator: KubeEmulator, kube_client: ApiClient,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    kubernetes.client.ApiextensionsV1Api(kube_client).create_custom_resource_definition(
+        crd("widgets", "Widget"))
+    # The client reads $KUBECONFIG once, at import: patch its default too (a subprocess
+    # controller only needs the env var).
+    monkeypatch.setenv("KUBECONFIG", str(kube_emulator.kubeconfig_path))
+    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION",
+                        str(kube_emulator.kubeconfig_path))
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.create(GROUP, VERSION, "widgets", registry=registry)
+    def created(body: kopf.Body, spec: dict[str, Any], patch: kopf.Patch, **_: Any) -> None:
+        patch.status["observedSize"] = spec["size"]
+        kopf.info(body, reason="Observed", message="seen by the emulator test")
+
+    settings = kopf.OperatorSettings()
+    settings.watching.server_timeout = 5
+    stop, ready = threading.Event(), threading.Event()
+    errors: list[Exception] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(kopf.operator(registry=registry, settings=settings, clusterwide=True,
+                                      standalone=True, stop_flag=stop, ready_flag=ready))
+        except Exception as exc:  # noqa: BLE001 -- surfaced by the assertion below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(20), errors
+        CustomObjectsApi(kube_client).create_namespaced_custom_object(
+            GROUP, VERSION, "default", "widgets",
+            {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Widget", "metadata": {"name": "w"},
+             "spec": {"size": 3}})
+        widget: Callable[[], Any] = lambda: kube_emulator.api.get(  # noqa: E731
+            "widgets.tunefleet.dev", "default", "w")
+        kube_emulator.wait_for(lambda: widget().get("status", {}).get("observedSize") == 3, 20)
+        kube_emulator.wait_for(lambda: any(
+            e.get("involvedObject", {}).get("name") == "w" and e.get("reason") == "Observed"
+            for e in kube_emulator.api.list("events", "default")), 10)
+        assert kube_emulator.request_counts[("patch", "widgets.tunefleet.dev/status")] >= 1
+        # A dropped connection: kopf re-watches from its last resourceVersion and sees w2.
+        watches = kube_emulator.request_counts[("watch", "widgets.tunefleet.dev")]
+        kube_emulator.close_watches(abort=True)
+        CustomObjectsApi(kube_client).create_namespaced_custom_object(
+            GROUP, VERSION, "default", "widgets",
+            {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Widget", "metadata": {"name": "w2"},
+             "spec": {"size": 5}})
+        kube_emulator.wait_for(lambda: kube_emulator.api.get(
+            "widgets.tunefleet.dev", "default", "w2").get("status", {}).get("observedSize") == 5, 20)
+        assert kube_emulator.request_counts[("watch", "widgets.tunefleet.dev")] > watches
+    finally:
+        stop.set()
+        thread.join(timeout=20)
+    assert not errors
