@@ -141,8 +141,8 @@ class LocalRunner:
         budget = self.spec.budget
         ledger.set_study_limits(
             self.name,
-            gpu_seconds=int(budget.gpuHours * 3600) if budget.gpuHours else None,
-            cpu_seconds=int(budget.cpuHours * 3600) if budget.cpuHours else None,
+            gpu_seconds=round(budget.gpuHours * 3600) if budget.gpuHours else None,
+            cpu_seconds=round(budget.cpuHours * 3600) if budget.cpuHours else None,
         )
         self._settle_leftovers(study, ledger)
         self._ledger = ledger

@@ -57,20 +57,21 @@ def budget_warning(spec: StudySpec, budget: BudgetView | None) -> str | None:
     The worst case of each run is what a search trial reserves, so the check is exact in the
     same units the ledger uses.
     """
-    runs = confirmation_runs(spec)
-    if runs == 0 or budget is None:
+    if spec.confirm is None or budget is None:
         return None
+    runs = confirmation_runs(spec)
     affordable = budget.affordable
-    if affordable < runs:
+    search = affordable - runs
+    if search <= 0:
         return (
-            f"the budget covers only {affordable} trial(s) at their worst case, fewer than the "
-            f"{runs} confirmation runs asked for (confirm.topK x confirm.repeats); confirmation "
-            "will run as many as the budget allows and the search none"
+            f"the budget covers only {affordable} trial(s) at their worst case, not the {runs} "
+            "confirmation runs (confirm.topK x confirm.repeats) plus a search: no search trial "
+            "will start; raise the budget or lower confirm.topK / confirm.repeats"
         )
-    if affordable == runs:
+    if search < spec.confirm.topK:
         return (
-            f"the budget covers exactly the {runs} confirmation runs at their worst case: "
-            "no trial is left for the search"
+            f"after reserving the {runs} confirmation runs the budget leaves {search} search "
+            f"trial(s), fewer than confirm.topK ({spec.confirm.topK})"
         )
     return None
 

@@ -17,7 +17,8 @@ UNLIMITED = 1 << 62
 class Plan:
     """The actions of one reconcile, executed in this order: mark lost, retry, start, confirm, drain.
 
-    ``finished`` means the study is over: it has a stop reason and nothing is in flight.
+    ``finished`` means the study is over: it has a stop reason and nothing is in flight once this
+    plan's drain is done.
     ``confirm`` holds one source trial number per confirmation run to start (see
     :mod:`controller.planner.confirmation`); ``confirming`` is set while that phase runs.
     """
@@ -158,6 +159,8 @@ def _drain_reason(spec: StudySpec, stop: StopReason) -> str | None:
         return "interrupted"
     if stop is StopReason.DEADLINE and spec.budget.onExhausted == "drain":
         return "deadline"
+    if stop is StopReason.BUDGET_EXHAUSTED and spec.budget.onExhausted == "drain":
+        return "budget"
     return None
 
 
@@ -211,6 +214,9 @@ def _stop_reason(
         return StopReason.CONVERGED
     if converged:
         return StopReason.CONVERGED
+    if spec.budget.onExhausted == "drain" and any(t.state == "FAIL" and t.reason == "budget" for t in trials):
+        # Drained (or refused) for budget: over for good, even though the drain freed some room.
+        return StopReason.BUDGET_EXHAUSTED
     if has_pending_retries:
         return None
     size = spec.space_size()

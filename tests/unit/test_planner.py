@@ -95,7 +95,9 @@ def test_deadline_uses_the_time_given_not_a_clock() -> None:
 
 
 def test_finite_space_is_exhausted_after_every_point() -> None:
-    spec = spec_with(searchSpace={"x": {"type": "int", "low": 0, "high": 2}}, budget={"maxTrials": 100}, parallelism=5)
+    spec = spec_with(
+        searchSpace={"x": {"type": "int", "low": 0, "high": 2}}, budget={"maxTrials": 100}, parallelism=5
+    )
     trials = [TrialView(number=i, state="COMPLETE", values=(1.0,), params={"x": i}) for i in range(2)]
     plan = decide(spec, observe(trials))
     assert plan.start_new == 1
@@ -147,7 +149,13 @@ def test_drain_on_exhausted_budget_stops_running_trials() -> None:
 
 def test_summary_counts_states_and_best() -> None:
     spec = spec_with()
-    trials = [done(0, 3.0), done(1, 1.0), failed(2, "killed"), failed(3, "killed", root=2, attempt=1), running(4)]
+    trials = [
+        done(0, 3.0),
+        done(1, 1.0),
+        failed(2, "killed"),
+        failed(3, "killed", root=2, attempt=1),
+        running(4),
+    ]
     summary = summarize(spec, trials)
     assert (summary.complete, summary.failed, summary.running, summary.retried) == (2, 2, 1, 1)
     assert summary.best_number == 1 and summary.best_values == (1.0,)
