@@ -23,8 +23,25 @@ def open_storage(url: str) -> BaseStorage:
             engine_kwargs = {"connect_args": {"timeout": 60}}
         else:
             engine_kwargs = {"pool_size": 1, "max_overflow": 1, "pool_pre_ping": True}
-        _storages[full_url] = RDBStorage(full_url, engine_kwargs=engine_kwargs)
+        storage = RDBStorage(full_url, engine_kwargs=engine_kwargs)
+        if full_url.startswith("sqlite"):
+            _use_write_ahead_log(storage.engine)
+        _storages[full_url] = storage
     return _storages[full_url]
+
+
+def _use_write_ahead_log(engine: Any) -> None:
+    """The runner set the file to WAL; each connection also syncs at checkpoints only."""
+    import sqlalchemy
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _tune(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    engine.dispose()
 
 
 def load_trial(

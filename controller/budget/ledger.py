@@ -471,6 +471,9 @@ def _take_write_lock_on_begin(engine: Engine) -> None:
     @sa.event.listens_for(engine, "connect")
     def _autocommit_driver(dbapi_connection, _record):  # type: ignore[no-untyped-def]
         dbapi_connection.isolation_level = None
+        # Same journal settings as the study storage (see controller.studies.storage).
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
     @sa.event.listens_for(engine, "begin")
     def _begin_immediate(conn):  # type: ignore[no-untyped-def]
