@@ -34,7 +34,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from controller.export import write_export
+    from controller.export import describe_export, write_export
     from controller.local.progress import describe_summary
     from controller.local.runner import LocalRunner, RunOptions
 
@@ -62,7 +62,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("  no trial completed")
     if args.out:
         export = write_export(result.storage_url, result.study_name, Path(args.out))
-        print(f"  export: {export.directory} ({', '.join(export.files)})")
+        for line in describe_export(export):
+            print(f"  {line}")
     print(f"  storage: {runner.storage_url}  (rerun to resume; trial logs in {runner.log_dir})")
     return EXIT_OK
 
@@ -83,7 +84,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"  trial cost: ~{cost.seconds:.0f} s per trial ({cost.basis})")
     if cost.basis == "maxDuration":
         print(
-            "    (the worst case: set trial.expectedDuration for a closer figure; runs revise it as trials finish)"
+            "    (the worst case; set trial.expectedDuration for a closer figure; runs revise it)"
         )
     print(f"  sampler: {choice.sampler}")
     print(f"  pruner:  {choice.pruner}")
@@ -93,10 +94,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from controller.export import write_export
+    from controller.export import describe_export, write_export
 
     result = write_export(args.storage, args.study, Path(args.out))
-    print(f"wrote {', '.join(result.files)} to {result.directory}")
+    for line in describe_export(result):
+        print(line)
     return EXIT_OK
 
 

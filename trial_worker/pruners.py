@@ -18,9 +18,8 @@ import optuna
 from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial
 
-from trial_worker.contract import PrunerConfig
+from trial_worker.contract import ATTR_PINNED_STEPS, PrunerConfig
 
-ATTR_PINNED_STEPS = "tunefleet.pruner_steps"
 """Study user attribute: steps a full trial reports (the largest last step + 1), pinned once."""
 
 

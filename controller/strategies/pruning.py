@@ -15,11 +15,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from controller.spec import StudySpec
 from controller.strategies.settings import pruner_options
-from trial_worker.contract import PrunerConfig
+from trial_worker.contract import ATTR_PINNED_STEPS, PrunerConfig
 
 # The same name as trial_worker.pruners.ATTR_PINNED_STEPS (the controller imports only the
 # worker's contract); tests/unit/test_strategies_pruners.py keeps the two equal.
-ATTR_PINNED_STEPS = "tunefleet.pruner_steps"
 AUTO_RESOURCE_PRUNERS = {"hyperband": "max_resource", "asha": "min_resource"}
 
 

@@ -173,9 +173,9 @@ def _unknown_message(key: str, what: str, cls: type, known: dict[str, _Option]) 
         n for n, o in known.items() if n not in MANAGED and (o.convert is not None or n in _SAMPLER_SPECIAL)
     )
     close = difflib.get_close_matches(canonical_key(key), settable, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = f"; did you mean {close[0]!r}?" if close else "."
     listed = ", ".join(settable) if settable else "none"
-    return f"{key!r} is not an option of {what} (optuna {cls.__name__}){hint}. Options: {listed}"
+    return f"{key!r} is not an option of {what} (optuna {cls.__name__}){hint} Options: {listed}"
 
 
 def _signature_options(cls: type) -> dict[str, _Option]:
