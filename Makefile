@@ -21,7 +21,7 @@ quickstart: $(STAMP)
 	$(BIN)/tunefleet run examples/quickstart/study.yaml --out tunefleet-out/quickstart
 
 test: $(STAMP)
-	bash scripts/ensure-postgres.sh
+	bash scripts/ensure-system-deps.sh
 	bash scripts/run-tests.sh
 
 lint: $(STAMP)

@@ -29,6 +29,7 @@ ATTR_GPU_SECONDS = "tunefleet.gpu_seconds"
 ATTR_CPU_SECONDS = "tunefleet.cpu_seconds"
 ATTR_DURATION = "tunefleet.duration_s"
 ATTR_KIND = "tunefleet.kind"
+ATTR_GPU_MODEL = "tunefleet.gpu_model"  # the GPU model torch saw in the trial, if any
 ATTR_PINNED_STEPS = "tunefleet.pruner_steps"  # study attr: a trial's step count, for Hyperband/ASHA
 
 

@@ -20,6 +20,7 @@ from trial_worker.command import RunningCommand, run_command
 from trial_worker.contract import (
     ATTR_DETAIL,
     ATTR_EXIT_CODE,
+    ATTR_GPU_MODEL,
     ATTR_REASON,
     Assignment,
     CommandObjective,
@@ -27,7 +28,7 @@ from trial_worker.contract import (
     TrialReport,
 )
 from trial_worker.pruners import build_pruner
-from trial_worker.seeding import seed_everything
+from trial_worker.seeding import gpu_model, seed_everything
 from trial_worker.storage import load_trial, with_retries
 
 TRACEBACK_TAIL_CHARS = 4000
@@ -112,6 +113,7 @@ def _run_objective(assignment: Assignment, trial: optuna.Trial) -> Outcome:
     seed_everything(assignment.seed, assignment.deterministic)
     try:
         returned = objective(trial)
+        _record_gpu_model(trial)
     except optuna.TrialPruned:
         return Outcome(TrialState.PRUNED, ExitCode.TOLD, message="pruned")
     except Exception as exc:  # noqa: BLE001 - every objective error becomes the trial's reason
@@ -183,6 +185,13 @@ def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> None:
         study.tell(trial, outcome.values)
     else:
         study.tell(trial, state=outcome.state)
+
+
+def _record_gpu_model(trial: optuna.Trial) -> None:
+    """Which GPU the objective ran on, for the reproducibility record (torch must be loaded)."""
+    model = gpu_model()
+    if model is not None:
+        trial.set_user_attr(ATTR_GPU_MODEL, model)
 
 
 def _import_objective(entry: str, workdir: str | None) -> Callable[[optuna.Trial], Any]:

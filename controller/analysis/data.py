@@ -13,13 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-from optuna.storages import InMemoryStorage
+import structlog
+from optuna.storages import InMemoryStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from controller.budget.ledger import Charge, Ledger, Totals
 from controller.planner.confirmation import ATTR_CONFIRM_OF, CONFIRM_KIND
 from controller.studies.record import ATTR_SPEC
 from trial_worker.contract import ATTR_KIND
+
+log = structlog.get_logger("tunefleet.analysis")
 
 
 @dataclass
@@ -95,7 +98,7 @@ def load_study_data(storage_url: str, study_name: str) -> StudyData:
         raise KeyError(f"no study named {study_name!r} in this storage") from None
     try:
         user_attrs = dict(study.user_attrs)
-        trials = study.get_trials(deepcopy=False)
+        trials = _read_trials(storage, study)
         directions = [d.name.lower() for d in study.directions]
         metrics = metric_names(user_attrs, study.metric_names, len(directions))
     finally:
@@ -115,6 +118,19 @@ def load_study_data(storage_url: str, study_name: str) -> StudyData:
         charges=charges,
         totals=totals,
     )
+
+
+def _read_trials(storage: RDBStorage, study: optuna.Study) -> list[FrozenTrial]:
+    """Every trial, with plain queries when the schema is Optuna's usual one, else via Optuna."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from controller.analysis.reading import read_trials
+
+    try:
+        return read_trials(storage, study._study_id)
+    except (SQLAlchemyError, KeyError, ValueError, TypeError, AttributeError) as exc:
+        log.warning("reading trials directly failed; using Optuna's reader", error=str(exc))
+        return study.get_trials(deepcopy=False)
 
 
 def metric_names(user_attrs: dict[str, Any], stored: list[str] | None, count: int) -> list[str]:

@@ -8,6 +8,7 @@ saying why instead of failing the export.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 import warnings
@@ -24,6 +25,14 @@ from controller.analysis.data import StudyData, study_of
 from controller.analysis.importance import ImportanceReport
 
 MAX_INTERMEDIATE_TRIALS = 300  # one line per trial: more makes the page heavy and unreadable
+MAX_PARALLEL_LINES = 2000  # parallel coordinates: beyond this the lines are a solid block (and slow)
+STATE_COLOURS = {
+    "COMPLETE": "#636efa",
+    "PRUNED": "#fecb52",
+    "FAIL": "#ef553b",
+    "RUNNING": "#00cc96",
+    "WAITING": "#bbbbbb",
+}
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
 
@@ -115,13 +124,15 @@ def build_plots(data: StudyData, importance: ImportanceReport) -> list[PlotSecti
     )
     for i, metric in enumerate(data.metrics):
         study = studies[i]
+        lines, caption = _parallel_sample(study, data.directions[i])
         sections.append(
             _draw(
                 f"parallel-{i}",
                 f"Parallel coordinates: {metric}",
-                f"Every completed search trial as a line through its parameters, coloured by {metric}.",
+                f"Completed search trials as lines through their parameters, coloured by {metric}; "
+                f"{caption}.",
                 _parallel,
-                study,
+                lines,
                 metric,
                 completed,
             )
@@ -163,7 +174,8 @@ def build_plots(data: StudyData, importance: ImportanceReport) -> list[PlotSecti
             "timeline",
             "Timeline",
             "When each trial (confirmation runs included) started and ended, by state.",
-            lambda: vis.plot_timeline(_all_trials_study(data)) if data.trials else "no trials yet",
+            _timeline,
+            data,
         )
     )
     if data.is_multi_objective:
@@ -258,10 +270,63 @@ def _intermediate(data: StudyData) -> go.Figure | str:
     return figure
 
 
-def _all_trials_study(data: StudyData) -> optuna.Study:
-    if not data.confirm_of:
-        return data.search_study()
-    return study_of(data.trials, data.directions, data.metrics)
+def _parallel_sample(study: optuna.Study, direction: str) -> tuple[optuna.Study, str]:
+    """At most MAX_PARALLEL_LINES trials: the best quarter of them, then an even spread of the rest."""
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(completed) <= MAX_PARALLEL_LINES:
+        return study, f"all {len(completed)} shown"
+    sign = -1.0 if direction == "maximize" else 1.0
+    ranked = sorted(completed, key=lambda t: (sign * float(t.values[0]), t.number))
+    best = MAX_PARALLEL_LINES // 4
+    rest = ranked[best:]
+    stride = len(rest) / (MAX_PARALLEL_LINES - best)
+    chosen = ranked[:best] + [rest[int(i * stride)] for i in range(MAX_PARALLEL_LINES - best)]
+    chosen.sort(key=lambda t: t.number)
+    directions = [d.name.lower() for d in study.directions]
+    caption = (
+        f"{MAX_PARALLEL_LINES} of {len(completed)} shown (the best {best}, then an even spread of "
+        "the rest by value)"
+    )
+    return study_of(chosen, directions, study.metric_names or []), caption
+
+
+def _timeline(data: StudyData) -> go.Figure | str:
+    """One horizontal bar per trial from its start to its end, coloured by state.
+
+    Drawn directly with plotly rather than optuna's plot_timeline, which copies every trial and
+    takes seconds per thousand trials.
+    """
+    if not data.trials:
+        return "no trials yet"
+    confirm = data.confirm_of
+    ends = [t.datetime_complete or t.datetime_start for t in data.trials if t.datetime_start]
+    latest = max((e for e in ends if e is not None), default=None)
+    figure = go.Figure()
+    for state, colour in STATE_COLOURS.items():
+        chosen = [t for t in data.trials if t.state.name == state and t.datetime_start is not None]
+        if not chosen:
+            continue
+        starts = [t.datetime_start for t in chosen]
+        durations = [_bar_ms(t, latest) for t in chosen]
+        labels = [
+            f"trial {t.number}{' (confirmation)' if t.number in confirm else ''}: {state}" for t in chosen
+        ]
+        figure.add_trace(
+            go.Bar(
+                name=state,
+                orientation="h",
+                base=starts,
+                x=durations,
+                y=[t.number for t in chosen],
+                marker_color=colour,
+                hovertext=labels,
+                hoverinfo="text",
+            )
+        )
+    figure.update_layout(
+        xaxis={"type": "date", "title": "time"}, yaxis={"title": "trial"}, barmode="overlay", bargap=0
+    )
+    return figure
 
 
 def _reference_point(data: StudyData) -> tuple[list[float], str]:
@@ -278,3 +343,12 @@ def _reference_point(data: StudyData) -> tuple[list[float], str]:
         point.append(high + margin if direction == "minimize" else low - margin)
     described = ", ".join(f"{m}={p:.6g}" for m, p in zip(data.metrics, point, strict=True))
     return point, f"({described}: each metric's worst value moved 10% of its range further)"
+
+
+def _bar_ms(trial: FrozenTrial, latest: datetime.datetime | None) -> float:
+    """A bar's length in milliseconds; running trials reach the latest time seen; at least 1 s."""
+    start = trial.datetime_start
+    end = trial.datetime_complete or latest
+    if start is None or end is None:
+        return 1000.0
+    return max(1000.0, (end - start).total_seconds() * 1000)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # the export package imports this module; avoid the import cy
 TOP_CONFIGURATIONS = 10
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2rem auto; padding: 0 1rem; max-width: 1200px; }
 h1 { margin-bottom: 0.2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: 0.5rem 0; font-size: 0.92rem; }
 th, td { border: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: left; vertical-align: top; }
@@ -44,11 +44,11 @@ def _number(value: float | None) -> str:
 
 
 def _table(headers: list[str], rows: list[list[str]], raw: bool = False) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    head = "<thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in headers) + "</tr></thead>" if headers else ""
     body = "".join(
         "<tr>" + "".join(f"<td>{cell if raw else _e(cell)}</td>" for cell in row) + "</tr>" for row in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<table>{head}<tbody>{body}</tbody></table>"
 
 
 def _params(params: dict[str, Any]) -> str:
@@ -100,7 +100,7 @@ def _summary(summary: Summary) -> str:
             f"How: {pruning.method}.",
         ]
     )
-    table = _table(["", ""], rows)
+    table = _table([], rows)
     warning = f'<p class="note">{_e(summary.confirm_warning)}</p>' if summary.confirm_warning else ""
     return f"<h2>Summary</h2>{table}{warning}"
 
@@ -138,7 +138,7 @@ def _best(best: BestConfig | None, metrics: list[str]) -> str:
         ]
         for metric, interval in (best.confirmed or {}).items():
             rows.append([f"{metric} over confirmation runs", _interval(interval)])
-        parts.append(_table(["", ""], rows))
+        parts.append(_table([], rows))
     if best.note:
         parts.append(f'<p class="note" id="no-interval">{_e(best.note)}</p>')
     return "".join(parts)

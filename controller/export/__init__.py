@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from controller.export.writer import ExportResult, write_export
+from controller.export.writer import ExportResult, describe_export, write_export
 
-__all__ = ["ExportResult", "write_export"]
+__all__ = ["ExportResult", "describe_export", "write_export"]

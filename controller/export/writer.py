@@ -115,3 +115,22 @@ def _render(
     plots: list[Any],
 ) -> str:
     return render_report(data, summary, best, confidence, plots, library_versions().get("tunefleet", "dev"))
+
+
+def describe_export(result: ExportResult) -> list[str]:
+    """Lines for the command line: where the files are, and the best configuration's interval."""
+    lines = [f"export: {result.directory} ({', '.join(result.files)})"]
+    lines.append(f"report: {(result.directory / 'report.html').resolve().as_uri()}")
+    best = result.best
+    if best is not None and best.confirmed:
+        chosen = f"best configuration (trial #{best.trial}) chosen by {best.chosen_by}"
+        intervals = "; ".join(
+            f"{metric} {interval.mean:.6g} (95% CI {interval.low:.6g} .. {interval.high:.6g}, n={interval.n})"
+            if interval.low is not None and interval.high is not None
+            else f"{metric} {interval.mean:.6g} (n={interval.n}, too few runs for an interval)"
+            for metric, interval in best.confirmed.items()
+        )
+        lines.append(f"{chosen}: {intervals}")
+    elif best is not None and best.pareto is None:
+        lines.append("no confidence interval measured (set spec.confirm to rerun the best configurations)")
+    return lines

@@ -14,6 +14,7 @@ import optuna
 
 from controller.spec import StudySpec
 from controller.strategies import StrategyChoice
+from trial_worker.contract import ATTR_GPU_MODEL
 
 ATTR_SPEC = "tunefleet.spec"
 ATTR_SPEC_HASH = "tunefleet.spec_hash"
@@ -30,7 +31,7 @@ ATTR_CODE_REVISION = "tunefleet.code_revision"  # {"revision", "source"} when on
 ATTR_TRIAL_IMAGE = "tunefleet.image"
 ATTR_TRIAL_IMAGE_DIGEST = "tunefleet.image_digest"
 ATTR_TRIAL_IMAGE_REVISION = "tunefleet.image_revision"
-ATTR_TRIAL_GPU_MODEL = "tunefleet.gpu_model"
+ATTR_TRIAL_GPU_MODEL = ATTR_GPU_MODEL
 ATTR_TRIAL_NODE = "tunefleet.node"
 
 
