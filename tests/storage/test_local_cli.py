@@ -22,8 +22,18 @@ pytestmark = pytest.mark.storage
 def start_run(spec: Path, storage_url: str, sleep_s: str, tmp_path: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "TUNEFLEET_TEST_SLEEP": sleep_s, "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.Popen(
-        [sys.executable, "-m", "controller.cli", "run", str(spec), "--storage", storage_url, "-q",
-         "--workdir", str(REPO_ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "controller.cli",
+            "run",
+            str(spec),
+            "--storage",
+            storage_url,
+            "-q",
+            "--workdir",
+            str(REPO_ROOT),
+        ],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -99,7 +109,11 @@ def test_bad_spec_exits_1_without_a_traceback(tmp_path: Path) -> None:
     document = study_document(parallelism=-1)
     spec = write_study(tmp_path / "bad.yaml", document)
     result = subprocess.run(
-        [sys.executable, "-m", "controller.cli", "run", str(spec)], capture_output=True, text=True, cwd=tmp_path, check=False
+        [sys.executable, "-m", "controller.cli", "run", str(spec)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
     )
     assert result.returncode == 1
     assert "spec.parallelism" in result.stderr and "Traceback" not in result.stderr
@@ -108,9 +122,20 @@ def test_bad_spec_exits_1_without_a_traceback(tmp_path: Path) -> None:
 def test_unreachable_storage_is_a_clear_error(tmp_path: Path) -> None:
     spec = write_study(tmp_path / "study.yaml", study_document())
     result = subprocess.run(
-        [sys.executable, "-m", "controller.cli", "run", str(spec), "--storage",
-         "postgresql+psycopg2://tunefleet:hunter2@127.0.0.1:1/none"],
-        capture_output=True, text=True, cwd=tmp_path, check=False, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "controller.cli",
+            "run",
+            str(spec),
+            "--storage",
+            "postgresql+psycopg2://tunefleet:hunter2@127.0.0.1:1/none",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "cannot open storage" in result.stderr and "127.0.0.1:1" in result.stderr

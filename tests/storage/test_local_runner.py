@@ -73,7 +73,9 @@ def test_rerun_resumes_without_losing_or_duplicating(storage_url: str, tmp_path:
 def test_objective_failures_end_the_trial_with_its_reason(
     sqlite_url: str, tmp_path: Path, objective: str, reason: str, detail: str
 ) -> None:
-    document = study_document(trial={"python": f"tests.support.objectives:{objective}"}, budget={"maxTrials": 8})
+    document = study_document(
+        trial={"python": f"tests.support.objectives:{objective}"}, budget={"maxTrials": 8}
+    )
     result = run_study(document, sqlite_url, tmp_path)
     trials = trials_of(sqlite_url)
     assert result.stop_reason is StopReason.MAX_TRIALS and len(trials) == 8
@@ -159,7 +161,9 @@ def test_a_killed_worker_is_retried_with_the_same_params(storage_url: str, tmp_p
 
 
 def test_undeclared_parameters_are_sampled_in_place(sqlite_url: str, tmp_path: Path) -> None:
-    document = study_document(trial={"python": "tests.support.objectives:define_by_run"}, budget={"maxTrials": 3})
+    document = study_document(
+        trial={"python": "tests.support.objectives:define_by_run"}, budget={"maxTrials": 3}
+    )
     run_study(document, sqlite_url, tmp_path)
     for trial in trials_of(sqlite_url):
         assert trial.state == TrialState.COMPLETE
@@ -187,7 +191,9 @@ def test_goal_stops_the_study(sqlite_url: str, tmp_path: Path) -> None:
 
 
 def test_seeded_sequential_runs_repeat_the_same_parameters(tmp_path: Path) -> None:
-    document = study_document(parallelism=1, strategy={"sampler": "tpe", "seed": 11}, budget={"maxTrials": 12})
+    document = study_document(
+        parallelism=1, strategy={"sampler": "tpe", "seed": 11}, budget={"maxTrials": 12}
+    )
     sequences = []
     for attempt in range(2):
         url = f"sqlite:///{tmp_path / f'run{attempt}.db'}"

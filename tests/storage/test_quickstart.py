@@ -25,7 +25,17 @@ def test_quickstart_reaches_a_good_accuracy_and_exports(tmp_path: Path) -> None:
     spec.write_text(yaml.safe_dump(document))
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "controller.cli", "run", str(spec), "--out", str(out), "--workdir", str(REPO_ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "controller.cli",
+            "run",
+            str(spec),
+            "--out",
+            str(out),
+            "--workdir",
+            str(REPO_ROOT),
+        ],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         capture_output=True,
@@ -40,6 +50,15 @@ def test_quickstart_reaches_a_good_accuracy_and_exports(tmp_path: Path) -> None:
     assert set(best["params"]) >= {"lr", "batch_size", "optimizer", "n_layers", "hidden"}
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert len(rows) == 6
-    assert {"number", "state", "val_accuracy", "param_lr", "duration_s", "gpu_seconds", "cpu_seconds", "reason"} <= set(rows[0])
+    assert {
+        "number",
+        "state",
+        "val_accuracy",
+        "param_lr",
+        "duration_s",
+        "gpu_seconds",
+        "cpu_seconds",
+        "reason",
+    } <= set(rows[0])
     assert all(int(r["cpu_seconds"]) > 0 for r in rows), "every trial is charged its CPU-seconds"
     assert yaml.safe_load((out / "best_config.yaml").read_text()) == best
