@@ -48,7 +48,8 @@ def test_quickstart_reaches_a_good_accuracy_and_exports(tmp_path: Path) -> None:
     best = json.loads((out / "best_config.json").read_text())
     assert best["values"]["val_accuracy"] >= 0.9
     assert set(best["params"]) >= {"lr", "batch_size", "optimizer", "n_layers", "hidden"}
-    rows = list(csv.DictReader((out / "trials.csv").open()))
+    with (out / "trials.csv").open() as table:
+        rows = list(csv.DictReader(table))
     assert len(rows) == 6
     assert {
         "number",
