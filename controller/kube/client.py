@@ -6,10 +6,12 @@ dicts like the manifests it builds, and skips the client's slow model deserializ
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
@@ -66,7 +68,7 @@ class KubeApi:
     def create_job(self, namespace: str, job: dict[str, Any]) -> bool:
         """Create the Job; False if one of that name exists already (adopted, not duplicated)."""
         try:
-            self.batch.create_namespaced_job(namespace, job, _preload_content=False)
+            self.batch.create_namespaced_job(namespace, cast(Any, job), _preload_content=False)
         except ApiException as error:
             if status_code(error) == 409:
                 return False
@@ -74,7 +76,7 @@ class KubeApi:
         return True
 
     def delete_job(self, namespace: str, name: str) -> None:
-        body = {"propagationPolicy": "Background"}
+        body: Any = {"propagationPolicy": "Background"}
         try:
             self.batch.delete_namespaced_job(name, namespace, body=body, _preload_content=False)
         except ApiException as error:
@@ -130,16 +132,20 @@ class KubeApi:
     def patch_study_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         try:
             self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, STUDY_PLURAL, name, {"status": status},
-                _content_type=MERGE_PATCH, _preload_content=False,
+                GROUP,
+                VERSION,
+                namespace,
+                STUDY_PLURAL,
+                name,
+                {"status": status},
+                _content_type=MERGE_PATCH,
+                _preload_content=False,
             )
         except ApiException as error:
             if status_code(error) != 404:  # deleted meanwhile
                 raise
 
-    def post_event(
-        self, study: dict[str, Any], reason: str, message: str, warning: bool = False
-    ) -> None:
+    def post_event(self, study: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
         """A core/v1 Event on the Study, like ``kubectl describe study`` shows."""
         meta = study["metadata"]
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -164,10 +170,8 @@ class KubeApi:
             "lastTimestamp": now,
             "count": 1,
         }
-        try:
-            self.core.create_namespaced_event(meta["namespace"], event, _preload_content=False)
-        except ApiException:
-            pass  # events are best effort, never a reason to fail a reconcile
+        with contextlib.suppress(ApiException):  # events are best effort, never fail a reconcile
+            self.core.create_namespaced_event(meta["namespace"], cast(Any, event), _preload_content=False)
 
     # -- per-namespace prerequisites ----------------------------------------------------------
 
@@ -177,7 +181,7 @@ class KubeApi:
         try:
             secret = _body(self.core.read_namespaced_secret(name, namespace, _preload_content=False))
         except ApiException as error:
-            if status_code(error) == 404:
+            if status_code(error) in (403, 404):  # absent, or RBAC does not let us read it
                 return None
             raise
         raw = (secret.get("data") or {}).get(key)
@@ -187,11 +191,12 @@ class KubeApi:
         """Create a namespaced ServiceAccount, Secret or ConfigMap; replace Secret/ConfigMap data."""
         kind = manifest["kind"]
         meta = manifest["metadata"]
-        create, replace = {
+        calls: dict[str, tuple[Callable[..., Any], Callable[..., Any] | None]] = {
             "ServiceAccount": (self.core.create_namespaced_service_account, None),
             "Secret": (self.core.create_namespaced_secret, self.core.patch_namespaced_secret),
             "ConfigMap": (self.core.create_namespaced_config_map, self.core.patch_namespaced_config_map),
-        }[kind]
+        }
+        create, replace = calls[kind]
         try:
             create(meta["namespace"], manifest, _preload_content=False)
         except ApiException as error:
@@ -199,4 +204,6 @@ class KubeApi:
                 raise
             if replace is not None:
                 patch = {k: v for k, v in manifest.items() if k in ("data", "stringData")}
-                replace(meta["name"], meta["namespace"], patch, _content_type=MERGE_PATCH, _preload_content=False)
+                replace(
+                    meta["name"], meta["namespace"], patch, _content_type=MERGE_PATCH, _preload_content=False
+                )

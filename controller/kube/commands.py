@@ -70,7 +70,9 @@ def cmd_controller(args: argparse.Namespace) -> int:
         storage_url=url,
         db_password=password,
         db_secret=os.environ.get(DB_SECRET_ENV) or None,
-        controller_namespace=os.environ.get("POD_NAMESPACE") or _own_namespace(),
+        controller_namespace=os.environ.get("TUNEFLEET_POD_NAMESPACE")
+        or os.environ.get("POD_NAMESPACE")
+        or _own_namespace(),
         trial_settings=trial_settings_from_env(),
         unschedulable_timeout_s=float(os.environ.get("TUNEFLEET_UNSCHEDULABLE_TIMEOUT_S", 600)),
         image_pull_timeout_s=float(os.environ.get("TUNEFLEET_IMAGE_PULL_TIMEOUT_S", 300)),
@@ -148,8 +150,12 @@ def cmd_release_finalizers(args: argparse.Namespace) -> int:
 def add_commands(sub: Any) -> None:
     """Register the cluster subcommands on the ``tunefleet`` parser."""
     controller = sub.add_parser("controller", help="run the Kubernetes operator (Studies -> trial Jobs)")
-    controller.add_argument("--namespace", action="append", metavar="NS",
-                            help="watch only this namespace (repeatable; default: cluster-wide)")
+    controller.add_argument(
+        "--namespace",
+        action="append",
+        metavar="NS",
+        help="watch only this namespace (repeatable; default: cluster-wide)",
+    )
     mode = controller.add_mutually_exclusive_group()
     mode.add_argument("--peering", metavar="NAME", help="replicas elect one leader via this peering object")
     mode.add_argument("--standalone", action="store_true", help="one replica: no leader election")
@@ -162,11 +168,15 @@ def add_commands(sub: Any) -> None:
     render.add_argument("--namespace", help="the study namespace (default: metadata.namespace or default)")
     render.add_argument("--trial", type=int, default=0, help="trial number (default 0)")
     render.add_argument("--storage", help=f"storage URL in the assignment (default: ${STORAGE_URL_ENV})")
-    render.add_argument("--all", action="store_true", help="also the ServiceAccount and Secret of the namespace")
+    render.add_argument(
+        "--all", action="store_true", help="also the ServiceAccount and Secret of the namespace"
+    )
     render.set_defaults(handler=cmd_render)
 
     release = sub.add_parser(
         "release-finalizers", help="remove tunefleet.dev/gpu-accounting from every trial pod (uninstall)"
     )
-    release.add_argument("--namespace", action="append", metavar="NS", help="only this namespace (repeatable)")
+    release.add_argument(
+        "--namespace", action="append", metavar="NS", help="only this namespace (repeatable)"
+    )
     release.set_defaults(handler=cmd_release_finalizers)

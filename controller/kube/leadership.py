@@ -15,6 +15,7 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
@@ -42,7 +43,11 @@ class Lease:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"holder": self.holder, "renewTime": self.renewed.isoformat(), "leaseDurationSeconds": self.seconds}
+            {
+                "holder": self.holder,
+                "renewTime": self.renewed.isoformat(),
+                "leaseDurationSeconds": self.seconds,
+            }
         )
 
     @classmethod
@@ -51,8 +56,11 @@ class Lease:
             return None
         try:
             raw = json.loads(text)
-            return cls(str(raw["holder"]), datetime.datetime.fromisoformat(raw["renewTime"]),
-                       float(raw["leaseDurationSeconds"]))
+            return cls(
+                str(raw["holder"]),
+                datetime.datetime.fromisoformat(raw["renewTime"]),
+                float(raw["leaseDurationSeconds"]),
+            )
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -66,10 +74,17 @@ class Leadership:
         namespace: where the KopfPeering lives; None uses the ClusterKopfPeering.
     """
 
-    def __init__(self, kube: KubeApi, peering: str | None, namespace: str | None,
-                 identity: str | None = None, lease_seconds: float = LEASE_SECONDS) -> None:
+    def __init__(
+        self,
+        kube: KubeApi,
+        peering: str | None,
+        namespace: str | None,
+        identity: str | None = None,
+        lease_seconds: float = LEASE_SECONDS,
+    ) -> None:
         self.kube = kube
         self.peering = peering
+        self._name = peering or ""
         self.namespace = namespace
         self.identity = identity or own_identity()
         self.lease_seconds = lease_seconds
@@ -117,17 +132,26 @@ class Leadership:
 
     # -- the peering object --------------------------------------------------------------------
 
-    def _read(self) -> dict[str, object] | None:
+    def _read(self) -> dict[str, Any] | None:
         import json as _json
 
+        response: Any
         try:
             if self.namespace is None:
                 response = self.kube.custom.get_cluster_custom_object(
-                    PEERING_GROUP, PEERING_VERSION, "clusterkopfpeerings", self.peering, _preload_content=False
+                    PEERING_GROUP,
+                    PEERING_VERSION,
+                    "clusterkopfpeerings",
+                    self._name,
+                    _preload_content=False,
                 )
             else:
                 response = self.kube.custom.get_namespaced_custom_object(
-                    PEERING_GROUP, PEERING_VERSION, self.namespace, "kopfpeerings", self.peering,
+                    PEERING_GROUP,
+                    PEERING_VERSION,
+                    self.namespace,
+                    "kopfpeerings",
+                    self._name,
                     _preload_content=False,
                 )
         except ApiException as error:
@@ -136,7 +160,7 @@ class Leadership:
             raise
         return dict(_json.loads(response.data))
 
-    def _create(self) -> dict[str, object]:
+    def _create(self) -> dict[str, Any]:
         import json as _json
 
         body = {
@@ -145,7 +169,7 @@ class Leadership:
             "metadata": {"name": self.peering},
         }
         if self.namespace is None:
-            response = self.kube.custom.create_cluster_custom_object(
+            response: Any = self.kube.custom.create_cluster_custom_object(
                 PEERING_GROUP, PEERING_VERSION, "clusterkopfpeerings", body, _preload_content=False
             )
         else:
@@ -155,14 +179,30 @@ class Leadership:
         return dict(_json.loads(response.data))
 
     def _write(self, resource_version: object, lease: Lease) -> None:
-        patch = {"metadata": {"resourceVersion": resource_version, "annotations": {LEASE_ANNOTATION: lease.to_json()}}}
+        patch = {
+            "metadata": {
+                "resourceVersion": resource_version,
+                "annotations": {LEASE_ANNOTATION: lease.to_json()},
+            }
+        }
         if self.namespace is None:
             self.kube.custom.patch_cluster_custom_object(
-                PEERING_GROUP, PEERING_VERSION, "clusterkopfpeerings", self.peering, patch,
-                _content_type=MERGE_PATCH, _preload_content=False,
+                PEERING_GROUP,
+                PEERING_VERSION,
+                "clusterkopfpeerings",
+                self._name,
+                patch,
+                _content_type=MERGE_PATCH,
+                _preload_content=False,
             )
         else:
             self.kube.custom.patch_namespaced_custom_object(
-                PEERING_GROUP, PEERING_VERSION, self.namespace, "kopfpeerings", self.peering, patch,
-                _content_type=MERGE_PATCH, _preload_content=False,
+                PEERING_GROUP,
+                PEERING_VERSION,
+                self.namespace,
+                "kopfpeerings",
+                self._name,
+                patch,
+                _content_type=MERGE_PATCH,
+                _preload_content=False,
             )

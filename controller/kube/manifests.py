@@ -159,6 +159,8 @@ def trial_job(
         "metadata": metadata,
         "spec": {
             "backoffLimit": 0,  # the controller decides retries, with the same params
+            # Never a second pod for the same trial while the first is still terminating.
+            "podReplacementPolicy": "Failed",
             "ttlSecondsAfterFinished": settings.job_ttl_seconds,
             "template": trial_pod_template(spec, labels, assignment, settings),
         },
@@ -198,9 +200,7 @@ def trial_pod_template(
     pod["securityContext"] = pod_security
 
     containers = [dict(c) for c in pod.get("containers") or []]
-    trial_index = next(
-        (i for i, c in enumerate(containers) if c.get("name") == TRIAL_CONTAINER), None
-    )
+    trial_index = next((i for i, c in enumerate(containers) if c.get("name") == TRIAL_CONTAINER), None)
     user_trial = containers.pop(trial_index) if trial_index is not None else {}
     trial = _trial_container(spec, user_trial, assignment, settings)
     pod["containers"] = [trial, *(_harden(c) for c in containers)]
@@ -223,9 +223,7 @@ def _trial_container(
     env.append(
         {
             "name": DB_PASSWORD_ENV,
-            "valueFrom": {
-                "secretKeyRef": {"name": settings.db_secret_name, "key": DB_SECRET_KEY}
-            },
+            "valueFrom": {"secretKeyRef": {"name": settings.db_secret_name, "key": DB_SECRET_KEY}},
         }
     )
     container["env"] = env
@@ -318,5 +316,8 @@ def best_config_map(study: StudyRef, best: dict[str, Any], yaml_text: str) -> di
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": metadata,
-        "data": {"best_config.json": json.dumps(best, indent=2, sort_keys=True), "best_config.yaml": yaml_text},
+        "data": {
+            "best_config.json": json.dumps(best, indent=2, sort_keys=True),
+            "best_config.yaml": yaml_text,
+        },
     }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from controller.kube.manifests import ACCOUNTING_FINALIZER, TRIAL_LABEL
@@ -18,9 +18,7 @@ UNSCHEDULABLE_TIMEOUT_S = 600.0
 IMAGE_PULL_TIMEOUT_S = 300.0
 # Past its deletion deadline a pod that never reported a final status has lost its node.
 LOST_AFTER_DELETION_S = 5.0
-IMAGE_PULL_REASONS = frozenset(
-    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
-)
+IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
 CONFIG_ERROR_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
 KILLED_EXIT_CODES = frozenset({137, 143})
 
@@ -75,7 +73,7 @@ def trial_number_of(obj: Mapping[str, Any]) -> int | None:
 def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
     for condition in status.get("conditions") or []:
         if condition.get("type") == kind:
-            return condition  # type: ignore[no-any-return]
+            return condition
     return None
 
 
@@ -83,7 +81,7 @@ def _terminated(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
     for container in status.get("containerStatuses") or []:
         state = container.get("state") or {}
         if "terminated" in state:
-            return state["terminated"]  # type: ignore[no-any-return]
+            return state["terminated"]
     return None
 
 
@@ -116,42 +114,58 @@ def classify_pod(
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
     number = trial_number_of(pod)
-    base = {
-        "trial_number": number if number is not None else -1,
-        "uid": str(meta.get("uid", "")),
-        "name": str(meta.get("name", "")),
-        "has_finalizer": ACCOUNTING_FINALIZER in (meta.get("finalizers") or []),
-    }
+    base = PodOutcome(
+        "pending",
+        trial_number=number if number is not None else -1,
+        uid=str(meta.get("uid", "")),
+        name=str(meta.get("name", "")),
+        has_finalizer=ACCOUNTING_FINALIZER in (meta.get("finalizers") or []),
+    )
     phase = status.get("phase")
     seconds = billable_seconds(pod, now)
     if phase in ("Succeeded", "Failed"):
         reason, detail, code = _finished_reason(status)
-        return PodOutcome("finished", reason=reason, detail=detail, seconds=seconds, exit_code=code, **base)
+        return replace(base, kind="finished", reason=reason, detail=detail, seconds=seconds, exit_code=code)
 
     deleted_at = parse_time(meta.get("deletionTimestamp"))
     if deleted_at is not None and (now - deleted_at).total_seconds() >= LOST_AFTER_DELETION_S:
         disruption = _condition(status, "DisruptionTarget")
         if disruption is not None and disruption.get("status") == "True":
-            return PodOutcome("finished", reason="preempted", detail=str(disruption.get("message") or ""),
-                              seconds=seconds, **base)
-        return PodOutcome("finished", reason="lost",
-                          detail="the pod was deleted without a final status (node lost?)",
-                          seconds=seconds, **base)
+            return replace(
+                base,
+                kind="finished",
+                reason="preempted",
+                detail=str(disruption.get("message") or ""),
+                seconds=seconds,
+            )
+        return replace(
+            base,
+            kind="finished",
+            reason="lost",
+            detail="the pod was deleted without a final status (node lost?)",
+            seconds=seconds,
+        )
 
     created = parse_time(meta.get("creationTimestamp")) or now
     scheduled = _condition(status, "PodScheduled")
-    if scheduled is not None and scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+    if (
+        scheduled is not None
+        and scheduled.get("status") == "False"
+        and scheduled.get("reason") == "Unschedulable"
+    ):
         since = parse_time(scheduled.get("lastTransitionTime")) or created
         if (now - since).total_seconds() >= unschedulable_timeout_s:
-            return PodOutcome("stuck", reason="unschedulable", detail=str(scheduled.get("message") or ""), **base)
-        return PodOutcome("pending", **base)
+            return replace(
+                base, kind="stuck", reason="unschedulable", detail=str(scheduled.get("message") or "")
+            )
+        return replace(base, kind="pending")
     waiting = _waiting_reason(status)
     if waiting is not None:
         started = parse_time(status.get("startTime")) or created
         if (now - started).total_seconds() >= image_pull_timeout_s:
-            return PodOutcome("stuck", reason=waiting[0], detail=waiting[1], seconds=seconds, **base)
-        return PodOutcome("pending", **base)
-    return PodOutcome("running" if phase == "Running" else "pending", **base)
+            return replace(base, kind="stuck", reason=waiting[0], detail=waiting[1], seconds=seconds)
+        return replace(base, kind="pending")
+    return replace(base, kind="running" if phase == "Running" else "pending")
 
 
 def _finished_reason(status: Mapping[str, Any]) -> tuple[str | None, str | None, int | None]:
@@ -218,9 +232,9 @@ def observe_cluster(
         if (job.get("metadata") or {}).get("deletionTimestamp"):
             continue
         outcomes = view.pods.get(number, [])
-        if any(o.kind in ("pending", "running") for o in outcomes):
-            live.add(number)
-        elif not outcomes and not job_finished(job) and not _job_counted_a_pod(job):
+        in_flight = any(o.kind in ("pending", "running") for o in outcomes)
+        awaiting_pod = not outcomes and not job_finished(job) and not _job_counted_a_pod(job)
+        if in_flight or awaiting_pod:
             live.add(number)
     view.live = frozenset(live)
     return view

@@ -1,6 +1,6 @@
 """``tunefleet controller``: the kopf operator that runs Studies as trial Jobs.
 
-kopf delivers the watch streams (Studies, and trial Jobs and pods by label); each Study gets one
+kopf delivers the watch streams (Studies, and trial pods by label); each Study gets one
 asyncio task that reconciles it, level-triggered: woken by any change of its objects, and every
 few seconds anyway. A reconcile blocks (Optuna, Postgres, the kubernetes client), so it runs in a
 worker thread; the event loop only routes wake-ups. kopf adds no finalizer to Studies (only
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import os
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -26,6 +26,7 @@ from aiohttp import web
 from controller.kube.client import KubeApi, load_api_client
 from controller.kube.leadership import RENEW_SECONDS, Leadership
 from controller.kube.manifests import ACCOUNTING_FINALIZER, GROUP, STUDY_LABEL, VERSION
+from controller.kube.observe import LOST_AFTER_DELETION_S
 from controller.kube.reconciler import ControllerConfig, Reconciler
 
 log = structlog.get_logger("tunefleet.controller")
@@ -88,8 +89,12 @@ class Operator:
         self._background.append(asyncio.create_task(self._lead()))
         self._background.append(asyncio.create_task(self._sweep_orphans()))
         self.ready = True
-        log.info("controller started", namespaces=list(self.options.namespaces) or "all",
-                 peering=self.options.peering or "standalone", identity=self.leadership.identity)
+        log.info(
+            "controller started",
+            namespaces=list(self.options.namespaces) or "all",
+            peering=self.options.peering or "standalone",
+            identity=self.leadership.identity,
+        )
 
     async def stop(self) -> None:
         self.stopping = True
@@ -121,7 +126,9 @@ class Operator:
         if current is None:
             current = _StudyTask(body=body, generation=meta.get("generation"))
             self.studies[key] = current
-            current.task = asyncio.create_task(self._study_loop(key, current), name=f"study {key[0]}/{key[1]}")
+            current.task = asyncio.create_task(
+                self._study_loop(key, current), name=f"study {key[0]}/{key[1]}"
+            )
             return
         current.body = body
         if meta.get("generation") != current.generation or meta.get("deletionTimestamp"):
@@ -134,6 +141,9 @@ class Operator:
         current = self.studies.get((namespace, study))
         if current is not None:
             current.wake.set()
+
+    def poke_later(self, namespace: str, study: str | None, delay: float) -> None:
+        asyncio.get_running_loop().call_later(delay, self.poke, namespace, study)
 
     # -- per-Study loop ------------------------------------------------------------------------
 
@@ -159,8 +169,12 @@ class Operator:
             except Exception as error:  # noqa: BLE001 - a failed reconcile is retried, never fatal
                 failures += 1
                 delay = min(MAX_BACKOFF_S, 0.5 * 2**failures)
-                log.warning("reconcile failed; retrying", study=f"{key[0]}/{key[1]}", error=repr(error)[:500],
-                            retry_in_s=delay)
+                log.warning(
+                    "reconcile failed; retrying",
+                    study=f"{key[0]}/{key[1]}",
+                    error=repr(error)[:500],
+                    retry_in_s=delay,
+                )
             self._record(time.perf_counter() - began)
         self.studies.pop(key, None)
         if not self.stopping:
@@ -178,7 +192,9 @@ class Operator:
                     log.info("study deleted: jobs removed, running trials failed", study=f"{key[0]}/{key[1]}")
                     return
                 except Exception as error:  # noqa: BLE001
-                    log.warning("cleanup of a deleted study failed", study=f"{key[0]}/{key[1]}", error=repr(error))
+                    log.warning(
+                        "cleanup of a deleted study failed", study=f"{key[0]}/{key[1]}", error=repr(error)
+                    )
                     await asyncio.sleep(2.0 * (attempt + 1))
 
         self._background.append(asyncio.create_task(cleanup()))
@@ -189,7 +205,6 @@ class Operator:
         if self._reconcile_log is not None:
             with self._log_lock:
                 self._reconcile_log.write(f"{seconds:.6f}\n")
-                self._reconcile_log.flush()
 
     # -- leadership and orphans ----------------------------------------------------------------
 
@@ -241,8 +256,9 @@ class Operator:
 
     async def _serve_health(self, port: int) -> None:
         async def healthz(_: web.Request) -> web.Response:
-            return web.json_response({"ok": True, "leader": self.leadership.is_leader,
-                                      "studies": len(self.studies)})
+            return web.json_response(
+                {"ok": True, "leader": self.leadership.is_leader, "studies": len(self.studies)}
+            )
 
         async def readyz(_: web.Request) -> web.Response:
             return web.json_response({"ready": self.ready}, status=200 if self.ready else 503)
@@ -266,7 +282,11 @@ class Operator:
 
 
 def build_registry(operator: Operator) -> kopf.OperatorRegistry:
-    """kopf handlers: event handlers only (no kopf finalizers, no kopf state on our objects)."""
+    """kopf handlers: event handlers only (no kopf finalizers, no kopf state on our objects).
+
+    Jobs are not watched: every change of a trial that matters shows on its pod (a deleted Job
+    deletes its pod), and the periodic resync catches the rest. That halves the events per trial.
+    """
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
@@ -279,7 +299,6 @@ def build_registry(operator: Operator) -> kopf.OperatorRegistry:
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.networking.error_backoffs = [0.5, 1, 2, 5, 10]
-        settings.batching.worker_limit = 64
         await operator.start()
 
     @kopf.on.cleanup(registry=registry)
@@ -287,18 +306,23 @@ def build_registry(operator: Operator) -> kopf.OperatorRegistry:
         await operator.stop()
 
     @kopf.on.event(GROUP, VERSION, "studies", registry=registry)
-    async def _study(event: dict[str, Any], **_: Any) -> None:
-        operator.on_study(event.get("type"), event["object"])
-
-    @kopf.on.event("batch", "v1", "jobs", labels={STUDY_LABEL: kopf.PRESENT}, registry=registry)
-    async def _job(event: dict[str, Any], **_: Any) -> None:
-        meta = event["object"]["metadata"]
-        operator.poke(meta.get("namespace", ""), (meta.get("labels") or {}).get(STUDY_LABEL))
+    async def _study(event: kopf.RawEvent, **_: Any) -> None:
+        operator.on_study(event.get("type"), dict(event["object"]))
 
     @kopf.on.event("", "v1", "pods", labels={STUDY_LABEL: kopf.PRESENT}, registry=registry)
-    async def _pod(event: dict[str, Any], **_: Any) -> None:
-        meta = event["object"]["metadata"]
-        operator.poke(meta.get("namespace", ""), (meta.get("labels") or {}).get(STUDY_LABEL))
+    async def _pod(event: kopf.RawEvent, **_: Any) -> None:
+        pod = event["object"]
+        meta = pod["metadata"]
+        study = (meta.get("labels") or {}).get(STUDY_LABEL)
+        held = ACCOUNTING_FINALIZER in (meta.get("finalizers") or [])
+        phase = (pod.get("status") or {}).get("phase")
+        # Only changes the reconcile acts on: a pod to settle, or one being deleted under its trial.
+        if held and (phase in ("Succeeded", "Failed") or meta.get("deletionTimestamp")):
+            operator.poke(meta.get("namespace", ""), study)
+            if meta.get("deletionTimestamp") and phase not in ("Succeeded", "Failed"):
+                operator.poke_later(meta.get("namespace", ""), study, LOST_AFTER_DELETION_S + 0.5)
+        elif event.get("type") == "DELETED" and phase not in ("Succeeded", "Failed"):
+            operator.poke(meta.get("namespace", ""), study)
 
     return registry
 
@@ -307,6 +331,9 @@ def run(options: OperatorOptions, stop_flag: threading.Event | None = None) -> N
     """Run the operator until interrupted (or ``stop_flag`` is set)."""
     operator = Operator(options)
     registry = build_registry(operator)
-    kwargs: dict[str, Any] = {"namespaces": list(options.namespaces)} if options.namespaces else {"clusterwide": True}
-    os.environ.setdefault("KOPF_LOGGING_FORMAT", "plain")
+    kwargs: dict[str, Any] = (
+        {"namespaces": list(options.namespaces)} if options.namespaces else {"clusterwide": True}
+    )
+    # kopf logs every handler call at INFO: one line per pod change is noise (and CPU) at scale.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf.run(registry=registry, standalone=True, stop_flag=stop_flag, **kwargs)

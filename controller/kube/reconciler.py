@@ -17,16 +17,17 @@ from typing import Any
 import optuna
 import structlog
 import yaml
+from optuna.trial import TrialState
 
-from controller.budget.ledger import Ledger
-from controller.budget.views import planner_budgets
+from controller.budget.ledger import Ledger, Totals
+from controller.budget.views import namespace_budget_view, study_budget_view
 from controller.budget.views import study_status as ledger_budget_status
 from controller.kube import status as status_mod
 from controller.kube.client import KubeApi
 from controller.kube.executor import ExecutionReport, Executor, StudyRuntime
 from controller.kube.manifests import (
-    TrialPodSettings,
     StudyRef,
+    TrialPodSettings,
     best_config_map,
     db_credentials_secret,
     optuna_study_name,
@@ -45,7 +46,7 @@ from controller.strategies import build_sampler, choose_strategy
 from controller.studies.observe import observe_trials
 from controller.studies.record import ATTR_STARTED_AT, ATTR_STOP_REASON, record_study
 from controller.studies.storage import create_or_load_study, open_storage
-from trial_worker.contract import PrunerConfig
+from trial_worker.contract import PrunerConfig, storage_url_with_password
 
 log = structlog.get_logger("tunefleet.controller")
 RESYNC_S = 5.0
@@ -93,7 +94,7 @@ class Reconciler:
     def __init__(self, config: ControllerConfig, kube: KubeApi) -> None:
         self.config = config
         self.kube = kube
-        self.storage = open_storage(config.storage_url, pool_size=4)
+        self.storage = _controller_storage(config.storage_url)
         self.ledger = Ledger(config.storage_url)
         self.executor = Executor(kube, self.ledger)
         self._states: dict[tuple[str, str], StudyState] = {}
@@ -123,7 +124,11 @@ class Reconciler:
             spec = validate_spec(body.get("spec"))
         except SpecInvalid as error:
             message = "; ".join(str(e) for e in error.errors)
-            self._write_status(ref, state, status_mod.invalid_status(message, generation, previous_status.get("conditions") or []))
+            self._write_status(
+                ref,
+                state,
+                status_mod.invalid_status(message, generation, previous_status.get("conditions") or []),
+            )
             if "Invalid" not in state.announced:
                 state.announced.add("Invalid")
                 self.kube.post_event(body, "SpecInvalid", message, warning=True)
@@ -143,14 +148,17 @@ class Reconciler:
             jobs, pods, now, self.config.unschedulable_timeout_s, self.config.image_pull_timeout_s
         )
         report = ExecutionReport()
-        self.executor.record_outcomes(runtime, view, pods, report)
         trials, _ = observe_trials(runtime.study)
-        adopted = self.executor.adopt_unstarted(runtime, trials, view, report)
+        running = frozenset(t.number for t in trials if t.state == TrialState.RUNNING)
+        self.executor.record_outcomes(runtime, view, pods, report, running)
         if report.failed:
             trials, _ = observe_trials(runtime.study)
+        adopted = self.executor.adopt_unstarted(runtime, trials, view, report)
         views = tuple(_views(trials))
-        study_budget, namespace_budget = planner_budgets(
-            self.ledger, runtime.key, runtime.worst_case(), namespace=ref.namespace
+        totals = self.ledger.totals(runtime.key)
+        study_budget = study_budget_view(totals, runtime.worst_case())
+        namespace_budget = namespace_budget_view(
+            self.ledger.namespace_totals(ref.namespace, study_key=runtime.key), runtime.worst_case()
         )
         observation = Observation(
             trials=views,
@@ -169,9 +177,15 @@ class Reconciler:
             state.stuck = (first.reason or "Stuck", f"trial {first.trial_number}: {first.detail}")
         elif any(o.kind == "running" for outcomes in view.pods.values() for o in outcomes):
             state.stuck = None
-        self._report(body, ref, spec, runtime, state, plan, trials, report, generation, previous_status)
+        if report.settled or report.created or report.adopted or plan.mark_lost:
+            totals = self.ledger.totals(runtime.key)
+        self._report(
+            body, ref, spec, runtime, state, plan, trials, report, generation, previous_status, totals
+        )
         if plan.finished:
-            return ReconcileResult(requeue_after=max(30.0, self.config.resync_s), report=report, finished=True)
+            return ReconcileResult(
+                requeue_after=max(30.0, self.config.resync_s), report=report, finished=True
+            )
         return ReconcileResult(requeue_after=self.config.resync_s, report=report)
 
     # -- set-up, once per Study (or per change) ------------------------------------------------
@@ -192,7 +206,9 @@ class Reconciler:
             if value is not None:
                 return value
         if self.config.db_secret:
-            value = self.kube.read_secret_value(self.config.controller_namespace, self.config.db_secret, "password")
+            value = self.kube.read_secret_value(
+                self.config.controller_namespace, self.config.db_secret, "password"
+            )
             if value is not None:
                 return value
         return self.config.db_password or ""
@@ -250,6 +266,7 @@ class Reconciler:
         report: ExecutionReport,
         generation: int | None,
         previous: dict[str, Any],
+        totals: Totals,
     ) -> None:
         views = tuple(_views(trials))
         summary = summarize(spec, views)
@@ -259,7 +276,6 @@ class Reconciler:
         conditions = status_mod.render_conditions(
             status_mod.conditions_for(phase, plan, stuck=state.stuck), previous.get("conditions") or [], now
         )
-        totals = self.ledger.totals(runtime.key)
         budget = ledger_budget_status(totals)
         start_time = previous.get("startTime") or (now if summary.running or summary.finished else None)
         completion = previous.get("completionTime") if plan.finished else None
@@ -295,16 +311,27 @@ class Reconciler:
         state.last_status = comparable
 
     def _events(
-        self, body: dict[str, Any], state: StudyState, plan: Plan, phase: str, report: ExecutionReport, complete: int
+        self,
+        body: dict[str, Any],
+        state: StudyState,
+        plan: Plan,
+        phase: str,
+        report: ExecutionReport,
+        complete: int,
     ) -> None:
         if report.created and "Started" not in state.announced:
             state.announced.add("Started")
             self.kube.post_event(body, "StudyStarted", f"started trial Jobs {report.created}")
         for number, reason, detail in report.failed:
-            self.kube.post_event(body, "TrialFailed", f"trial {number} failed: {reason}: {detail}", warning=True)
+            self.kube.post_event(
+                body, "TrialFailed", f"trial {number} failed: {reason}: {detail}", warning=True
+            )
         for outcome in report.stuck:
             self.kube.post_event(
-                body, "TrialPodStuck", f"trial {outcome.trial_number}: {outcome.reason}: {outcome.detail}", warning=True
+                body,
+                "TrialPodStuck",
+                f"trial {outcome.trial_number}: {outcome.reason}: {outcome.detail}",
+                warning=True,
             )
         if phase == "Suspended" and "Suspended" not in state.announced:
             state.announced.add("Suspended")
@@ -314,13 +341,13 @@ class Reconciler:
         if plan.finished and "Finished" not in state.announced:
             state.announced.add("Finished")
             why = plan.stop.value if plan.stop else "finished"
-            self.kube.post_event(body, "StudyFinished", f"the study ended: {why} ({complete} trials complete)")
+            self.kube.post_event(
+                body, "StudyFinished", f"the study ended: {why} ({complete} trials complete)"
+            )
         elif not plan.finished:
             state.announced.discard("Finished")
 
-    def _finish(
-        self, ref: StudyRef, runtime: StudyRuntime, plan: Plan, state: StudyState, best: Any
-    ) -> None:
+    def _finish(self, ref: StudyRef, runtime: StudyRuntime, plan: Plan, state: StudyState, best: Any) -> None:
         if plan.stop is not None and runtime.study.user_attrs.get(ATTR_STOP_REASON) != plan.stop.value:
             runtime.study.set_user_attr(ATTR_STOP_REASON, plan.stop.value)
         if best is None or state.best_written == best.number:
@@ -363,6 +390,18 @@ class Reconciler:
         for open_key in self.ledger.open_reservations(key):
             self.ledger.release(open_key)
         self.forget(namespace, name)
+
+
+def _controller_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's storage with a pool for every reconcile thread and no ping per checkout.
+
+    A connection broken by a database restart fails one reconcile, which is retried; SQLAlchemy
+    then drops the whole stale pool. Pinging on every checkout would double the round trips.
+    """
+    if not url.startswith("postgresql"):
+        return open_storage(url)
+    engine_kwargs = {"pool_size": 8, "max_overflow": 4, "pool_pre_ping": False}
+    return optuna.storages.RDBStorage(storage_url_with_password(url), engine_kwargs=engine_kwargs)
 
 
 def _recorded_spec(study: optuna.Study) -> StudySpec | None:

@@ -12,7 +12,9 @@ from controller.kube.client import KubeApi, load_api_client
 from controller.kube.manifests import ACCOUNTING_FINALIZER, STUDY_LABEL
 
 
-def release_all(namespaces: Sequence[str] = (), kubeconfig: str | None = None, kube: KubeApi | None = None) -> int:
+def release_all(
+    namespaces: Sequence[str] = (), kubeconfig: str | None = None, kube: KubeApi | None = None
+) -> int:
     """Remove the finalizer from every pod labelled ``tunefleet.dev/study``; returns how many."""
     api = kube or KubeApi(load_api_client(kubeconfig))
     if namespaces:

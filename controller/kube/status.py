@@ -68,8 +68,12 @@ def conditions_for(
     stop = plan.stop.value if plan is not None and plan.stop is not None else None
     finished = plan is not None and plan.finished
     conditions = [
-        Condition("Invalid", invalid_message is not None, "SpecInvalid" if invalid_message else "SpecValid",
-                  invalid_message or "the spec is valid"),
+        Condition(
+            "Invalid",
+            invalid_message is not None,
+            "SpecInvalid" if invalid_message else "SpecValid",
+            invalid_message or "the spec is valid",
+        ),
     ]
     if not_ready is not None:
         conditions.append(Condition("Ready", False, not_ready[0], not_ready[1]))
@@ -78,20 +82,36 @@ def conditions_for(
     else:
         conditions.append(Condition("Ready", True, "Reconciled", "the controller is running this study"))
     conditions.append(
-        Condition("Running", phase == "Running", "TrialsRunning" if phase == "Running" else phase or "Pending",
-                  "trials are being started and run" if phase == "Running" else f"the study is {phase.lower()}")
+        Condition(
+            "Running",
+            phase == "Running",
+            "TrialsRunning" if phase == "Running" else phase or "Pending",
+            "trials are being started and run" if phase == "Running" else f"the study is {phase.lower()}",
+        )
     )
     conditions.append(
-        Condition("Suspended", phase == "Suspended", "SuspendRequested" if phase == "Suspended" else "NotSuspended",
-                  "spec.suspend is true: no new trials; running ones finish" if phase == "Suspended" else "")
+        Condition(
+            "Suspended",
+            phase == "Suspended",
+            "SuspendRequested" if phase == "Suspended" else "NotSuspended",
+            "spec.suspend is true: no new trials; running ones finish" if phase == "Suspended" else "",
+        )
     )
     conditions.append(
-        Condition("Succeeded", finished and phase == "Succeeded", stop or "NotFinished",
-                  f"the study ended: {stop}" if finished and phase == "Succeeded" else "")
+        Condition(
+            "Succeeded",
+            finished and phase == "Succeeded",
+            stop or "NotFinished",
+            f"the study ended: {stop}" if finished and phase == "Succeeded" else "",
+        )
     )
     conditions.append(
-        Condition("Failed", finished and phase == "Failed", stop or "NotFinished",
-                  f"the study ended ({stop}) without a completed trial" if finished and phase == "Failed" else "")
+        Condition(
+            "Failed",
+            finished and phase == "Failed",
+            stop or "NotFinished",
+            f"the study ended ({stop}) without a completed trial" if finished and phase == "Failed" else "",
+        )
     )
     if stuck is not None:
         conditions.append(Condition("PodsStuck", True, stuck[0], stuck[1]))
@@ -196,7 +216,9 @@ def study_status(
     }
 
 
-def invalid_status(message: str, generation: int | None, previous: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def invalid_status(
+    message: str, generation: int | None, previous: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
     now = now_iso()
     conditions = conditions_for("Invalid", None, invalid_message=message)
     return {

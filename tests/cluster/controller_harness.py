@@ -1,0 +1,195 @@
+"""Running ``tunefleet controller`` against the emulator, and the Study objects tests apply."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import optuna
+
+from controller.kube.crd import build_crds
+from tests.cluster.emulator import KubeEmulator
+
+T = TypeVar("T")
+VENV_BIN = Path(sys.executable).parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NAMESPACE = "team-a"
+DB_PASSWORD = "not-a-real-secret-7f3a"
+STUDIES = "studies.tunefleet.dev"
+
+
+def prepare_cluster(kube: KubeEmulator, namespace: str = NAMESPACE) -> None:
+    kube.api.apply_crds(build_crds())
+    kube.api.create_namespace(namespace)
+
+
+def study_manifest(
+    name: str = "quad",
+    *,
+    objective: str = "tests.cluster.objectives:quadratic",
+    max_trials: int = 8,
+    parallelism: int = 3,
+    max_retries: int = 2,
+    max_duration: str = "2m",
+    **spec: Any,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "tunefleet.dev/v1alpha1",
+        "kind": "Study",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "objective": {"metrics": [{"name": "loss", "direction": "minimize"}]},
+            "searchSpace": {"x": {"type": "float", "low": -10, "high": 10}},
+            "strategy": {"sampler": "random", "pruner": "none", "seed": 7},
+            "budget": {"maxTrials": max_trials},
+            "parallelism": parallelism,
+            "trial": {
+                "python": objective,
+                "image": "tunefleet-test:local",
+                "cpus": 0.1,
+                "maxDuration": max_duration,
+                "maxRetries": max_retries,
+                "template": {"spec": {"terminationGracePeriodSeconds": 2}},
+            },
+        },
+    }
+    body["spec"].update(spec)
+    return body
+
+
+class ControllerProcess:
+    """``tunefleet controller`` as a child process, with its log in ``log_path``."""
+
+    def __init__(
+        self,
+        kube: KubeEmulator,
+        storage_url: str,
+        work_dir: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        name: str = "controller",
+        health_port: int = 0,
+    ) -> None:
+        self.kube = kube
+        self.args = list(args) or ["--standalone"]
+        self.log_path = work_dir / f"{name}.log"
+        self.env = {
+            **os.environ,
+            **kube.env(),
+            "TUNEFLEET_STORAGE_URL": storage_url,
+            "TUNEFLEET_DB_PASSWORD": DB_PASSWORD,
+            "TUNEFLEET_RESYNC_S": "2",
+            "TUNEFLEET_LOG_FORMAT": "json",
+            "TUNEFLEET_POD_NAMESPACE": "tunefleet-system",
+            **(env or {}),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self.health_port = health_port
+
+    def start(self) -> ControllerProcess:
+        command = [
+            str(VENV_BIN / "tunefleet"),
+            "controller",
+            *self.args,
+            "--health-port",
+            str(self.health_port),
+            "--metrics-port",
+            "0",
+        ]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=str(REPO_ROOT),
+                start_new_session=True,
+            )
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: the controller dies mid-whatever, as on a node loss."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, message: str, interval: float = 0.2) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s: {message}")
+        time.sleep(interval)
+
+
+def study_status(kube: KubeEmulator, name: str) -> dict[str, Any]:
+    study = kube.api.find(STUDIES, NAMESPACE, name)
+    return (study or {}).get("status") or {}
+
+
+def condition(kube: KubeEmulator, name: str, kind: str) -> dict[str, Any] | None:
+    for item in study_status(kube, name).get("conditions") or []:
+        if item.get("type") == kind:
+            return dict(item)
+    return None
+
+
+def trial_jobs(kube: KubeEmulator, name: str) -> list[dict[str, Any]]:
+    return kube.api.list("jobs.batch", NAMESPACE, label_selector=f"tunefleet.dev/study={name}")
+
+
+def trial_pods(kube: KubeEmulator, name: str) -> list[dict[str, Any]]:
+    return kube.api.list("pods", NAMESPACE, label_selector=f"tunefleet.dev/study={name}")
+
+
+def running_pod(kube: KubeEmulator, name: str) -> dict[str, Any] | None:
+    for pod in trial_pods(kube, name):
+        if (pod.get("status") or {}).get("phase") == "Running" and not pod["metadata"].get(
+            "deletionTimestamp"
+        ):
+            return pod
+    return None
+
+
+def load_trials(storage_url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=f"{NAMESPACE}/{name}", storage=storage_url)
+    return study.get_trials(deepcopy=False)
+
+
+def finished(kube: KubeEmulator, name: str) -> bool:
+    return study_status(kube, name).get("phase") in ("Succeeded", "Failed")
+
+
+def with_sleep(body: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """The trial container sleeps this long in the objective (env through trial.template)."""
+    body["spec"]["trial"]["template"]["spec"]["containers"] = [
+        {"name": "trial", "env": [{"name": "TUNEFLEET_TEST_SLEEP", "value": str(seconds)}]}
+    ]
+    return body
+
+
+def trial_state(storage_url: str, name: str, number: int) -> str | None:
+    for trial in load_trials(storage_url, name):
+        if trial.number == number:
+            return trial.state.name
+    return None
