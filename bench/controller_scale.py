@@ -92,6 +92,25 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
 
 
+def _postgres_cpu_seconds(data_dir: Path | None) -> float | None:
+    """The server's CPU: the postmaster, its live backends, and the backends that already exited."""
+    pid_file = data_dir / "postmaster.pid" if data_dir is not None else None
+    if pid_file is None or not pid_file.exists():
+        return None  # an external server: not ours to measure
+    postmaster = int(pid_file.read_text().split()[0])
+    ticks = os.sysconf("SC_CLK_TCK")
+    fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+    total = sum(int(f) for f in fields[11:15]) / ticks  # utime, stime, cutime, cstime
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            child = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(child[1]) == postmaster:
+            total += (int(child[11]) + int(child[12])) / ticks
+    return total
+
+
 def _study(name: str, trials: int, parallelism: int) -> dict[str, Any]:
     return {
         "apiVersion": "tunefleet.dev/v1alpha1",
@@ -179,6 +198,8 @@ def main() -> int:
             )
         time.sleep(3)
         kube.reset_request_counts()
+        postgres_before = _postgres_cpu_seconds(getattr(server, "data_dir", None))
+        bench_before = time.process_time()
         began = time.monotonic()
         for index in range(args.studies):
             kube.api.create(
@@ -195,6 +216,8 @@ def main() -> int:
         elapsed = time.monotonic() - began
         cpu = _cpu_seconds(process.pid)
         requests = dict(kube.request_counts)
+        bench_cpu = time.process_time() - bench_before
+        postgres_after = _postgres_cpu_seconds(getattr(server, "data_dir", None))
     finally:
         if process is not None and process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
@@ -206,10 +229,17 @@ def main() -> int:
         tellers.shutdown(wait=False, cancel_futures=True)
         remove_server(server)
 
-    latencies = [float(line) for line in reconcile_log.read_text().split()] if reconcile_log.exists() else []
+    latencies: list[float] = []
+    waits: list[float] = []  # pod event -> its reconcile started (debounce + a free thread)
+    lines = reconcile_log.read_text().splitlines() if reconcile_log.exists() else []
+    for line in lines:
+        seconds, _, waited = line.partition(" ")
+        latencies.append(float(seconds))
+        if waited and waited != "-":
+            waits.append(float(waited))
     done = timeline.pods_finished
     calls = sum(requests.values())
-    by_verb = collections.Counter()
+    by_verb: collections.Counter[str] = collections.Counter()
     for (verb, resource), count in requests.items():
         by_verb[f"{verb} {resource}"] += count
     print(
@@ -226,9 +256,15 @@ def main() -> int:
         f"reconciles: {len(latencies)}; latency p50 {_percentile(latencies, 0.5) * 1000:.0f} ms, "
         f"p99 {_percentile(latencies, 0.99) * 1000:.0f} ms"
     )
+    print(
+        f"woken by a pod event: {len(waits)}; pod event -> reconcile start p50 "
+        f"{_percentile(waits, 0.5) * 1000:.0f} ms, p99 {_percentile(waits, 0.99) * 1000:.0f} ms"
+    )
     print(f"API calls: {calls} total, {calls / max(1, timeline.jobs_created):.1f} per trial")
     print("  " + ", ".join(f"{k}: {v}" for k, v in by_verb.most_common(8)))
-    print(f"emulator + bench CPU (this process): {time.process_time():.1f} s")
+    print(f"emulator + bench CPU (this process, while measuring): {bench_cpu:.1f} s")
+    if postgres_before is not None and postgres_after is not None:
+        print(f"PostgreSQL CPU (while measuring): {postgres_after - postgres_before:.1f} s")
     print(f"controller CPU: {cpu:.1f} s total, {cpu / max(1, timeline.jobs_created) * 1000:.1f} ms per trial")
     turn = timeline.turnarounds
     print(
@@ -241,6 +277,7 @@ def main() -> int:
                 "peak_running": timeline.peak_running,
                 "reconcile_p50_s": _percentile(latencies, 0.5),
                 "reconcile_p99_s": _percentile(latencies, 0.99),
+                "wake_wait_p50_s": _percentile(waits, 0.5),
                 "api_calls_per_trial": calls / max(1, timeline.jobs_created),
                 "cpu_s_per_trial": cpu / max(1, timeline.jobs_created),
                 "turnaround_p50_s": _percentile(turn, 0.5),

@@ -111,9 +111,11 @@ class Ledger:
     Args:
         url: the study storage URL (``postgresql+psycopg2://...`` or ``sqlite:///file``); a
             password in ``TUNEFLEET_DB_PASSWORD`` is added as the worker does.
+        pool_size: PostgreSQL connections kept open; a caller that shares the ledger between
+            N threads passes N, or every checkout past the pool opens a new connection.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pool_size: int = 2) -> None:
         full_url = storage_url_with_password(url)
         if full_url.startswith("sqlite"):
             self._engine: Engine = sa.create_engine(
@@ -121,7 +123,9 @@ class Ledger:
             )
             _take_write_lock_on_begin(self._engine)
         else:
-            self._engine = sa.create_engine(full_url, pool_size=2, max_overflow=8, pool_pre_ping=True)
+            self._engine = sa.create_engine(
+                full_url, pool_size=pool_size, max_overflow=8, pool_pre_ping=True
+            )
         with self._transaction() as conn:
             self.migrated_from = migrate(conn)
 

@@ -315,7 +315,19 @@ def study_crd() -> Schema:
 def gpubudget_crd() -> Schema:
     """The ``gpubudgets.tunefleet.dev`` CRD."""
     hours = {"type": "number"}
-    status = _status_schema({"used": hours, "reserved": hours, "remaining": hours})
+    status = _status_schema(
+        {
+            "used": hours,
+            "reserved": hours,
+            "remaining": hours,
+            "periodStart": {
+                "type": "string",
+                "format": "date-time",
+                "description": "When the current period began (UTC).",
+            },
+            "message": {"type": "string", "description": "Why this GPUBudget is ignored, if it is."},
+        }
+    )
     return _crd(
         kind="GPUBudget",
         plural="gpubudgets",

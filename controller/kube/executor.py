@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from controller.budget.accounting import Charge, pod_charge, worst_case
 from controller.budget.ledger import Ledger
+from controller.kube.budgets import crash_point
 from controller.kube.client import KubeApi
 from controller.kube.manifests import (
     DEADLINE_GRACE_SECONDS,
@@ -35,9 +36,11 @@ from controller.kube.manifests import (
     trial_job,
 )
 from controller.kube.observe import ClusterView, PodOutcome
+from controller.kube.provenance import pod_provenance, record_provenance
 from controller.planner import Plan
 from controller.spec import StudySpec
 from controller.studies.asking import ask_new_trial, start_retry
+from controller.studies.confirming import pruner_for, start_confirmation
 from controller.studies.observe import fail_trial
 from trial_worker.contract import ATTR_ATTEMPT, ATTR_SEED, PrunerConfig
 
@@ -136,6 +139,9 @@ class Executor:
             # Succeeded means the worker told its outcome; a trial still RUNNING lost that report.
             detail = "the pod succeeded but the trial's outcome was not stored"
             self._fail(runtime, number, "lost", detail, report, running)
+        # Image, digest and node for reproducibility.json: known only once the container ran.
+        record_provenance(runtime.study, number, pod_provenance(pod))
+        crash_point("before-settle")  # test hook (TUNEFLEET_CRASH_AT), see controller/kube/budgets.py
         self.settle_pod(runtime.spec, runtime.ref, pod, now)
         self.kube.remove_accounting_finalizer(pod)
         report.settled += 1
@@ -200,7 +206,7 @@ class Executor:
         view: ClusterView,
         report: ExecutionReport,
     ) -> None:
-        """mark lost -> retry -> start new -> drain, as the planner ordered them."""
+        """mark lost -> retry -> start new -> confirm -> drain, as the planner ordered them."""
         study = runtime.study
         for number in plan.mark_lost:
             self._fail(runtime, number, "lost", "its Job or pod is gone", report)
@@ -213,6 +219,9 @@ class Executor:
         for _ in range(plan.start_new):
             trial = ask_new_trial(study, runtime.spec.searchSpace, runtime.study_seed)
             self._launch(runtime, trial.number, trial.user_attrs, report)
+        for source in plan.confirm:
+            rerun = start_confirmation(study, by_number[source], runtime.study_seed)
+            self._launch(runtime, rerun.number, rerun.user_attrs, report)
         for number in plan.drain:
             self.kube.delete_job(runtime.ref.namespace, job_name(runtime.ref.name, number))
             self._fail(
@@ -229,8 +238,14 @@ class Executor:
             self._fail(runtime, number, "budget", "the budget cannot cover this trial's worst case", report)
             report.refused_by_budget.append(number)
             return False
+        crash_point("after-reserve")  # test hook (TUNEFLEET_CRASH_AT), see controller/kube/budgets.py
         assignment = build_assignment(
-            runtime.spec, ref, number, int(user_attrs.get(ATTR_SEED, 0)), runtime.storage_url, runtime.pruner
+            runtime.spec,
+            ref,
+            number,
+            int(user_attrs.get(ATTR_SEED, 0)),
+            runtime.storage_url,
+            pruner_for(user_attrs, runtime.pruner),  # confirmation runs are never pruned
         )
         job = trial_job(
             runtime.spec, ref, assignment, runtime.settings, attempt=int(user_attrs.get(ATTR_ATTEMPT, 0))

@@ -35,6 +35,8 @@ STUDY_LABEL = "tunefleet.dev/study"
 TRIAL_LABEL = "tunefleet.dev/trial"
 ATTEMPT_LABEL = "tunefleet.dev/attempt"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+# Kueue admits the Job through this LocalQueue; the ledger still bills the pods it runs.
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 ACCOUNTING_FINALIZER = "tunefleet.dev/gpu-accounting"
 TRIAL_CONTAINER = "trial"
 WORKER_COMMAND = "tunefleet-worker"
@@ -142,6 +144,8 @@ def trial_job(
         MANAGED_BY_LABEL: "tunefleet",
     }
     metadata: dict[str, Any] = {"name": name, "namespace": study.namespace, "labels": dict(labels)}
+    if spec.trial.queueName:
+        metadata["labels"][KUEUE_QUEUE_LABEL] = spec.trial.queueName
     if study.uid:
         metadata["ownerReferences"] = [
             {
@@ -319,5 +323,105 @@ def best_config_map(study: StudyRef, best: dict[str, Any], yaml_text: str) -> di
         "data": {
             "best_config.json": json.dumps(best, indent=2, sort_keys=True),
             "best_config.yaml": yaml_text,
+        },
+    }
+
+
+EXPORT_LABEL = "tunefleet.dev/export"
+EXPORT_VOLUME = "export"
+EXPORT_MOUNT_PATH = "/tunefleet-export"
+EXPORT_DEADLINE_SECONDS = 1800
+
+
+def export_job_name(study_name: str) -> str:
+    return f"{study_name}-export"
+
+
+def export_job(
+    spec: StudySpec,
+    study: StudyRef,
+    storage_url: str,
+    settings: TrialPodSettings | None = None,
+    mount_path: str = EXPORT_MOUNT_PATH,
+) -> dict[str, Any]:
+    """A short-lived Job that mounts ``spec.export``'s PVC and runs ``tunefleet export`` into it.
+
+    The controller pod mounts no volume; this Job runs in the Study's namespace (where the PVC
+    is), with the trial image (it holds ``tunefleet``), the trial ServiceAccount (no token) and
+    the mirrored database password. It carries the export label, not the study label, so it is
+    never taken for a trial. ``storage_url`` must carry no password.
+    """
+    if spec.export is None:
+        raise ValueError("export: the spec sets no export (spec.export.persistentVolumeClaim)")
+    if ".." in spec.export.path.split("/"):
+        raise ValueError(f"export.path: {spec.export.path!r} must stay inside the volume (no '..')")
+    settings = settings or TrialPodSettings()
+    target = f"{mount_path.rstrip('/')}/{spec.export.path.strip('/')}".rstrip("/") or "/"
+    labels = {EXPORT_LABEL: study.name, MANAGED_BY_LABEL: "tunefleet"}
+    metadata: dict[str, Any] = {
+        "name": export_job_name(study.name),
+        "namespace": study.namespace,
+        "labels": dict(labels),
+    }
+    if study.uid:
+        metadata["ownerReferences"] = [
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "Study",
+                "name": study.name,
+                "uid": study.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+    container = _harden(
+        {
+            "name": "export",
+            "image": spec.trial.image or settings.default_image,
+            "command": [
+                "tunefleet",
+                "export",
+                "--storage",
+                storage_url,
+                "--study",
+                optuna_study_name(study),
+                "--out",
+                target,
+            ],
+            "env": [
+                {
+                    "name": DB_PASSWORD_ENV,
+                    "valueFrom": {"secretKeyRef": {"name": settings.db_secret_name, "key": DB_SECRET_KEY}},
+                },
+                {"name": "HOME", "value": "/tmp"},
+            ],
+            "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
+            "volumeMounts": [{"name": EXPORT_VOLUME, "mountPath": mount_path}],
+        }
+    )
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata,
+        "spec": {
+            "backoffLimit": 2,
+            "activeDeadlineSeconds": EXPORT_DEADLINE_SECONDS,
+            "ttlSecondsAfterFinished": settings.job_ttl_seconds,
+            "template": {
+                "metadata": {"labels": dict(labels)},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "serviceAccountName": settings.service_account,
+                    "automountServiceAccountToken": False,
+                    "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [container],
+                    "volumes": [
+                        {
+                            "name": EXPORT_VOLUME,
+                            "persistentVolumeClaim": {"claimName": spec.export.persistentVolumeClaim},
+                        }
+                    ],
+                },
+            },
         },
     }

@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ import kopf
 import structlog
 from aiohttp import web
 
+from controller.kube.budgets import BudgetKeeper
 from controller.kube.client import KubeApi, load_api_client
 from controller.kube.leadership import RENEW_SECONDS, Leadership
 from controller.kube.manifests import ACCOUNTING_FINALIZER, GROUP, STUDY_LABEL, VERSION
@@ -34,6 +36,9 @@ DEBOUNCE_S = 0.05
 ORPHAN_SWEEP_S = 30.0
 MAX_BACKOFF_S = 30.0
 RECONCILE_THREADS = 8
+# ``key=value[,key=value]``: this controller handles only the Studies carrying these labels, so
+# several controllers can share a namespace (the cluster tests race two on one GPUBudget).
+STUDY_SELECTOR_ENV = "TUNEFLEET_STUDY_SELECTOR"
 
 
 @dataclass
@@ -44,7 +49,7 @@ class OperatorOptions:
     health_port: int | None = 8080
     metrics_port: int | None = 9090
     kubeconfig: str | None = None
-    # Where to append one line per reconcile ("<seconds>\n"), for the scale bench.
+    # Where to append one line per reconcile ("<seconds> <waited since the pod event or ->"), for the bench.
     reconcile_log: str | None = None
 
 
@@ -55,6 +60,8 @@ class _StudyTask:
     task: asyncio.Task[None] | None = None
     deleted: bool = False
     generation: Any = None
+    # When a pod event first asked for a reconcile that has not started yet (perf_counter).
+    poked_at: float | None = None
 
 
 class Operator:
@@ -67,6 +74,9 @@ class Operator:
         self.leadership = Leadership(self.kube, options.peering, namespace)
         self.reconciler: Reconciler | None = None
         self.studies: dict[tuple[str, str], _StudyTask] = {}
+        self.budgets = BudgetKeeper(self.kube)
+        self._budgets_wake = asyncio.Event()
+        self._study_labels = _parse_selector(os.environ.get(STUDY_SELECTOR_ENV, ""))
         self.started_at = time.monotonic()
         self.ready = False
         self.stopping = False
@@ -86,8 +96,10 @@ class Operator:
         self.reconciler = await asyncio.to_thread(Reconciler, self.options.config, self.kube)
         if self.options.metrics_port:
             self._metrics = await asyncio.to_thread(self._serve_metrics, self.options.metrics_port)
+            self.reconciler.metrics = self._metrics
         self._background.append(asyncio.create_task(self._lead()))
         self._background.append(asyncio.create_task(self._sweep_orphans()))
+        self._background.append(asyncio.create_task(self._keep_budgets()))
         self.ready = True
         log.info(
             "controller started",
@@ -114,6 +126,9 @@ class Operator:
 
     def on_study(self, event_type: str | None, body: dict[str, Any]) -> None:
         meta = body["metadata"]
+        labels = meta.get("labels") or {}
+        if any(labels.get(k) != v for k, v in self._study_labels.items()):
+            return  # another controller's shard
         key = (meta["namespace"], meta["name"])
         current = self.studies.get(key)
         if event_type == "DELETED":
@@ -135,11 +150,17 @@ class Operator:
             current.generation = meta.get("generation")
             current.wake.set()  # a spec change; our own status patches do not wake the loop
 
+    def on_gpubudget(self, event_type: str | None, body: dict[str, Any]) -> None:
+        self.budgets.observe(event_type, body)
+        self._budgets_wake.set()
+
     def poke(self, namespace: str, study: str | None) -> None:
         if study is None:
             return
         current = self.studies.get((namespace, study))
         if current is not None:
+            if current.poked_at is None:
+                current.poked_at = time.perf_counter()
             current.wake.set()
 
     def poke_later(self, namespace: str, study: str | None, delay: float) -> None:
@@ -162,9 +183,13 @@ class Operator:
             await asyncio.sleep(DEBOUNCE_S)  # let a burst of pod events coalesce
             study.wake.clear()
             began = time.perf_counter()
+            waited = began - study.poked_at if study.poked_at is not None else None
+            study.poked_at = None
             try:
                 result = await asyncio.to_thread(self.reconciler.reconcile, study.body)
                 delay = result.requeue_after
+                if result.report is not None and (result.report.settled or result.report.created):
+                    self._budgets_wake.set()  # the namespace's GPUBudget status moved
                 failures = 0
             except Exception as error:  # noqa: BLE001 - a failed reconcile is retried, never fatal
                 failures += 1
@@ -175,7 +200,7 @@ class Operator:
                     error=repr(error)[:500],
                     retry_in_s=delay,
                 )
-            self._record(time.perf_counter() - began)
+            self._record(time.perf_counter() - began, waited)
         self.studies.pop(key, None)
         if not self.stopping:
             self._spawn_cleanup(key, study)
@@ -199,12 +224,13 @@ class Operator:
 
         self._background.append(asyncio.create_task(cleanup()))
 
-    def _record(self, seconds: float) -> None:
+    def _record(self, seconds: float, waited: float | None = None) -> None:
         if self._metrics is not None:
             self._metrics.reconcile_duration.labels(outcome="ok").observe(seconds)
         if self._reconcile_log is not None:
             with self._log_lock:
-                self._reconcile_log.write(f"{seconds:.6f}\n")
+                # "<seconds> <seconds from the pod event that woke it, or ->"
+                self._reconcile_log.write(f"{seconds:.6f} {'-' if waited is None else f'{waited:.6f}'}\n")
 
     # -- leadership and orphans ----------------------------------------------------------------
 
@@ -243,6 +269,23 @@ class Operator:
                 except Exception as error:  # noqa: BLE001
                     log.warning("orphan sweep failed", error=repr(error))
             await asyncio.sleep(ORPHAN_SWEEP_S)
+
+    async def _keep_budgets(self) -> None:
+        """GPUBudgets to the ledger, ledger figures to their status: on every change, and each resync."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._budgets_wake.wait(), timeout=self.options.config.resync_s)
+            self._budgets_wake.clear()
+            if not self.leadership.is_leader or self.reconciler is None:
+                continue
+            try:
+                changed = await asyncio.to_thread(self.budgets.sync, self.reconciler.ledger, self._metrics)
+            except Exception as error:  # noqa: BLE001
+                log.warning("GPUBudget sync failed", error=repr(error)[:300])
+                continue
+            for (namespace, _), study in self.studies.items():
+                if namespace in changed:
+                    study.wake.set()  # a raised or new budget: reconcile now
 
     def _list_trial_pods(self) -> list[dict[str, Any]]:
         if not self.options.namespaces:
@@ -309,6 +352,10 @@ def build_registry(operator: Operator) -> kopf.OperatorRegistry:
     async def _study(event: kopf.RawEvent, **_: Any) -> None:
         operator.on_study(event.get("type"), dict(event["object"]))
 
+    @kopf.on.event(GROUP, VERSION, "gpubudgets", registry=registry)
+    async def _gpubudget(event: kopf.RawEvent, **_: Any) -> None:
+        operator.on_gpubudget(event.get("type"), dict(event["object"]))
+
     @kopf.on.event("", "v1", "pods", labels={STUDY_LABEL: kopf.PRESENT}, registry=registry)
     async def _pod(event: kopf.RawEvent, **_: Any) -> None:
         pod = event["object"]
@@ -325,6 +372,17 @@ def build_registry(operator: Operator) -> kopf.OperatorRegistry:
             operator.poke(meta.get("namespace", ""), study)
 
     return registry
+
+
+def _parse_selector(text: str) -> dict[str, str]:
+    """``a=b,c=d`` -> {"a": "b", "c": "d"}; an error names the variable."""
+    labels: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{STUDY_SELECTOR_ENV}: {part!r} is not key=value")
+        labels[key.strip()] = value.strip()
+    return labels
 
 
 def run(options: OperatorOptions, stop_flag: threading.Event | None = None) -> None:

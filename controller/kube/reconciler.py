@@ -7,7 +7,7 @@ the kubernetes client all block), one at a time per Study.
 from __future__ import annotations
 
 import datetime
-import json
+import os
 import random
 import threading
 import time
@@ -16,19 +16,21 @@ from typing import Any
 
 import optuna
 import structlog
-import yaml
 from optuna.trial import TrialState
 
-from controller.budget.ledger import Ledger, Totals
+from controller.budget.ledger import Ledger, NamespaceTotals, Totals
+from controller.budget.metrics import ControllerMetrics
 from controller.budget.views import namespace_budget_view, study_budget_view
-from controller.budget.views import study_status as ledger_budget_status
+from controller.kube import budgets as budgets_mod
+from controller.kube import outcome as outcome_mod
 from controller.kube import status as status_mod
 from controller.kube.client import KubeApi
 from controller.kube.executor import ExecutionReport, Executor, StudyRuntime
+from controller.kube.finishing import Finisher, FinishMemory
 from controller.kube.manifests import (
+    EXPORT_MOUNT_PATH,
     StudyRef,
     TrialPodSettings,
-    best_config_map,
     db_credentials_secret,
     optuna_study_name,
     study_selector,
@@ -40,16 +42,22 @@ from controller.kube.observe import (
     observe_cluster,
 )
 from controller.planner import Observation, Plan, decide, summarize
+from controller.planner.confirmation import ATTR_CONFIRM_WARNING, budget_warning
 from controller.planner.summary import best_trial
 from controller.spec import SpecInvalid, StudySpec, validate_spec
-from controller.strategies import build_sampler, choose_strategy
+from controller.strategies import Spent
+from controller.strategies.live import LiveStrategy
+from controller.strategies.warmstart import apply_warm_start
+from controller.studies.confirming import confirmation_sources
 from controller.studies.observe import observe_trials
 from controller.studies.record import ATTR_STARTED_AT, ATTR_STOP_REASON, record_study
 from controller.studies.storage import create_or_load_study, open_storage
-from trial_worker.contract import PrunerConfig, storage_url_with_password
+from trial_worker.contract import storage_url_with_password
 
 log = structlog.get_logger("tunefleet.controller")
 RESYNC_S = 5.0
+# Database connections kept open: one per reconcile thread (operator.RECONCILE_THREADS).
+POOL_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,10 @@ class ControllerConfig:
     unschedulable_timeout_s: float = UNSCHEDULABLE_TIMEOUT_S
     image_pull_timeout_s: float = IMAGE_PULL_TIMEOUT_S
     resync_s: float = RESYNC_S
+    # Where the export Job mounts spec.export's PVC (env TUNEFLEET_EXPORT_MOUNT_PATH).
+    export_mount_path: str = field(
+        default_factory=lambda: os.environ.get("TUNEFLEET_EXPORT_MOUNT_PATH") or EXPORT_MOUNT_PATH
+    )
 
 
 @dataclass
@@ -79,6 +91,9 @@ class StudyState:
     stuck: tuple[str, str] | None = None
     announced: set[str] = field(default_factory=set)
     best_written: int | None = None
+    strategy: LiveStrategy | None = None  # one per Study: refreshed every reconcile
+    pareto: tuple[int, dict[str, Any]] | None = None  # (complete search trials, status.paretoFront)
+    finish: FinishMemory = field(default_factory=FinishMemory)
 
 
 @dataclass(frozen=True)
@@ -95,8 +110,12 @@ class Reconciler:
         self.config = config
         self.kube = kube
         self.storage = _controller_storage(config.storage_url)
-        self.ledger = Ledger(config.storage_url)
+        self.ledger = Ledger(config.storage_url, pool_size=POOL_SIZE)
         self.executor = Executor(kube, self.ledger)
+        self.finisher = Finisher(
+            kube, config.storage_url, config.trial_settings, config.export_mount_path
+        )
+        self.metrics: ControllerMetrics | None = None  # set by the operator when it serves /metrics
         self._states: dict[tuple[str, str], StudyState] = {}
         self._lock = threading.Lock()
 
@@ -137,7 +156,20 @@ class Reconciler:
         state.announced.discard("Invalid")
 
         self._prepare_namespace(ref, spec, state)
-        runtime = self._runtime(ref, spec, state)
+        try:
+            runtime = self._runtime(ref, spec, state)
+        except WarmStartFailed as error:
+            message = str(error)
+            self._write_status(
+                ref,
+                state,
+                status_mod.invalid_status(message, generation, previous_status.get("conditions") or []),
+            )
+            if "WarmStart" not in state.announced:
+                state.announced.add("WarmStart")
+                self.kube.post_event(body, "WarmStartFailed", message, warning=True)
+            return ReconcileResult(requeue_after=60.0)
+        state.announced.discard("WarmStart")
         self._apply_limits(runtime, state)
 
         now = datetime.datetime.now(datetime.UTC)
@@ -157,9 +189,8 @@ class Reconciler:
         views = tuple(_views(trials))
         totals = self.ledger.totals(runtime.key)
         study_budget = study_budget_view(totals, runtime.worst_case())
-        namespace_budget = namespace_budget_view(
-            self.ledger.namespace_totals(ref.namespace, study_key=runtime.key), runtime.worst_case()
-        )
+        namespace_totals = self.ledger.namespace_totals(ref.namespace, study_key=runtime.key)
+        namespace_budget = namespace_budget_view(namespace_totals, runtime.worst_case())
         observation = Observation(
             trials=views,
             live=view.live | adopted,
@@ -168,9 +199,24 @@ class Reconciler:
             budget=study_budget,
             namespace_budget=namespace_budget,
         )
-        plan = decide(spec, observation)
+        strategy = state.strategy
+        if strategy is not None:
+            settled = totals.settled
+            strategy.refresh(
+                runtime.study,
+                trials,
+                Spent(settled.gpu_seconds, settled.cpu_seconds, time.time() - state.started_at),
+            )
+            runtime.pruner = strategy.pruner  # a revised pruner applies to the trials started next
+        self._warn_confirmation_budget(body, runtime, state, study_budget)
+        plan = decide(
+            spec,
+            observation,
+            confirmation_sources(trials),
+            converged=strategy.converged if strategy is not None else False,
+        )
         self.executor.execute(runtime, plan, trials, view, report)
-        if plan.mark_lost or plan.retry or plan.start_new or plan.drain:
+        if plan.mark_lost or plan.retry or plan.start_new or plan.confirm or plan.drain:
             trials, _ = observe_trials(runtime.study)
         if report.stuck:
             first = report.stuck[0]
@@ -179,13 +225,25 @@ class Reconciler:
             state.stuck = None
         if report.settled or report.created or report.adopted or plan.mark_lost:
             totals = self.ledger.totals(runtime.key)
+            if namespace_totals is not None:
+                namespace_totals = self.ledger.namespace_totals(ref.namespace, study_key=runtime.key)
+        waiting = (
+            budgets_mod.budget_waiting(namespace_totals, datetime.datetime.now(datetime.UTC))
+            if plan.budget_waiting
+            else None
+        )
         self._report(
-            body, ref, spec, runtime, state, plan, trials, report, generation, previous_status, totals
+            body, ref, spec, runtime, state, plan, trials, report, generation, previous_status, totals,
+            namespace_totals, waiting,
         )
         if plan.finished:
-            return ReconcileResult(
-                requeue_after=max(30.0, self.config.resync_s), report=report, finished=True
-            )
+            # Sooner while the export Job runs: its Event and status.export follow it.
+            pending = self.finisher.export_pending(spec, state.finish)
+            requeue = self.config.resync_s if pending else max(30.0, self.config.resync_s)
+            return ReconcileResult(requeue_after=requeue, report=report, finished=True)
+        if waiting is not None:
+            requeue = budgets_mod.waiting_requeue(waiting[2], self.config.resync_s)
+            return ReconcileResult(requeue_after=requeue, report=report)
         return ReconcileResult(requeue_after=self.config.resync_s, report=report)
 
     # -- set-up, once per Study (or per change) ------------------------------------------------
@@ -218,23 +276,27 @@ class Reconciler:
         if state.runtime is not None and state.spec_json == spec_json and state.runtime.ref == ref:
             return state.runtime
         seed = spec.strategy.seed if spec.strategy.seed is not None else random.randrange(2**31)
-        choice = choose_strategy(spec)
+        strategy = LiveStrategy(spec, seed)
         key = optuna_study_name(ref)
         study = create_or_load_study(
-            self.storage, key, spec.objective.directions, sampler=build_sampler(choice.sampler, spec, seed)
+            self.storage, key, spec.objective.directions, sampler=strategy.build_sampler()
         )
-        attrs = record_study(study, spec, seed, choice, time.time())
+        attrs = record_study(study, spec, seed, strategy.choice, time.time())
         study_seed = int(attrs.get("tunefleet.study_seed", seed))
         if study_seed != seed:
-            study.sampler = build_sampler(choice.sampler, spec, study_seed)
+            study.sampler = strategy.build_sampler(study_seed)
         state.started_at = float(attrs.get(ATTR_STARTED_AT, time.time()))
-        pruner_name = choice.pruner if choice.pruner != "auto" else "none"
+        try:
+            apply_warm_start(study, spec)  # once per study: enqueued params run first
+        except ValueError as error:
+            raise WarmStartFailed(str(error)) from error
+        state.strategy = strategy
         runtime = StudyRuntime(
             ref=ref,
             spec=spec,
             study=study,
             study_seed=study_seed,
-            pruner=PrunerConfig(name=pruner_name, settings=spec.strategy.prunerSettings),  # type: ignore[arg-type]
+            pruner=strategy.pruner,
             storage_url=self.config.storage_url,
             settings=self.config.trial_settings,
         )
@@ -245,8 +307,8 @@ class Reconciler:
     def _apply_limits(self, runtime: StudyRuntime, state: StudyState) -> None:
         budget = runtime.spec.budget
         limits = (
-            int(budget.gpuHours * 3600) if budget.gpuHours else None,
-            int(budget.cpuHours * 3600) if budget.cpuHours else None,
+            round(budget.gpuHours * 3600) if budget.gpuHours else None,
+            round(budget.cpuHours * 3600) if budget.cpuHours else None,
         )
         if state.limits != limits:
             self.ledger.set_study_limits(runtime.key, gpu_seconds=limits[0], cpu_seconds=limits[1])
@@ -267,16 +329,33 @@ class Reconciler:
         generation: int | None,
         previous: dict[str, Any],
         totals: Totals,
+        namespace_totals: NamespaceTotals | None = None,
+        waiting: tuple[str, str, float] | None = None,
     ) -> None:
         views = tuple(_views(trials))
         summary = summarize(spec, views)
-        best = best_trial(spec, views)
+        confirm_of = confirmation_sources(trials)
+        search_views = tuple(v for v in views if v.number not in confirm_of)  # reruns never compete
+        best = best_trial(spec, search_views)
         phase = status_mod.phase_for(plan, summary, invalid=False)
         now = status_mod.now_iso()
         conditions = status_mod.render_conditions(
-            status_mod.conditions_for(phase, plan, stuck=state.stuck), previous.get("conditions") or [], now
+            status_mod.conditions_for(
+                phase, plan, stuck=state.stuck, budget_waiting=waiting[:2] if waiting else None
+            ),
+            previous.get("conditions") or [],
+            now,
         )
-        budget = ledger_budget_status(totals)
+        budget = budgets_mod.study_budget_status(totals, namespace_totals)
+        if self.metrics is not None:
+            self.metrics.update_study(
+                ref.namespace,
+                ref.name,
+                totals.settled.gpu_seconds,
+                totals.reserved.gpu_seconds,
+                budgets_mod.study_remaining_seconds(totals, namespace_totals),
+                _trials_by_state(trials),
+            )
         start_time = previous.get("startTime") or (now if summary.running or summary.finished else None)
         completion = previous.get("completionTime") if plan.finished else None
         if plan.finished and completion is None:
@@ -295,10 +374,39 @@ class Reconciler:
             optuna_study=runtime.key,
         )
         status["budget"] = budget
+        self._analysis_status(spec, state, search_views, status)
+        if plan.finished:
+            status.update(self._finish(body, ref, runtime, plan, state, summary.finished, previous))
         self._write_status(ref, state, status)
         self._events(body, state, plan, phase, report, summary.complete)
-        if plan.finished:
-            self._finish(ref, runtime, plan, state, best)
+
+    def _analysis_status(
+        self, spec: StudySpec, state: StudyState, search: tuple[Any, ...], status: dict[str, Any]
+    ) -> None:
+        """``status.strategy``, and for several metrics the Pareto set so far (capped)."""
+        if state.strategy is not None:
+            status["strategy"] = outcome_mod.strategy_status(state.strategy.choice)
+        if not spec.is_multi_objective:
+            return
+        complete = sum(1 for t in search if t.state == "COMPLETE")
+        if state.pareto is None or state.pareto[0] != complete:
+            front = outcome_mod.pareto_from_views(spec, search)
+            state.pareto = (complete, outcome_mod.pareto_status_from_views(spec, front))
+        status["paretoFront"] = state.pareto[1]
+
+    def _warn_confirmation_budget(
+        self, body: dict[str, Any], runtime: StudyRuntime, state: StudyState, budget: Any
+    ) -> None:
+        """Once per Study: say at the start when the budget cannot cover ``spec.confirm``."""
+        if runtime.spec.confirm is None or "ConfirmBudget" in state.announced:
+            return
+        state.announced.add("ConfirmBudget")
+        warning = budget_warning(runtime.spec, budget)
+        if warning is None:
+            return
+        if ATTR_CONFIRM_WARNING not in runtime.study.user_attrs:
+            runtime.study.set_user_attr(ATTR_CONFIRM_WARNING, warning)
+        self.kube.post_event(body, "ConfirmationBudget", warning, warning=True)
 
     def _write_status(self, ref: StudyRef, state: StudyState, status: dict[str, Any]) -> None:
         comparable = {k: v for k, v in status.items() if k != "conditions"}
@@ -347,20 +455,20 @@ class Reconciler:
         elif not plan.finished:
             state.announced.discard("Finished")
 
-    def _finish(self, ref: StudyRef, runtime: StudyRuntime, plan: Plan, state: StudyState, best: Any) -> None:
+    def _finish(
+        self,
+        body: dict[str, Any],
+        ref: StudyRef,
+        runtime: StudyRuntime,
+        plan: Plan,
+        state: StudyState,
+        finished_trials: int,
+        previous: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Stop reason, then the export's best configuration (status, ConfigMap) and the export."""
         if plan.stop is not None and runtime.study.user_attrs.get(ATTR_STOP_REASON) != plan.stop.value:
             runtime.study.set_user_attr(ATTR_STOP_REASON, plan.stop.value)
-        if best is None or state.best_written == best.number:
-            return
-        payload = {
-            "study": runtime.key,
-            "trial": best.number,
-            "params": dict(best.params),
-            "values": dict(zip(runtime.spec.objective.metric_names, best.values or (), strict=False)),
-        }
-        text = yaml.safe_dump(json.loads(json.dumps(payload)), sort_keys=True)
-        self.kube.ensure_object(best_config_map(ref, payload, text))
-        state.best_written = best.number
+        return self.finisher.finish(body, ref, runtime.spec, state.finish, finished_trials, previous)
 
     # -- study deletion ------------------------------------------------------------------------
 
@@ -390,6 +498,12 @@ class Reconciler:
         for open_key in self.ledger.open_reservations(key):
             self.ledger.release(open_key)
         self.forget(namespace, name)
+        if self.metrics is not None:
+            self.metrics.forget_study(namespace, name)
+
+
+class WarmStartFailed(Exception):
+    """``warmStart.fromStudy`` names a study that is missing or measures something else."""
 
 
 def _controller_storage(url: str) -> optuna.storages.RDBStorage:
@@ -400,7 +514,7 @@ def _controller_storage(url: str) -> optuna.storages.RDBStorage:
     """
     if not url.startswith("postgresql"):
         return open_storage(url)
-    engine_kwargs = {"pool_size": 8, "max_overflow": 4, "pool_pre_ping": False}
+    engine_kwargs = {"pool_size": POOL_SIZE, "max_overflow": 4, "pool_pre_ping": False}
     return optuna.storages.RDBStorage(storage_url_with_password(url), engine_kwargs=engine_kwargs)
 
 
@@ -412,6 +526,13 @@ def _recorded_spec(study: optuna.Study) -> StudySpec | None:
         return validate_spec(raw) if raw is not None else None
     except SpecInvalid:
         return None
+
+
+def _trials_by_state(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for trial in trials:
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    return counts
 
 
 def _views(trials: list[optuna.trial.FrozenTrial]) -> list[Any]:

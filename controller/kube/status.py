@@ -15,7 +15,9 @@ from typing import Any
 from controller.planner import Plan, StopReason, StudySummary, TrialView
 from controller.spec import StudySpec
 
-CONDITION_TYPES = ("Ready", "Running", "Succeeded", "Failed", "Invalid", "Suspended", "PodsStuck")
+CONDITION_TYPES = (
+    "Ready", "Running", "Succeeded", "Failed", "Invalid", "Suspended", "PodsStuck", "BudgetWaiting"
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ def conditions_for(
     invalid_message: str | None = None,
     not_ready: tuple[str, str] | None = None,
     stuck: tuple[str, str] | None = None,
+    budget_waiting: tuple[str, str] | None = None,
 ) -> list[Condition]:
     """Every condition type, True or False, each with a reason and a message."""
     stop = plan.stop.value if plan is not None and plan.stop is not None else None
@@ -117,6 +120,11 @@ def conditions_for(
         conditions.append(Condition("PodsStuck", True, stuck[0], stuck[1]))
     else:
         conditions.append(Condition("PodsStuck", False, "PodsHealthy", ""))
+    # The namespace's periodic GPUBudget is empty: (reason, message saying when it refills).
+    if budget_waiting is not None:
+        conditions.append(Condition("BudgetWaiting", True, budget_waiting[0], budget_waiting[1]))
+    else:
+        conditions.append(Condition("BudgetWaiting", False, "BudgetAvailable", ""))
     return conditions
 
 

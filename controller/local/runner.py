@@ -22,9 +22,7 @@ from controller.local.progress import StudyProgress
 from controller.local.workers import LocalWorker, WorkerEvent
 from controller.planner import BudgetView, Observation, Plan, StopReason, TrialView, decide, summarize
 from controller.planner.confirmation import (
-    ATTR_CONFIRM_OF,
     ATTR_CONFIRM_WARNING,
-    CONFIRM_KIND,
     budget_warning,
 )
 from controller.planner.summary import StudySummary
@@ -32,7 +30,8 @@ from controller.spec import StudyManifest, StudySpec
 from controller.strategies import Spent
 from controller.strategies.live import LiveStrategy
 from controller.strategies.warmstart import apply_warm_start
-from controller.studies.asking import ask_new_trial, start_retry, trial_seed
+from controller.studies.asking import ask_new_trial, start_retry
+from controller.studies.confirming import confirmation_sources, pruner_for, start_confirmation
 from controller.studies.observe import fail_trial, observe_trials
 from controller.studies.record import (
     ATTR_STARTED_AT,
@@ -43,13 +42,11 @@ from controller.studies.record import (
 )
 from controller.studies.storage import create_or_load_study, open_storage, resolve_storage_url
 from trial_worker.contract import (
-    ATTR_KIND,
     ATTR_SEED,
     Assignment,
     CommandObjective,
     ExitCode,
     MetricDirection,
-    PrunerConfig,
     PythonObjective,
     TrialReport,
 )
@@ -186,7 +183,7 @@ class LocalRunner:
                     plan = decide(
                         self.spec,
                         self._observation(views),
-                        _confirmation_sources(trials),
+                        confirmation_sources(trials),
                         converged=self._strategy.converged,
                     )
                     self._execute(study, plan, trials)
@@ -205,7 +202,7 @@ class LocalRunner:
         reason = plan.stop or StopReason.INTERRUPTED
         study.set_user_attr(ATTR_STOP_REASON, reason.value)
         ledger.close()
-        search = [t for t in trials if t.number not in _confirmation_sources(trials)]
+        search = [t for t in trials if t.number not in confirmation_sources(trials)]
         return RunResult(
             study_name=self.name,
             storage_url=self.storage_url,
@@ -252,7 +249,7 @@ class LocalRunner:
         for _ in range(plan.start_new):
             self._dispatch(study, ask_new_trial(study, self.spec.searchSpace, self._study_seed))
         for source in plan.confirm:
-            self._dispatch(study, _start_confirmation(study, by_number[source], self._study_seed))
+            self._dispatch(study, start_confirmation(study, by_number[source], self._study_seed))
         for number in plan.drain:
             flight = self._inflight.pop(number)
             flight.worker.kill()
@@ -290,9 +287,7 @@ class LocalRunner:
             ],
             constraints=self.spec.objective.constraints,
             # A confirmation run measures the full value: never pruned.
-            pruner=(
-                PrunerConfig() if trial.user_attrs.get(ATTR_KIND) == CONFIRM_KIND else self._strategy.pruner
-            ),
+            pruner=pruner_for(trial.user_attrs, self._strategy.pruner),
             seed=int(trial.user_attrs.get(ATTR_SEED, 0)),
             max_duration_s=entry.maxDuration,
             deterministic=self.spec.reproducibility.deterministic,
@@ -412,40 +407,6 @@ class LocalRunner:
                 worker.kill()
         self._workers.clear()
         self._idle.clear()
-
-
-def _confirmation_sources(trials: list[FrozenTrial]) -> dict[int, int]:
-    """Confirmation trial number -> the search trial whose configuration it repeats."""
-    return {
-        t.number: int(t.user_attrs[ATTR_CONFIRM_OF])
-        for t in trials
-        if t.user_attrs.get(ATTR_KIND) == CONFIRM_KIND and ATTR_CONFIRM_OF in t.user_attrs
-    }
-
-
-def _start_confirmation(study: optuna.Study, source: FrozenTrial, study_seed: int) -> optuna.Trial:
-    """A RUNNING trial with ``source``'s params, marked as a confirmation run, with its own seed."""
-    import datetime
-
-    template = FrozenTrial(
-        number=-1,
-        state=optuna.trial.TrialState.RUNNING,
-        value=None,
-        values=None,
-        datetime_start=datetime.datetime.now(),
-        datetime_complete=None,
-        params=dict(source.params),
-        distributions=dict(source.distributions),
-        user_attrs={ATTR_KIND: CONFIRM_KIND, ATTR_CONFIRM_OF: source.number},
-        system_attrs={},
-        intermediate_values={},
-        trial_id=-1,
-    )
-    storage = study._storage
-    trial_id = storage.create_new_trial(study._study_id, template_trial=template)
-    trial = optuna.Trial(study, trial_id)
-    trial.set_user_attr(ATTR_SEED, trial_seed(study_seed, trial.number))
-    return trial
 
 
 def _best_of(spec: StudySpec, trials: list[FrozenTrial]) -> FrozenTrial | None:

@@ -223,3 +223,52 @@ def test_tunefleet_render_prints_the_job_offline(capsys: pytest.CaptureFixture[s
     (job,) = list(yaml.safe_load_all(capsys.readouterr().out))
     assert job["metadata"]["name"] == "quickstart-gpu-t5"
     _validate(job)
+
+
+def test_a_queue_name_puts_the_job_in_that_kueue_local_queue() -> None:
+    queued = _job(_spec(queueName="team-a-gpus"))
+    assert queued["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a-gpus"
+    assert "kueue.x-k8s.io/queue-name" not in queued["spec"]["template"]["metadata"]["labels"]
+    _validate(queued)
+    assert "kueue.x-k8s.io/queue-name" not in _job(_spec())["metadata"]["labels"]
+
+
+def _export_spec(path: str = "runs/mlp") -> StudySpec:
+    document = _spec(image="ghcr.io/acme/train:1.4").model_dump(mode="json", exclude_none=True)
+    document["export"] = {"persistentVolumeClaim": "results", "path": path}
+    return StudySpec.model_validate(document)
+
+
+def test_the_export_job_mounts_the_claim_and_writes_the_path_asked_for() -> None:
+    from controller.kube.manifests import export_job
+
+    job = export_job(_export_spec(), REF, STORAGE)
+    _validate(job)
+    pod = _pod(job)
+    container = pod["containers"][0]
+    assert container["command"] == [
+        "tunefleet", "export", "--storage", STORAGE, "--study", "team-a/mlp",
+        "--out", "/tunefleet-export/runs/mlp",
+    ]
+    assert container["image"] == "ghcr.io/acme/train:1.4"
+    assert pod["volumes"] == [{"name": "export", "persistentVolumeClaim": {"claimName": "results"}}]
+    assert container["volumeMounts"] == [{"name": "export", "mountPath": "/tunefleet-export"}]
+    assert job["metadata"]["name"] == "mlp-export"
+    assert job["metadata"]["ownerReferences"][0]["uid"] == REF.uid
+    # Never mistaken for a trial: no study or trial label.
+    assert "tunefleet.dev/study" not in job["metadata"]["labels"]
+    assert "tunefleet.dev/trial" not in pod.get("metadata", {}).get("labels", {})
+    assert pod["automountServiceAccountToken"] is False
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    password = next(e for e in container["env"] if e["name"] == DB_PASSWORD_ENV)
+    assert password["valueFrom"]["secretKeyRef"]["key"] == "password"
+    assert "not-a-secret" not in json.dumps(job)
+
+
+def test_an_export_path_leaving_the_volume_is_refused_naming_the_field() -> None:
+    from controller.kube.manifests import export_job
+
+    with pytest.raises(ValueError, match=r"export\.path"):
+        export_job(_export_spec("../../etc"), REF, STORAGE)
+    with pytest.raises(ValueError, match=r"spec\.export"):
+        export_job(_spec(), REF, STORAGE)
