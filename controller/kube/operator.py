@@ -25,7 +25,8 @@ import structlog
 from aiohttp import web
 
 from controller.kube.budgets import BudgetKeeper
-from controller.kube.client import KubeApi, load_api_client
+from controller.kube.cache import ClusterIndex, IndexedKubeApi
+from controller.kube.client import load_api_client
 from controller.kube.leadership import RENEW_SECONDS, Leadership
 from controller.kube.manifests import ACCOUNTING_FINALIZER, GROUP, STUDY_LABEL, VERSION
 from controller.kube.observe import LOST_AFTER_DELETION_S
@@ -69,7 +70,9 @@ class Operator:
 
     def __init__(self, options: OperatorOptions) -> None:
         self.options = options
-        self.kube = KubeApi(load_api_client(options.kubeconfig))
+        # Trial pods and Jobs by study, fed by the pod watch: a reconcile lists neither.
+        self.index = ClusterIndex()
+        self.kube = IndexedKubeApi(load_api_client(options.kubeconfig), self.index)
         namespace = options.namespaces[0] if options.namespaces else None
         self.leadership = Leadership(self.kube, options.peering, namespace)
         self.reconciler: Reconciler | None = None
@@ -213,7 +216,9 @@ class Operator:
         async def cleanup() -> None:
             for attempt in range(5):
                 try:
+                    self.index.forget(*key)  # clean up from fresh lists
                     await asyncio.to_thread(reconciler.study_deleted, *key)
+                    self.index.forget(*key)
                     log.info("study deleted: jobs removed, running trials failed", study=f"{key[0]}/{key[1]}")
                     return
                 except Exception as error:  # noqa: BLE001
@@ -359,6 +364,7 @@ def build_registry(operator: Operator) -> kopf.OperatorRegistry:
     @kopf.on.event("", "v1", "pods", labels={STUDY_LABEL: kopf.PRESENT}, registry=registry)
     async def _pod(event: kopf.RawEvent, **_: Any) -> None:
         pod = event["object"]
+        operator.index.pod_event(event.get("type"), dict(pod))
         meta = pod["metadata"]
         study = (meta.get("labels") or {}).get(STUDY_LABEL)
         held = ACCOUNTING_FINALIZER in (meta.get("finalizers") or [])
