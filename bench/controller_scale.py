@@ -5,10 +5,16 @@ mode (pods only pretend to run) and a real PostgreSQL. A simulated pod has its O
 COMPLETE by this script as soon as the pod starts, so the controller sees exactly what it sees on
 a cluster: a pod that succeeded and a trial that is finished.
 
-Prints reconcile latency p50/p99, API calls per trial, controller CPU seconds per trial, and a
-trial's turnaround (its pod finished -> the next Job of that study created) p50/p99.
+Prints reconcile latency p50/p99 (from its wake-up, so a queue for a reconcile thread counts;
+the p99 is the start, when every Study's first reconcile starts its first trials), the wait from a
+pod event to its reconcile, API calls per trial, controller CPU seconds per trial (the emulator's
+and PostgreSQL's CPU separately: they share the machine), and a trial's turnaround (its pod
+finished -> the next Job of that study created) p50/p99.
 
     .venv/bin/python -m bench.controller_scale [--studies 100] [--parallelism 10] [--trials 20]
+
+``TUNEFLEET_LIST_RESYNC_S=0`` makes the controller list Jobs and pods on every reconcile (no
+watch-fed index), for comparison; ``BENCH_KEEP=1`` keeps the controller's log.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import concurrent.futures
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -232,6 +239,10 @@ def main() -> int:
     latencies: list[float] = []
     waits: list[float] = []  # pod event -> its reconcile started (debounce + a free thread)
     lines = reconcile_log.read_text().splitlines() if reconcile_log.exists() else []
+    if not os.environ.get("BENCH_KEEP"):  # BENCH_KEEP=1 keeps the controller log and reconcile times
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"kept {work}")
     for line in lines:
         seconds, _, waited = line.partition(" ")
         latencies.append(float(seconds))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -27,8 +27,21 @@ from kubernetes.client.exceptions import ApiException
 from controller.kube.client import KubeApi, _body, status_code
 from controller.kube.manifests import ACCOUNTING_FINALIZER, STUDY_LABEL, TRIAL_LABEL
 
-# How stale the index may get before a study's Jobs and pods are listed again.
-FULL_RESYNC_S = float(os.environ.get("TUNEFLEET_LIST_RESYNC_S", "60"))
+LIST_RESYNC_ENV = "TUNEFLEET_LIST_RESYNC_S"
+
+
+def full_resync_seconds(environ: Mapping[str, str] = os.environ) -> float:
+    """How stale the index may get before a study's Jobs and pods are listed again (0: always)."""
+    raw = environ.get(LIST_RESYNC_ENV, "60")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise ValueError(f"{LIST_RESYNC_ENV} must be a number of seconds >= 0, got {raw!r}")
+    return seconds
+
+
 FINISHED_PHASES = ("Succeeded", "Failed")
 
 
@@ -91,8 +104,8 @@ class ClusterIndex:
     as it was read (readers must not change the objects either).
     """
 
-    def __init__(self, full_resync_s: float = FULL_RESYNC_S, clock: Callable[[], float] = time.monotonic):
-        self.full_resync_s = full_resync_s
+    def __init__(self, full_resync_s: float | None = None, clock: Callable[[], float] = time.monotonic):
+        self.full_resync_s = full_resync_seconds() if full_resync_s is None else full_resync_s
         self.clock = clock
         self._studies: dict[tuple[str, str], _StudyObjects] = {}
         self._lock = threading.Lock()
@@ -205,6 +218,21 @@ class IndexedKubeApi(KubeApi):
     def __init__(self, api_client: kubernetes.client.ApiClient, index: ClusterIndex) -> None:
         super().__init__(api_client)
         self.index = index
+        self._secrets: dict[tuple[str, str, str], tuple[float, str | None]] = {}
+        self._secrets_lock = threading.Lock()
+
+    def read_secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        """The database password is looked up on every reconcile: read it once per resync period
+        (a rotated password reaches the study namespaces within that)."""
+        now = self.index.clock()
+        with self._secrets_lock:
+            known = self._secrets.get((namespace, name, key))
+        if known is not None and now - known[0] < self.index.full_resync_s:
+            return known[1]
+        value = super().read_secret_value(namespace, name, key)
+        with self._secrets_lock:
+            self._secrets[(namespace, name, key)] = (now, value)
+        return value
 
     def list_jobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         study = study_of_selector(selector)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from controller.kube.cache import ClusterIndex, study_of_selector
+import pytest
+
+from controller.kube.cache import LIST_RESYNC_ENV, ClusterIndex, full_resync_seconds, study_of_selector
 from controller.kube.manifests import ACCOUNTING_FINALIZER, STUDY_LABEL, TRIAL_LABEL, study_selector
 from controller.kube.observe import observe_cluster
 
@@ -163,3 +165,17 @@ def test_only_a_single_study_selector_is_served_from_the_index() -> None:
     assert study_of_selector(f"{STUDY_LABEL}=a,{TRIAL_LABEL}=1") is None
     assert study_of_selector(f"{STUDY_LABEL}!=a") is None
     assert study_of_selector("app=a") is None
+
+
+def test_zero_seconds_lists_on_every_read() -> None:
+    index = ClusterIndex(full_resync_s=0.0, clock=Clock())
+    index.listed(NS, "s", "pods", _listed([_pod(0, "Running", 5)], 5))
+    assert index.pods(NS, "s") is None
+
+
+def test_a_bad_list_resync_setting_names_the_variable() -> None:
+    assert full_resync_seconds({}) == 60.0
+    assert full_resync_seconds({LIST_RESYNC_ENV: "0"}) == 0.0
+    for bad in ("soon", "-1", "nan"):
+        with pytest.raises(ValueError, match=LIST_RESYNC_ENV):
+            full_resync_seconds({LIST_RESYNC_ENV: bad})
