@@ -20,9 +20,9 @@ from controller.spec import parse_study_text
 from controller.strategies import feasible_pareto_front
 from controller.strategies.grid import configuration_key
 from controller.strategies.live import ATTR_REVISIONS
-from trial_worker.contract import ATTR_PINNED_STEPS
 from tests.conftest import REPO_ROOT
 from tests.support.specs import study_document
+from trial_worker.contract import ATTR_PINNED_STEPS
 
 pytestmark = pytest.mark.storage
 
