@@ -26,13 +26,13 @@ from controller.kube.budgets import crash_point
 from controller.kube.client import KubeApi
 from controller.kube.manifests import (
     DEADLINE_GRACE_SECONDS,
-    TERMINATION_GRACE_SECONDS,
     StudyRef,
     TrialPodSettings,
     build_assignment,
     job_name,
     optuna_study_name,
     reservation_key,
+    termination_grace,
     trial_job,
 )
 from controller.kube.observe import ClusterView, PodOutcome
@@ -66,7 +66,7 @@ class StudyRuntime:
     def worst_case(self) -> Charge:
         trial = self.spec.trial
         return worst_case(
-            trial.gpus, trial.cpus, trial.maxDuration + DEADLINE_GRACE_SECONDS, TERMINATION_GRACE_SECONDS
+            trial.gpus, trial.cpus, trial.maxDuration + DEADLINE_GRACE_SECONDS, termination_grace(self.spec)
         )
 
 
@@ -155,7 +155,7 @@ class Executor:
             log.warning("no reservation to settle", study=optuna_study_name(ref), trial=number)
             return
         charge, seconds = pod_charge(
-            pod, spec.trial.gpus, now, TERMINATION_GRACE_SECONDS, reservation.amount, cpus=spec.trial.cpus
+            pod, spec.trial.gpus, now, termination_grace(spec), reservation.amount, cpus=spec.trial.cpus
         )
         self.ledger.settle(pod["metadata"]["uid"], key, charge, seconds)
 

@@ -51,6 +51,18 @@ TERMINATION_GRACE_SECONDS = 30
 # (and stores the reason); the kubelet's hard kill is the backstop.
 DEADLINE_GRACE_SECONDS = 30
 
+def termination_grace(spec: StudySpec) -> int:
+    """The trial pod's termination grace: the template's, if it sets one, else ours.
+
+    The budget's worst case adds it, so a longer grace asked for checkpointing is reserved too.
+    """
+    pod = (spec.trial.template or {}).get("spec") or {}
+    value = pod.get("terminationGracePeriodSeconds")
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return TERMINATION_GRACE_SECONDS
+
+
 _RESTRICTED_CONTAINER = {
     "allowPrivilegeEscalation": False,
     "privileged": False,
@@ -193,7 +205,7 @@ def trial_pod_template(
     pod["serviceAccountName"] = settings.service_account
     pod["automountServiceAccountToken"] = False
     pod.pop("serviceAccount", None)  # the deprecated alias would contradict serviceAccountName
-    pod.setdefault("terminationGracePeriodSeconds", TERMINATION_GRACE_SECONDS)
+    pod["terminationGracePeriodSeconds"] = termination_grace(spec)
     for unsafe in ("hostNetwork", "hostPID", "hostIPC"):
         pod.pop(unsafe, None)
     pod_security = dict(pod.get("securityContext") or {})

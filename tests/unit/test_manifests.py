@@ -11,10 +11,12 @@ import pytest
 from controller.kube.commands import render_objects, split_password
 from controller.kube.manifests import (
     ACCOUNTING_FINALIZER,
+    TERMINATION_GRACE_SECONDS,
     StudyRef,
     TrialPodSettings,
     build_assignment,
     db_credentials_secret,
+    termination_grace,
     trial_job,
     trial_service_account,
 )
@@ -247,8 +249,14 @@ def test_the_export_job_mounts_the_claim_and_writes_the_path_asked_for() -> None
     pod = _pod(job)
     container = pod["containers"][0]
     assert container["command"] == [
-        "tunefleet", "export", "--storage", STORAGE, "--study", "team-a/mlp",
-        "--out", "/tunefleet-export/runs/mlp",
+        "tunefleet",
+        "export",
+        "--storage",
+        STORAGE,
+        "--study",
+        "team-a/mlp",
+        "--out",
+        "/tunefleet-export/runs/mlp",
     ]
     assert container["image"] == "ghcr.io/acme/train:1.4"
     assert pod["volumes"] == [{"name": "export", "persistentVolumeClaim": {"claimName": "results"}}]
@@ -272,3 +280,15 @@ def test_an_export_path_leaving_the_volume_is_refused_naming_the_field() -> None
         export_job(_export_spec("../../etc"), REF, STORAGE)
     with pytest.raises(ValueError, match=r"spec\.export"):
         export_job(_spec(), REF, STORAGE)
+
+
+def test_a_longer_termination_grace_in_the_template_is_kept_and_reserved() -> None:
+    spec = _spec(template={"spec": {"terminationGracePeriodSeconds": 300}})
+    assert termination_grace(spec) == 300
+    assert _job(spec)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 300
+    default = _spec()
+    assert termination_grace(default) == TERMINATION_GRACE_SECONDS
+    assert (
+        _job(default)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        == TERMINATION_GRACE_SECONDS
+    )
