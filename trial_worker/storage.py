@@ -44,18 +44,27 @@ def _use_write_ahead_log(engine: Any) -> None:
     engine.dispose()
 
 
+_studies: dict[tuple[str, str], optuna.Study] = {}
+
+
+def _study(url: str, name: str) -> optuna.Study:
+    """One Study object per study and process: a warm worker keeps Optuna's trial cache, so each
+    trial reads only what changed instead of the whole study."""
+    key = (url, name)
+    if key not in _studies:
+        _studies[key] = optuna.load_study(study_name=name, storage=open_storage(url))
+    return _studies[key]
+
+
 def load_trial(
     assignment: Assignment, pruner: optuna.pruners.BasePruner
 ) -> tuple[optuna.Study, optuna.Trial, optuna.trial.TrialState]:
     """The study and the live trial the assignment names, with the trial's current state."""
-    storage = open_storage(assignment.storage_url)
-    study = optuna.load_study(
-        study_name=assignment.study_name,
-        storage=storage,
-        pruner=pruner,
-        # Parameters the spec did not declare are sampled in place, reproducibly per trial.
-        sampler=optuna.samplers.RandomSampler(seed=assignment.seed),
-    )
+    study = _study(assignment.storage_url, assignment.study_name)
+    study.pruner = pruner
+    # Parameters the spec did not declare are sampled in place, reproducibly per trial.
+    study.sampler = optuna.samplers.RandomSampler(seed=assignment.seed)
+    storage = study._storage
     # Reading the trials through the study registers them with Optuna's storage cache, which
     # suggesting an undeclared parameter needs; later reads (the pruner's) are incremental.
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
