@@ -77,6 +77,12 @@ def start_retry(study: optuna.Study, failed: FrozenTrial) -> optuna.Trial:
         ATTR_ATTEMPT: attempt,
         ATTR_SEED: failed.user_attrs.get(ATTR_SEED, 0),
     }
+    return start_running_copy(study, failed, user_attrs)
+
+
+def start_running_copy(study: optuna.Study, source: FrozenTrial, user_attrs: dict[str, Any]) -> optuna.Trial:
+    """A new RUNNING trial with ``source``'s params and the given attributes, created directly in
+    the storage: no sampler is asked and no waiting (warm-start) trial is consumed."""
     template = FrozenTrial(
         number=-1,
         state=TrialState.RUNNING,
@@ -84,13 +90,12 @@ def start_retry(study: optuna.Study, failed: FrozenTrial) -> optuna.Trial:
         values=None,
         datetime_start=datetime.datetime.now(),
         datetime_complete=None,
-        params=dict(failed.params),
-        distributions=dict(failed.distributions),
+        params=dict(source.params),
+        distributions=dict(source.distributions),
         user_attrs=user_attrs,
         system_attrs={},
         intermediate_values={},
         trial_id=-1,
     )
-    storage = study._storage
-    trial_id = storage.create_new_trial(study._study_id, template_trial=template)
+    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
     return optuna.Trial(study, trial_id)

@@ -9,15 +9,14 @@ seed, and no pruner (a confirmation run measures the full value).
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from controller.planner.confirmation import ATTR_CONFIRM_OF, CONFIRM_KIND
-from controller.studies.asking import trial_seed
+from controller.studies.asking import start_running_copy, trial_seed
 from trial_worker.contract import ATTR_KIND, ATTR_SEED, PrunerConfig
 
 
@@ -41,21 +40,6 @@ def pruner_for(user_attrs: Mapping[str, Any], search_pruner: PrunerConfig) -> Pr
 
 def start_confirmation(study: optuna.Study, source: FrozenTrial, study_seed: int) -> optuna.Trial:
     """A RUNNING trial with ``source``'s params, marked as a confirmation run, with its own seed."""
-    template = FrozenTrial(
-        number=-1,
-        state=TrialState.RUNNING,
-        value=None,
-        values=None,
-        datetime_start=datetime.datetime.now(),
-        datetime_complete=None,
-        params=dict(source.params),
-        distributions=dict(source.distributions),
-        user_attrs={ATTR_KIND: CONFIRM_KIND, ATTR_CONFIRM_OF: source.number},
-        system_attrs={},
-        intermediate_values={},
-        trial_id=-1,
-    )
-    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
-    trial = optuna.Trial(study, trial_id)
+    trial = start_running_copy(study, source, {ATTR_KIND: CONFIRM_KIND, ATTR_CONFIRM_OF: source.number})
     trial.set_user_attr(ATTR_SEED, trial_seed(study_seed, trial.number))
     return trial
