@@ -24,6 +24,9 @@ DB_PASSWORD = "not-a-real-secret-7f3a"
 STUDIES = "studies.tunefleet.dev"
 
 
+# Short, so deleted trial pods go quickly; the budget reserves it as the pod's grace.
+TRIAL_TERMINATION_GRACE_S = 2
+
 def prepare_cluster(kube: KubeEmulator, namespace: str = NAMESPACE) -> None:
     kube.api.apply_crds(build_crds())
     kube.api.create_namespace(namespace)
@@ -55,7 +58,7 @@ def study_manifest(
                 "cpus": 0.1,
                 "maxDuration": max_duration,
                 "maxRetries": max_retries,
-                "template": {"spec": {"terminationGracePeriodSeconds": 2}},
+                "template": {"spec": {"terminationGracePeriodSeconds": TRIAL_TERMINATION_GRACE_S}},
             },
         },
     }

@@ -20,10 +20,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller.budget.ledger import Ledger
 from controller.budget.schema import settlements
-from controller.kube.manifests import DEADLINE_GRACE_SECONDS, TERMINATION_GRACE_SECONDS
+from controller.kube.manifests import DEADLINE_GRACE_SECONDS
 from tests.cluster.controller_harness import (
     NAMESPACE,
     STUDIES,
+    TRIAL_TERMINATION_GRACE_S,
     VENV_BIN,
     ControllerProcess,
     condition,
@@ -39,7 +40,7 @@ from tests.cluster.emulator import KubeEmulator
 
 pytestmark = pytest.mark.timeout(300)
 MAX_DURATION_S = 20
-WORST_CASE_S = MAX_DURATION_S + DEADLINE_GRACE_SECONDS + TERMINATION_GRACE_SECONDS  # one GPU
+WORST_CASE_S = MAX_DURATION_S + DEADLINE_GRACE_SECONDS + TRIAL_TERMINATION_GRACE_S  # one GPU
 
 
 def gpu_study(name: str, trials_fitting: int, **spec: Any) -> dict[str, Any]:
