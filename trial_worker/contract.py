@@ -30,6 +30,7 @@ ATTR_CPU_SECONDS = "tunefleet.cpu_seconds"
 ATTR_DURATION = "tunefleet.duration_s"
 ATTR_KIND = "tunefleet.kind"
 ATTR_GPU_MODEL = "tunefleet.gpu_model"  # the GPU model torch saw in the trial, if any
+ATTR_QUEUED = "tunefleet.queued"  # WAITING until its warm worker claims it (local prefetch)
 ATTR_PINNED_STEPS = "tunefleet.pruner_steps"  # study attr: a trial's step count, for Hyperband/ASHA
 
 
@@ -128,6 +129,11 @@ class Assignment(_Frozen):
     workdir: str | None = Field(default=None, description="Where the objective runs.")
     log_path: str | None = Field(
         default=None, description="Local runs: the file that receives this trial's output."
+    )
+    queued: bool = Field(
+        default=False,
+        description="The trial waits (WAITING) for this worker, which claims it when it starts, so "
+        "its start time is when it ran, not when it was asked.",
     )
 
     def to_env(self) -> dict[str, str]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from optuna.study._tell import _tell_with_warning
 from optuna.trial import TrialState
 
 from trial_worker.command import RunningCommand, run_command
@@ -29,7 +30,7 @@ from trial_worker.contract import (
 )
 from trial_worker.pruners import build_pruner
 from trial_worker.seeding import gpu_model, seed_everything
-from trial_worker.storage import load_trial, with_retries
+from trial_worker.storage import claim_trial, load_trial, with_retries
 
 TRACEBACK_TAIL_CHARS = 4000
 CONSTRAINTS_PREFIX = "constraints:"  # trial.set_constraint's system attributes, read by Optuna 5's samplers
@@ -48,6 +49,14 @@ class Outcome:
 def run_assignment(assignment: Assignment) -> TrialReport:
     """Run the assigned trial to an outcome stored in the study; never raises for trial errors."""
     started = time.monotonic()
+    if assignment.queued:
+        try:
+            claimed = with_retries(lambda: claim_trial(assignment))
+        except Exception as exc:  # noqa: BLE001
+            return _report(assignment, "FAIL", ExitCode.STORAGE_UNAVAILABLE, f"cannot claim: {exc}", started)
+        if not claimed:
+            gone = "it was no longer waiting for this worker"
+            return _report(assignment, "FAIL", ExitCode.NOT_RUNNING, gone, started)
     try:
         study, trial, state = with_retries(lambda: load_trial(assignment, build_pruner(assignment.pruner)))
     except Exception as exc:  # noqa: BLE001 - any storage failure is an infrastructure failure
@@ -178,13 +187,16 @@ def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> None:
     for name, bound in (outcome.constraints or {}).items():
         # What trial.set_constraint stores, written directly so a retried tell stays idempotent.
         storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_PREFIX + name, bound)
-    current = storage.get_trial(trial._trial_id).state
-    if current.is_finished():
-        return  # already told (a retried tell whose first attempt reached the database)
-    if outcome.state == TrialState.COMPLETE:
-        study.tell(trial, outcome.values)
-    else:
-        study.tell(trial, state=outcome.state)
+    # What Study.optimize calls: Study.tell would also read the trial back and deep-copy it, which
+    # costs a query per trial. skip_if_finished: a retried tell that already landed changes nothing.
+    _tell_with_warning(
+        study,
+        trial,
+        outcome.values if outcome.state == TrialState.COMPLETE else None,
+        outcome.state,
+        skip_if_finished=True,
+        suppress_warning=True,
+    )
 
 
 def _record_gpu_model(trial: optuna.Trial) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
+from optuna.trial import TrialState
 
 from trial_worker.contract import Assignment, storage_url_with_password
 
@@ -73,6 +74,18 @@ def load_trial(
         trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, assignment.trial_number)
         return study, optuna.Trial(study, trial_id), storage.get_trial(trial_id).state
     return study, optuna.Trial(study, mine._trial_id), mine.state
+
+
+def claim_trial(assignment: Assignment) -> bool:
+    """Take a queued trial: WAITING -> RUNNING, atomically, so Optuna stamps its start time now,
+    when it runs. False if it was no longer waiting (the runner failed it meanwhile)."""
+    study = _study(assignment.storage_url, assignment.study_name)
+    storage = study._storage
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, assignment.trial_number)
+    try:
+        return storage.set_trial_state_values(trial_id, TrialState.RUNNING)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
 
 
 def with_retries(action: Any, attempts: int = 8, first_delay_s: float = 0.5) -> Any:

@@ -9,11 +9,19 @@ controllers writing at once and across crashes: a transaction that dies is rolle
 
 One :class:`Ledger` may be shared by threads: every method is one transaction on its own pooled
 connection.
+
+Provisional reservations let a controller hold a trial's room before the trial exists, so a
+reservation lost in a race leaves no Optuna trial behind: reserve under :func:`provisional_key`
+(trial number :data:`PROVISIONAL_TRIAL`), ask the trial, then :meth:`Ledger.rekey` it to the
+trial's key. The marker is the key: it starts with ``<study key>/provisional/``. They count as
+reserved like any other, and :meth:`Ledger.release_provisional` frees those a crash left behind.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +36,40 @@ from controller.budget.periods import Period, as_naive_utc, check_period, next_p
 from controller.budget.schema import SCHEMA_VERSION, budgets, migrate, reservations, settlements
 from trial_worker.contract import storage_url_with_password
 
-__all__ = ["SCHEMA_VERSION", "Charge", "Ledger", "NamespaceTotals", "Reservation", "Totals"]
+__all__ = [
+    "PROVISIONAL_TRIAL",
+    "SCHEMA_VERSION",
+    "Charge",
+    "Ledger",
+    "NamespaceTotals",
+    "Reservation",
+    "Totals",
+    "is_provisional",
+    "provisional_key",
+]
+
+# The trial number a provisional reservation carries until it is rekeyed to its trial.
+PROVISIONAL_TRIAL = -1
+_KEY_LENGTH = 320  # reservations.key is String(320)
+_PROVISIONAL = "/provisional/"
+
+
+def _provisional_prefix(study_key: str) -> str:
+    """``<study key>/provisional/``; a study key too long to fit a key is replaced by its digest."""
+    prefix = f"{study_key}{_PROVISIONAL}"
+    if len(prefix) + 32 <= _KEY_LENGTH:
+        return prefix
+    return f"sha256:{hashlib.sha256(study_key.encode()).hexdigest()}{_PROVISIONAL}"
+
+
+def provisional_key(study_key: str) -> str:
+    """A fresh key to reserve a trial's worst case under before the trial is asked."""
+    return f"{_provisional_prefix(study_key)}{uuid.uuid4().hex}"
+
+
+def is_provisional(key: str, study_key: str) -> bool:
+    """Whether ``key`` is a provisional reservation of ``study_key`` (not yet a trial's)."""
+    return key.startswith(_provisional_prefix(study_key))
 
 
 @dataclass(frozen=True)
@@ -330,6 +371,66 @@ class Ledger:
                 .values(released_at=_utcnow())
             )
 
+    # -- provisional reservations ---------------------------------------------------------------
+
+    def rekey(self, provisional_key: str, key: str, trial_number: int) -> bool:
+        """Move an open provisional reservation to its trial's ``key`` and number, in one transaction.
+
+        The amount, study, namespace and ``created_at`` stay, so totals and budget periods count
+        it the same. Returns False (nothing written) if the provisional reservation is gone or was
+        released (swept after a crash). Idempotent: if ``key`` already exists (a retry), the
+        provisional reservation is released and True returned.
+        """
+        for _ in range(3):
+            try:
+                with self._transaction() as conn:
+                    return self._rekey(conn, provisional_key, key, trial_number)
+            except IntegrityError:
+                continue  # ``key`` was inserted meanwhile: the next try finds it
+        raise RuntimeError(f"could not rekey {provisional_key!r} to {key!r}: the key kept conflicting")
+
+    def _rekey(self, conn: Connection, provisional_key: str, key: str, trial_number: int) -> bool:
+        # Locking the provisional row orders us against release_provisional: whichever commits
+        # first wins, and the other sees its result.
+        provisional = conn.execute(
+            sa.select(reservations.c.released_at)
+            .where(reservations.c.key == provisional_key)
+            .with_for_update()
+        ).first()
+        if conn.execute(sa.select(reservations.c.key).where(reservations.c.key == key)).first():
+            conn.execute(
+                reservations.update()
+                .where(reservations.c.key == provisional_key, reservations.c.released_at.is_(None))
+                .values(released_at=_utcnow())
+            )
+            return True
+        if provisional is None or provisional.released_at is not None:
+            return False
+        conn.execute(
+            reservations.update()
+            .where(reservations.c.key == provisional_key)
+            .values(key=key, trial_number=trial_number)
+        )
+        return True
+
+    def release_provisional(self, study_key: str) -> int:
+        """Release every open provisional reservation of one study; returns how many.
+
+        Call it when no ask of this study can be in flight: when a controller takes a study
+        over, before adopting the trials a crash left without a Job.
+        """
+        with self._transaction() as conn:
+            result = conn.execute(
+                reservations.update()
+                .where(
+                    reservations.c.study == study_key,
+                    reservations.c.key.startswith(_provisional_prefix(study_key), autoescape=True),
+                    reservations.c.released_at.is_(None),
+                )
+                .values(released_at=_utcnow())
+            )
+            return int(result.rowcount)
+
     # -- reading ------------------------------------------------------------------------------
 
     def totals(self, study_key: str) -> Totals:
@@ -425,7 +526,11 @@ class Ledger:
         return {int(r[0]): Charge(int(r[1]), int(r[2])) for r in rows}
 
     def open_reservations(self, study_key: str) -> dict[str, int]:
-        """Open reservation keys and their trial numbers (to settle or release after a restart)."""
+        """Open reservation keys and their trial numbers (to settle or release after a restart).
+
+        Provisional reservations are included, with trial number ``PROVISIONAL_TRIAL`` (-1): no
+        pod ever runs under them, so a caller that settles by trial releases them.
+        """
         with self._transaction(read_only=True) as conn:
             rows = conn.execute(
                 sa.select(reservations.c.key, reservations.c.trial_number).where(

@@ -3,17 +3,21 @@
 The order is what keeps the books right across crashes:
 - a finished pod: its trial's outcome is committed to Optuna, then the pod is settled in the
   ledger (by pod UID, idempotent), and only then is the accounting finalizer removed;
-- a new trial: asked in Optuna, its worst case reserved in the ledger, then its Job created
-  (deterministic name). A controller that dies in between finds a RUNNING trial without a Job
-  on its next reconcile and creates that Job (:meth:`Executor.adopt_unstarted`), so nothing is
-  asked twice.
+- a new trial (and a retry or a confirmation run): its worst case reserved in the ledger under a
+  provisional key, then the trial asked in Optuna, then the reservation rekeyed to the trial, then
+  its Job created (deterministic name). A reservation refused (another controller took the last
+  room of a shared GPUBudget) creates no trial, so it neither counts toward maxTrials nor shows as
+  failed. A controller that dies in between frees the provisional room when it takes the study
+  over again (``Ledger.release_provisional``), then finds a RUNNING trial without a Job and
+  creates that Job (:meth:`Executor.adopt_unstarted`), so nothing is asked twice.
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import optuna
@@ -21,7 +25,7 @@ import structlog
 from optuna.trial import FrozenTrial, TrialState
 
 from controller.budget.accounting import Charge, pod_charge, worst_case
-from controller.budget.ledger import Ledger
+from controller.budget.ledger import PROVISIONAL_TRIAL, Ledger, provisional_key
 from controller.kube.budgets import crash_point
 from controller.kube.client import KubeApi
 from controller.kube.manifests import (
@@ -79,7 +83,9 @@ class ExecutionReport:
     failed: list[tuple[int, str, str]] = field(default_factory=list)  # number, reason, detail
     settled: int = 0
     stuck: list[PodOutcome] = field(default_factory=list)
-    refused_by_budget: list[int] = field(default_factory=list)
+    refused_by_budget: list[int] = field(default_factory=list)  # trials FAILed "budget"
+    # Starts refused before any trial was asked (the budget had no room left): no trial exists.
+    budget_refusals: int = 0
 
 
 class Executor:
@@ -213,32 +219,74 @@ class Executor:
             if not view.pods.get(number):
                 self.ledger.release(reservation_key(runtime.ref, number))
         by_number = {t.number: t for t in trials}
-        for number in plan.retry:
-            retry = start_retry(study, by_number[number])
-            self._launch(runtime, retry.number, retry.user_attrs, report)
-        for _ in range(plan.start_new):
-            trial = ask_new_trial(study, runtime.spec.searchSpace, runtime.study_seed)
-            self._launch(runtime, trial.number, trial.user_attrs, report)
-        for source in plan.confirm:
-            rerun = start_confirmation(study, by_number[source], runtime.study_seed)
-            self._launch(runtime, rerun.number, rerun.user_attrs, report)
+        seed = runtime.study_seed
+        starts: list[Callable[[], optuna.Trial]] = [
+            *(partial(start_retry, study, by_number[n]) for n in plan.retry),
+            *(partial(ask_new_trial, study, runtime.spec.searchSpace, seed) for _ in range(plan.start_new)),
+            *(partial(start_confirmation, study, by_number[n], seed) for n in plan.confirm),
+        ]
+        for start in starts:
+            if not self._start(runtime, start, report):
+                break  # the budget is full: the next reconcile plans again from the ledger
         for number in plan.drain:
             self.kube.delete_job(runtime.ref.namespace, job_name(runtime.ref.name, number))
             self._fail(
                 runtime, number, plan.drain_reason or "drained", "the study stopped this trial", report
             )
 
+    def _start(
+        self, runtime: StudyRuntime, create_trial: Callable[[], optuna.Trial], report: ExecutionReport
+    ) -> bool:
+        """Reserve provisionally, create the trial, rekey the reservation to it, create its Job.
+
+        False when the reservation was refused: then no trial was created.
+        """
+        ref = runtime.ref
+        provisional = provisional_key(runtime.key)
+        worst = runtime.worst_case()
+        if not self.ledger.reserve(provisional, runtime.key, PROVISIONAL_TRIAL, worst, ref.namespace):
+            report.budget_refusals += 1
+            log.info("budget has no room for another trial: none started", study=runtime.key)
+            return False
+        # Test hooks (TUNEFLEET_CRASH_AT), see controller/kube/budgets.py.
+        crash_point("after-provisional")
+        try:
+            trial = create_trial()
+        except BaseException:
+            self.ledger.release(provisional)  # no trial holds this room
+            raise
+        crash_point("after-ask")
+        if not self.ledger.rekey(provisional, reservation_key(ref, trial.number), trial.number):
+            # Swept by a controller that took the study over: reserve the trial's own key instead.
+            log.warning("provisional reservation released before its trial", study=runtime.key,
+                        trial=trial.number)
+            return self._launch(runtime, trial.number, trial.user_attrs, report)
+        self._create_job(runtime, trial.number, trial.user_attrs, report)
+        return True
+
     def _launch(
         self, runtime: StudyRuntime, number: int, user_attrs: dict[str, Any], report: ExecutionReport
     ) -> bool:
-        """Reserve the worst case, then create the Job; a refused reservation fails the trial."""
+        """Reserve the trial's worst case by its own key, then create its Job.
+
+        For trials that exist without a reservation of their own (adopted after a crash): a
+        refused reservation fails the trial with reason ``budget``.
+        """
         ref = runtime.ref
         key = reservation_key(ref, number)
         if not self.ledger.reserve(key, runtime.key, number, runtime.worst_case(), namespace=ref.namespace):
             self._fail(runtime, number, "budget", "the budget cannot cover this trial's worst case", report)
             report.refused_by_budget.append(number)
             return False
-        crash_point("after-reserve")  # test hook (TUNEFLEET_CRASH_AT), see controller/kube/budgets.py
+        self._create_job(runtime, number, user_attrs, report)
+        return True
+
+    def _create_job(
+        self, runtime: StudyRuntime, number: int, user_attrs: dict[str, Any], report: ExecutionReport
+    ) -> None:
+        """The trial's Job (idempotent by name); its worst case is reserved under its own key."""
+        ref = runtime.ref
+        crash_point("after-reserve")
         assignment = build_assignment(
             runtime.spec,
             ref,
@@ -252,7 +300,6 @@ class Executor:
         )
         if self.kube.create_job(ref.namespace, job):
             report.created.append(number)
-        return True
 
     # -- study deletion ------------------------------------------------------------------------
 

@@ -300,6 +300,13 @@ class Reconciler:
             storage_url=self.config.storage_url,
             settings=self.config.trial_settings,
         )
+        if state.runtime is None:
+            # This process takes the study over (leader election: no other controller starts its
+            # trials): room held provisionally by a controller that died before its trial existed
+            # or was rekeyed is freed before adopt_unstarted reserves for the trials it left.
+            released = self.ledger.release_provisional(key)
+            if released:
+                log.info("released provisional reservations", study=key, count=released)
         state.runtime = runtime
         state.spec_json = spec_json
         return runtime

@@ -13,8 +13,9 @@ from controller.planner import StudySummary
 
 def describe_summary(summary: StudySummary) -> str:
     best = ", ".join(f"{v:.6g}" for v in summary.best_values) if summary.best_values else "-"
+    queued = f" (+{summary.queued} queued)" if summary.queued else ""
     return (
-        f"complete {summary.complete} · running {summary.running} · pruned {summary.pruned} "
+        f"complete {summary.complete} · running {summary.running}{queued} · pruned {summary.pruned} "
         f"· failed {summary.failed} · best {best}"
     )
 

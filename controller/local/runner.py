@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import random
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import optuna
@@ -15,7 +19,7 @@ import structlog
 from optuna.trial import FrozenTrial
 
 from controller.budget.accounting import worst_case
-from controller.budget.ledger import Charge, Ledger
+from controller.budget.ledger import Charge, Ledger, provisional_key
 from controller.budget.slots import CUDA_VISIBLE_DEVICES, GpuSlots
 from controller.budget.views import study_budget_view
 from controller.local.progress import StudyProgress
@@ -30,7 +34,7 @@ from controller.spec import StudyManifest, StudySpec
 from controller.strategies import Spent
 from controller.strategies.live import LiveStrategy
 from controller.strategies.warmstart import apply_warm_start
-from controller.studies.asking import ask_new_trial, start_retry
+from controller.studies.asking import ask_new_trial, queue_for_worker, start_retry
 from controller.studies.confirming import confirmation_sources, pruner_for, start_confirmation
 from controller.studies.observe import fail_trial, observe_trials
 from controller.studies.record import (
@@ -52,6 +56,11 @@ from trial_worker.contract import (
 )
 
 LOCAL_GRACE_S = 5
+# Ask a busy worker's next trial ahead while starting one costs more than this share of a trial:
+# short trials then never wait for the runner (the sampler, the ledger) between them. Longer
+# trials are asked when a worker is free, so each sample sees every result finished by then.
+# Never with parallelism 1: there, a seeded study samples the same sequence on every run.
+PREFETCH_SHARE = 0.01
 log = structlog.get_logger("tunefleet.local")
 
 
@@ -79,11 +88,17 @@ class RunResult:
 
 @dataclass
 class _InFlight:
+    """A trial handed to a worker: running (``started`` set) or queued behind its current trial."""
+
     worker: LocalWorker
-    trial_number: int
+    assignment: Assignment
     reservation_key: str
-    started: float
-    kill_at: float
+    started: float | None
+    kill_at: float = math.inf
+
+    @property
+    def trial_number(self) -> int:
+        return self.assignment.trial_number
 
 
 class LocalRunner:
@@ -110,6 +125,8 @@ class LocalRunner:
         self._inflight: dict[int, _InFlight] = {}
         self._next_worker_id = 0
         self._interrupted = False
+        self._recent_durations: deque[float] = deque(maxlen=20)
+        self._start_s = 0.0  # how long starting a new trial took the runner, smoothed
         self.log_dir = options.log_dir or Path(".tunefleet") / "logs" / self.name
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -153,8 +170,12 @@ class LocalRunner:
         """A previous run that died left reservations open: charge what its trials used."""
         for key, number in ledger.open_reservations(self.name).items():
             trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
-            if trial is None or trial.datetime_start is None:
-                ledger.release(key)
+            if (
+                trial is None
+                or trial.datetime_start is None
+                or trial.state == optuna.trial.TrialState.WAITING
+            ):
+                ledger.release(key)  # never ran: asked under a provisional key, or queued
                 continue
             end = trial.datetime_complete or _naive_now()
             seconds = max(0.0, (end - trial.datetime_start).total_seconds())
@@ -164,7 +185,12 @@ class LocalRunner:
 
     def run(self) -> RunResult:
         began = time.monotonic()
-        study, ledger = self._open()
+        self._start_workers()  # their interpreters start while the study is created or loaded
+        try:
+            study, ledger = self._open()
+        except BaseException:
+            self._kill_all()
+            raise
         self._ledger = ledger
         total = self.spec.budget.maxTrials
         log.info(
@@ -189,6 +215,8 @@ class LocalRunner:
                     self._execute(study, plan, trials)
                     if plan.finished:
                         break
+                    if plan.stop is not None and not (plan.confirm or plan.confirming):
+                        self._retire_idle()  # nothing more to start: let them exit meanwhile
                     self._wait_for_events(study)
                 except KeyboardInterrupt:
                     if self._interrupted:
@@ -222,7 +250,13 @@ class LocalRunner:
             budget=self._budget_view(),
             interrupted=self._interrupted,
             parallelism_override=self.parallelism,
+            queue_slots=self.parallelism if self._prefetching() else 0,
         )
+
+    def _prefetching(self) -> bool:
+        if self.parallelism < 2 or self.spec.trial.isolation != "warm" or len(self._recent_durations) < 3:
+            return False
+        return self._start_s > PREFETCH_SHARE * statistics.median(self._recent_durations)
 
     def _spent(self) -> Spent:
         settled = self._ledger.totals(self.name).settled
@@ -244,33 +278,77 @@ class LocalRunner:
         for number in plan.mark_lost:
             fail_trial(study, number, "lost", "its worker was gone (a previous run stopped or crashed)")
         by_number = {t.number: t for t in trials}
-        for number in plan.retry:
-            self._dispatch(study, start_retry(study, by_number[number]))
-        for _ in range(plan.start_new):
-            self._dispatch(study, ask_new_trial(study, self.spec.searchSpace, self._study_seed))
-        for source in plan.confirm:
-            self._dispatch(study, start_confirmation(study, by_number[source], self._study_seed))
+        seed = self._study_seed
+        starts: list[Callable[[], optuna.Trial]] = [
+            partial(start_retry, study, by_number[n]) for n in plan.retry
+        ]
+        starts += [partial(ask_new_trial, study, self.spec.searchSpace, seed)] * plan.start_new
+        starts += [partial(start_confirmation, study, by_number[n], seed) for n in plan.confirm]
+        for create in starts:
+            if not self._start(study, create):
+                break
         for number in plan.drain:
             flight = self._inflight.pop(number)
             flight.worker.kill()
             self._forget_worker(flight.worker)
             fail_trial(study, number, plan.drain_reason or "drained")
-            self._settle(flight, time.monotonic() - flight.started)
+            self._close(flight, time.monotonic())
 
-    def _dispatch(self, study: optuna.Study, trial: optuna.Trial) -> None:
+    def _start(self, study: optuna.Study, create: Callable[[], optuna.Trial]) -> bool:
+        """Reserve the worst case, then create the trial and hand it to a worker.
+
+        The reservation comes first, under a provisional key: a refused one leaves no trial behind.
+        """
+        if not self._worker_available():
+            return False  # a worker died and its exit is not handled yet: start on the next round
+        began = time.perf_counter()
+        provisional = provisional_key(self.name)
+        if not self._ledger.reserve(provisional, self.name, -1, self._worst_case()):
+            log.warning("the budget could not cover another trial's worst case", study=self.name)
+            return False
+        trial = create()
         key = f"{self.name}/{trial.number}"
-        worst = self._worst_case()
-        if not self._ledger.reserve(key, self.name, trial.number, worst):
-            fail_trial(study, trial.number, "budget", "the budget could not cover this trial's worst case")
-            return
-        worker = self._idle.pop() if self._idle else self._spawn_worker()
-        worker.assign(self._assignment(trial))
-        now = time.monotonic()
-        self._inflight[trial.number] = _InFlight(
-            worker, trial.number, key, now, now + self.spec.trial.maxDuration + LOCAL_GRACE_S
+        self._ledger.rekey(provisional, key, trial.number)
+        worker, behind = self._take_worker()
+        if behind:
+            queue_for_worker(study, trial)
+        self._hand_over(worker, self._assignment(trial, queued=behind), key)
+        took = time.perf_counter() - began
+        self._start_s = took if self._start_s == 0.0 else 0.8 * self._start_s + 0.2 * took
+        return True
+
+    def _worker_available(self) -> bool:
+        return bool(self._idle) or len(self._workers) < self.parallelism or any(
+            self._can_queue_behind(w) for w in self._workers.values()
         )
 
-    def _assignment(self, trial: optuna.Trial) -> Assignment:
+    def _can_queue_behind(self, worker: LocalWorker) -> bool:
+        return self.spec.trial.isolation == "warm" and not worker.has_queued and not worker.exited
+
+    def _take_worker(self) -> tuple[LocalWorker, bool]:
+        """An idle worker, a new one, or (prefetching) a busy one with nothing queued: ``behind``."""
+        if self._idle:
+            return self._idle.pop(), False
+        if len(self._workers) < self.parallelism:
+            return self._spawn_worker(), False
+        for worker in self._workers.values():
+            if self._can_queue_behind(worker):
+                return worker, True
+        raise RuntimeError("the planner started more trials than workers can hold")
+
+    def _hand_over(self, worker: LocalWorker, assignment: Assignment, reservation_key: str) -> None:
+        running = worker.trial_number is None
+        worker.assign(assignment)
+        flight = _InFlight(worker, assignment, reservation_key, started=None)
+        if running:
+            self._begin(flight, time.monotonic())
+        self._inflight[assignment.trial_number] = flight
+
+    def _begin(self, flight: _InFlight, now: float) -> None:
+        flight.started = now
+        flight.kill_at = now + self.spec.trial.maxDuration + LOCAL_GRACE_S
+
+    def _assignment(self, trial: optuna.Trial, queued: bool) -> Assignment:
         entry = self.spec.trial
         objective = (
             PythonObjective(entry=entry.python)
@@ -293,7 +371,17 @@ class LocalRunner:
             deterministic=self.spec.reproducibility.deterministic,
             workdir=self.options.workdir,
             log_path=str((self.log_dir / f"trial-{trial.number}.log").resolve()),
+            queued=queued,
         )
+
+    def _start_workers(self) -> None:
+        count = min(self.parallelism, self.spec.budget.maxTrials or self.parallelism)
+        self._idle.extend(self._spawn_worker() for _ in range(count))
+
+    def _retire_idle(self) -> None:
+        for worker in self._idle:
+            worker.retire()
+        self._idle.clear()
 
     def _spawn_worker(self) -> LocalWorker:
         worker_id = self._next_worker_id
@@ -347,40 +435,56 @@ class LocalRunner:
         if event.report is not None:
             self._finish_reported(study, event.report, worker)
             return
-        # The process ended. If it still had a trial, that trial lost its worker.
+        # The process ended. A trial it was running lost its worker; one queued behind it moves on.
         if worker is None:
             return
         self._forget_worker(worker)
-        number = worker.trial_number
-        flight = self._inflight.pop(number, None) if number is not None else None
-        if flight is None or flight.worker is not worker:
-            return
         code = event.exit_code if event.exit_code is not None else -1
-        reason = "killed" if code < 0 else _reason_for_exit(code)
-        fail_trial(study, flight.trial_number, reason, f"worker process exited with code {code}")
-        self._settle(flight, time.monotonic() - flight.started)
+        for number in list(worker.assigned):
+            flight = self._inflight.get(number)
+            if flight is None or flight.worker is not worker:
+                continue
+            if flight.started is None:
+                self._requeue(flight)
+                continue
+            del self._inflight[number]
+            reason = "killed" if code < 0 else _reason_for_exit(code)
+            fail_trial(study, number, reason, f"worker process exited with code {code}")
+            self._close(flight, time.monotonic())
+
+    def _requeue(self, flight: _InFlight) -> None:
+        """A queued trial whose worker is gone goes to another: it is still WAITING, never ran."""
+        del self._inflight[flight.trial_number]
+        log.info("a queued trial moved to another worker", study=self.name, trial=flight.trial_number)
+        worker, _ = self._take_worker()
+        queued = flight.assignment.model_copy(update={"queued": True})
+        self._hand_over(worker, queued, flight.reservation_key)
 
     def _finish_reported(self, study: optuna.Study, report: TrialReport, worker: LocalWorker | None) -> None:
+        now = time.monotonic()
         flight = self._inflight.pop(report.trial_number, None)
-        if flight is None:
-            return
-        if report.exit_code == ExitCode.STORAGE_UNAVAILABLE:
-            fail_trial(study, report.trial_number, "storageUnavailable", report.reason)
-        # Charged for the wall time its slot was held, from dispatch to report.
-        self._settle(flight, time.monotonic() - flight.started)
+        if flight is not None:
+            if report.exit_code == ExitCode.STORAGE_UNAVAILABLE:
+                fail_trial(study, report.trial_number, "storageUnavailable", report.reason)
+            if report.exit_code != ExitCode.NOT_RUNNING:
+                self._recent_durations.append(report.duration_s)
+            self._close(flight, now, report.duration_s)
         if worker is None:
             return
-        worker.trial_number = None
-        if self.spec.trial.isolation == "process":
+        worker.finished(report.trial_number)
+        following = self._inflight.get(worker.trial_number) if worker.trial_number is not None else None
+        if following is not None and following.started is None:
+            self._begin(following, now)  # the worker went straight on to its queued trial
+        elif self.spec.trial.isolation == "process":
             worker.retire()
             self._forget_worker(worker)
-        else:
+        elif worker.trial_number is None:
             self._idle.append(worker)
 
     def _enforce_max_duration(self, study: optuna.Study) -> None:
         now = time.monotonic()
         for number, flight in list(self._inflight.items()):
-            if now < flight.kill_at:
+            if now < flight.kill_at or number not in self._inflight:
                 continue
             del self._inflight[number]
             flight.worker.kill()
@@ -388,9 +492,17 @@ class LocalRunner:
             fail_trial(
                 study, number, "maxDuration", f"exceeded maxDuration ({self.spec.trial.maxDuration} s)"
             )
-            self._settle(flight, now - flight.started)
+            self._close(flight, now)
+            for queued in [f for f in self._inflight.values() if f.worker is flight.worker]:
+                self._requeue(queued)
 
-    def _settle(self, flight: _InFlight, seconds: float) -> None:
+    def _close(self, flight: _InFlight, now: float, reported_s: float = 0.0) -> None:
+        """Charge a trial for the wall time it held its slot (from its start to its report, or to
+        now), or release the reservation of one that never started."""
+        if flight.started is None:
+            self._ledger.release(flight.reservation_key)
+            return
+        seconds = max(now - flight.started, reported_s)
         self._ledger.settle(
             f"local:{flight.reservation_key}", flight.reservation_key, self._charge(seconds), seconds
         )

@@ -39,7 +39,8 @@ class LocalWorker:
         self, worker_id: int, events: queue.Queue[WorkerEvent], log_path: Path, cwd: str, env: dict[str, str]
     ) -> None:
         self.worker_id = worker_id
-        self.trial_number: int | None = None
+        # The trial it runs, then at most one queued behind it (read from stdin when it is free).
+        self.assigned: list[int] = []
         read_fd, write_fd = os.pipe()
         with open(log_path, "ab") as log:
             self._process = subprocess.Popen(
@@ -63,11 +64,31 @@ class LocalWorker:
     def pid(self) -> int:
         return self._process.pid
 
+    @property
+    def trial_number(self) -> int | None:
+        """The trial it runs now (or starts next, if it is between trials)."""
+        return self.assigned[0] if self.assigned else None
+
+    @property
+    def has_queued(self) -> bool:
+        return len(self.assigned) > 1
+
+    @property
+    def exited(self) -> bool:
+        return self._process.poll() is not None
+
     def assign(self, assignment: Assignment) -> None:
+        """Send a trial; if the process has just died, the trial stays listed as assigned, and the
+        runner deals with it when the exit event arrives."""
         assert self._process.stdin is not None
-        self.trial_number = assignment.trial_number
-        self._process.stdin.write(assignment.model_dump_json() + "\n")
-        self._process.stdin.flush()
+        self.assigned.append(assignment.trial_number)
+        with contextlib.suppress(OSError):  # BrokenPipeError: the worker is gone
+            self._process.stdin.write(assignment.model_dump_json() + "\n")
+            self._process.stdin.flush()
+
+    def finished(self, trial_number: int) -> None:
+        if trial_number in self.assigned:
+            self.assigned.remove(trial_number)
 
     def retire(self) -> None:
         """Ask the worker to exit after its current trial (closes its stdin)."""

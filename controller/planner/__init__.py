@@ -9,6 +9,7 @@ from __future__ import annotations
 from controller.planner.decisions import Plan, decide
 from controller.planner.observation import (
     INFRASTRUCTURE_REASONS,
+    QUEUED,
     BudgetView,
     Observation,
     StopReason,
@@ -18,6 +19,7 @@ from controller.planner.summary import StudySummary, summarize
 
 __all__ = [
     "INFRASTRUCTURE_REASONS",
+    "QUEUED",
     "BudgetView",
     "Observation",
     "Plan",

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from controller.planner.confirmation import confirmation_step, runs_still_needed
-from controller.planner.observation import Observation, StopReason, TrialView
+from controller.planner.observation import QUEUED, Observation, StopReason, TrialView
 from controller.spec import StudySpec
 
 UNLIMITED = 1 << 62
@@ -53,7 +53,9 @@ def decide(
     """
     confirm_of = confirm_of or {}
     live = observation.live
-    lost = tuple(t.number for t in observation.trials if t.state == "RUNNING" and t.number not in live)
+    lost = tuple(
+        t.number for t in observation.trials if t.state in ("RUNNING", QUEUED) and t.number not in live
+    )
     trials = [
         dataclasses.replace(t, state="FAIL", reason="lost") if t.number in lost else t
         for t in observation.trials
@@ -81,7 +83,7 @@ def decide(
         return Plan(mark_lost=lost, suspended=True)
 
     parallelism = observation.parallelism_override or spec.parallelism
-    slots = max(0, parallelism - len(live))
+    slots = max(0, parallelism + observation.queue_slots - len(live))
     affordable = _affordable(observation)
     if observation.limiting_budget is not None:
         # The confirmation runs' worst case stays reserved for after the search.
@@ -108,6 +110,12 @@ def decide(
         if limiting is not None and limiting.refills and limiting is observation.namespace_budget:
             # The namespace's periodic GPUBudget is empty: wait for the next period (BudgetWaiting).
             return Plan(mark_lost=lost, waiting_for_budget=True, budget_waiting=True)
+        if not live and limiting is not None and limiting.reserved > 0 and (
+            limiting.limit - limiting.settled >= limiting.worst_case
+        ):
+            # Only reservations (another study's, in a shared GPUBudget) hold the room: they end
+            # by settling at most their worst case, so wait for them rather than end the study.
+            return Plan(mark_lost=lost, waiting_for_budget=True)
         if not live:
             if spec.confirm is not None:
                 return _confirm(spec, observation, all_trials, confirm_of, StopReason.BUDGET_EXHAUSTED, lost)

@@ -26,6 +26,11 @@ INFRASTRUCTURE_REASONS = frozenset(
 )
 
 
+# A trial asked for a busy local worker, WAITING in the storage until that worker starts it. It
+# counts as started (toward maxTrials and parallel work), like a RUNNING trial.
+QUEUED = "QUEUED"
+
+
 @dataclass(frozen=True)
 class TrialView:
     """One Optuna trial as the planner needs it.
@@ -35,7 +40,7 @@ class TrialView:
     """
 
     number: int
-    state: str  # WAITING, RUNNING, COMPLETE, PRUNED or FAIL
+    state: str  # WAITING, QUEUED, RUNNING, COMPLETE, PRUNED or FAIL
     values: tuple[float, ...] | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     reason: str | None = None
@@ -80,7 +85,9 @@ class Observation:
     """Everything observed in one reconcile: trials, live work, budget and the current time.
 
     ``live`` holds the trial numbers that have work in flight (a local process, or a Job whose
-    pod has not finished). A trial RUNNING in the storage but not live has lost its work.
+    pod has not finished), queued trials included. A trial RUNNING (or QUEUED) in the storage but
+    not live has lost its work. ``queue_slots`` is how many trials may wait queued behind running
+    ones, beyond ``parallelism`` (the local runner's prefetch for short trials).
     """
 
     trials: tuple[TrialView, ...]
@@ -91,6 +98,7 @@ class Observation:
     interrupted: bool = False
     parallelism_override: int | None = None
     namespace_budget: BudgetView | None = None
+    queue_slots: int = 0
 
     @property
     def limiting_budget(self) -> BudgetView | None:

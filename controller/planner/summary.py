@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from controller.planner.observation import TrialView
+from controller.planner.observation import QUEUED, TrialView
 from controller.spec import StudySpec
 
 
@@ -24,6 +24,7 @@ class StudySummary:
     retried: int
     best_number: int | None
     best_values: tuple[float, ...] | None
+    queued: int = 0  # asked for a busy local worker, starting when it is free
 
     @property
     def finished(self) -> int:
@@ -41,6 +42,7 @@ def summarize(spec: StudySpec, trials: tuple[TrialView, ...] | list[TrialView]) 
         failed=counts["FAIL"],
         running=counts["RUNNING"],
         waiting=counts["WAITING"],
+        queued=counts[QUEUED],
         retried=retried,
         best_number=best.number if best else None,
         best_values=best.values if best else None,

@@ -180,8 +180,8 @@ class ConfigurationGridSampler(BaseSampler):
     def _taken(self, study: Study, current: int) -> set[tuple[tuple[str, str], ...]]:
         taken: set[tuple[tuple[str, str], ...]] = set()
         for other in study._storage.get_all_trials(study._study_id, deepcopy=False):
-            if other.number == current or other.state == TrialState.WAITING:
-                continue
+            if other.number == current or (other.state == TrialState.WAITING and not other.params):
+                continue  # an enqueued (warm-start) trial not yet taken; a queued one has params
             index = other.system_attrs.get(ATTR_GRID_INDEX)
             if index is not None and other.state == TrialState.RUNNING and not other.params:
                 taken.add(self._keys[int(index)])  # asked, its params not yet written

@@ -16,7 +16,7 @@ from optuna.distributions import (
 from optuna.trial import FrozenTrial, TrialState
 
 from controller.spec import CategoricalParam, FloatParam, IntParam, ordered_parameters
-from trial_worker.contract import ATTR_ATTEMPT, ATTR_RETRY_OF, ATTR_SEED
+from trial_worker.contract import ATTR_ATTEMPT, ATTR_QUEUED, ATTR_RETRY_OF, ATTR_SEED
 
 
 def distribution_of(param: FloatParam | IntParam | CategoricalParam) -> BaseDistribution:
@@ -44,7 +44,7 @@ def ask_new_trial(
     Parameters are suggested parents-first, so a conditional parameter sees the values it
     depends on; the sampler learns the conditional structure from which ones appear.
     """
-    trial = study.ask()
+    trial = _ask(study)
     chosen: dict[str, Any] = {}
     for name in ordered_parameters(space):
         param = space[name]
@@ -54,6 +54,37 @@ def ask_new_trial(
     if ATTR_SEED not in trial.user_attrs:
         trial.set_user_attr(ATTR_SEED, trial_seed(study_seed, trial.number))
     return trial
+
+
+def _ask(study: optuna.Study) -> optuna.Trial:
+    """``Study.ask``, except that trials queued for a busy worker stay with it.
+
+    ``Study.ask`` takes the first WAITING trial; queued trials are WAITING too (so their start time
+    is stamped when their worker claims them), so only the enqueued ones (warm start) are taken.
+    """
+    study._thread_local.cached_all_trials = None  # as Study.ask does: samplers read fresh trials
+    storage = study._storage
+    for waiting in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        if waiting.user_attrs.get(ATTR_QUEUED):
+            continue
+        try:
+            if storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
+                return optuna.Trial(study, waiting._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process took and finished it
+    return optuna.Trial(study, storage.create_new_trial(study._study_id))
+
+
+def queue_for_worker(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Park an asked trial (RUNNING) as WAITING until its busy worker claims it.
+
+    The worker's claim (WAITING -> RUNNING) stamps the trial's start, so its duration is its own
+    run, not the wait. The mark keeps :func:`_ask` and the planner from taking it for an
+    enqueued warm-start trial.
+    """
+    storage = study._storage
+    storage.set_trial_user_attr(trial._trial_id, ATTR_QUEUED, True)
+    storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
 
 
 def _suggest(trial: optuna.Trial, name: str, param: FloatParam | IntParam | CategoricalParam) -> Any:

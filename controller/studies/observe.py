@@ -5,15 +5,15 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from controller.planner import TrialView
-from trial_worker.contract import ATTR_ATTEMPT, ATTR_DETAIL, ATTR_REASON, ATTR_RETRY_OF
+from controller.planner import QUEUED, TrialView
+from trial_worker.contract import ATTR_ATTEMPT, ATTR_DETAIL, ATTR_QUEUED, ATTR_REASON, ATTR_RETRY_OF
 
 
 def trial_view(trial: FrozenTrial) -> TrialView:
     root = trial.user_attrs.get(ATTR_RETRY_OF)
     return TrialView(
         number=trial.number,
-        state=trial.state.name,
+        state=QUEUED if _is_queued(trial) else trial.state.name,
         values=tuple(trial.values) if trial.values is not None else None,
         params=trial.params,
         reason=trial.user_attrs.get(ATTR_REASON),
@@ -22,16 +22,27 @@ def trial_view(trial: FrozenTrial) -> TrialView:
     )
 
 
+def _is_queued(trial: FrozenTrial) -> bool:
+    return trial.state == TrialState.WAITING and bool(trial.user_attrs.get(ATTR_QUEUED))
+
+
 def observe_trials(study: optuna.Study) -> tuple[list[FrozenTrial], tuple[TrialView, ...]]:
     trials = study.get_trials(deepcopy=False)
     return trials, tuple(trial_view(t) for t in trials)
 
 
 def fail_trial(study: optuna.Study, number: int, reason: str, detail: str | None = None) -> bool:
-    """Mark a RUNNING trial FAIL with ``reason``; False if it had already finished."""
+    """Mark a RUNNING (or queued) trial FAIL with ``reason``; False if it had already finished."""
     storage = study._storage
     trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-    if storage.get_trial(trial_id).state != TrialState.RUNNING:
+    trial = storage.get_trial(trial_id)
+    if _is_queued(trial):
+        # Claim it first, as its worker would: whoever claims it owns it, and it never ran.
+        try:
+            storage.set_trial_state_values(trial_id, TrialState.RUNNING)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+    elif trial.state != TrialState.RUNNING:
         return False
     try:
         storage.set_trial_user_attr(trial_id, ATTR_REASON, reason)

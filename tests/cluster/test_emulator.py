@@ -417,7 +417,8 @@ def test_active_deadlines(kube_emulator: KubeEmulator) -> None:
     pod = pod_phase(kube_emulator, job_pod(kube_emulator, "pod-deadline")["metadata"]["name"],
                     "Failed")
     assert pod["status"]["reason"] == "DeadlineExceeded"
-    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137
+    # SIGTERM first, as the kubelet does (the pod's grace); python dies of it: 128 + 15.
+    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 143
     assert job_condition(kube_emulator, "job-deadline", "Failed")["reason"] == "DeadlineExceeded"
 
 

@@ -2,9 +2,10 @@
 
 Several controllers run at once, each a thread with its own :class:`Ledger` (its own connections)
 on one database, each owning a study; all studies draw from one namespace budget. A controller
-may crash at any step of a trial's life (after reserving, before the pod exists; after the pod
-ended, before settling; after settling, before removing the finalizer) and restart with a new
-Ledger, then recover as the operator does. Throughout and at the end:
+may crash at any step of a trial's life (after reserving provisionally, before the trial exists;
+after reserving, before the pod exists; after the pod ended, before settling; after settling,
+before removing the finalizer) and restart with a new Ledger, then recover as the operator does.
+Throughout and at the end:
 
 - settled + open reservations never exceed the namespace budget, nor any study's limit;
 - every settled amount equals its pod's GPU-seconds from the pod's timestamps;
@@ -27,14 +28,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controller.budget.accounting import Charge, pod_charge, worst_case
-from controller.budget.ledger import Ledger
+from controller.budget.ledger import PROVISIONAL_TRIAL, Ledger, provisional_key
 from controller.budget.schema import settlements
 
 NAMESPACE = "team-a"
 MAX_DURATION = 60
 GRACE = 30
 T0 = datetime.datetime(2026, 3, 4, 10, 0, 0)
-CRASH_POINTS = (None, "before_pod", "before_settle", "before_finalizer")
+CRASH_POINTS = (None, "after_provisional", "before_pod", "before_settle", "before_finalizer")
 
 
 class Crash(Exception):
@@ -111,12 +112,17 @@ class Controller:
                 self.restart()
 
     def run_trial(self, gpus: int, fraction: float, crash: str | None) -> None:
+        # As the executor does: reserve provisionally, then ask the trial, then rekey to it.
+        worst = worst_case(gpus, 0, MAX_DURATION, GRACE)
+        provisional = provisional_key(self.study)
+        if not self.ledger.reserve(provisional, self.study, PROVISIONAL_TRIAL, worst, NAMESPACE, T0):
+            return
+        if crash == "after_provisional":
+            raise Crash
         number = self.next_trial
         self.next_trial += 1
         key = f"{self.study}/{number}/0"
-        worst = worst_case(gpus, 0, MAX_DURATION, GRACE)
-        if not self.ledger.reserve(key, self.study, number, worst, NAMESPACE, T0):
-            return
+        assert self.ledger.rekey(provisional, key, number)
         if crash == "before_pod":
             raise Crash
         # activeDeadlineSeconds + grace bound the pod: it never runs past the worst case.
@@ -137,6 +143,7 @@ class Controller:
         """A new process: new connections, then settle what ended and release what never ran."""
         self.ledger.close()
         self.ledger = Ledger(self.url)
+        self.ledger.release_provisional(self.study)  # as the reconciler does on taking a study over
         pods = self.cluster.pods_of(self.study)
         for pod in pods:
             if pod.finalizer:

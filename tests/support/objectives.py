@@ -73,3 +73,14 @@ def slow_quadratic(trial: optuna.Trial) -> float:
 def two_metrics(trial: optuna.Trial) -> tuple[float, float]:
     x = trial.suggest_float("x", 0.0, 1.0)
     return x, (1.0 - x) ** 2
+
+
+def sleeps_then_killed_once(trial: optuna.Trial) -> float:
+    """Sleeps; the worker dies by a signal after sleeping on trial TUNEFLEET_TEST_KILL_TRIAL's first
+    attempt (by then a short trial's worker holds the next trial queued)."""
+    x = trial.suggest_float("x", -10.0, 10.0)
+    time.sleep(float(os.environ.get("TUNEFLEET_TEST_SLEEP", "0.3")))
+    victim = int(os.environ.get("TUNEFLEET_TEST_KILL_TRIAL", "-1"))
+    if trial.number == victim and trial.user_attrs.get("tunefleet.attempt", 0) == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x

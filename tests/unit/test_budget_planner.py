@@ -102,3 +102,11 @@ def test_the_deadline_lets_running_trials_finish_by_default() -> None:
     spec = spec_with(budget={"maxTrials": 50, "deadline": "5s"})
     plan = decide(spec, observe([running(0)]))
     assert plan.stop is StopReason.DEADLINE and plan.drain == () and not plan.finished
+
+
+def test_a_gpubudget_held_only_by_another_studys_reservations_makes_the_study_wait_not_end() -> None:
+    # Another study reserved all the room; it settles at most its worst case, so room comes back.
+    spec = spec_with(budget={"maxTrials": 50})
+    held = BudgetView(limit=300, settled=0, reserved=300, worst_case=100, refills=False)
+    plan = decide(spec, observe([done(0)], budget=ROOMY, namespace_budget=held))
+    assert plan.waiting_for_budget and not plan.finished and plan.stop is None and plan.start_new == 0

@@ -159,3 +159,38 @@ def test_summary_counts_states_and_best() -> None:
     summary = summarize(spec, trials)
     assert (summary.complete, summary.failed, summary.running, summary.retried) == (2, 2, 1, 1)
     assert summary.best_number == 1 and summary.best_values == (1.0,)
+
+
+# -- trials queued behind busy local workers (the runner's prefetch) ------------------------------
+
+
+def queued(number: int) -> TrialView:
+    return TrialView(number=number, state="QUEUED", params={"x": float(number)})
+
+
+def test_queue_slots_let_each_busy_worker_hold_one_more_trial() -> None:
+    spec = spec_with(parallelism=2, budget={"maxTrials": 10})
+    plan = decide(spec, observe([running(0), running(1)], queue_slots=2))
+    assert plan.start_new == 2
+    without = decide(spec, observe([running(0), running(1)]))
+    assert without.start_new == 0
+
+
+def test_queued_trials_count_toward_max_trials() -> None:
+    spec = spec_with(parallelism=2, budget={"maxTrials": 4})
+    trials = [running(0), running(1), queued(2), queued(3)]
+    plan = decide(spec, observe(trials, live={0, 1, 2, 3}, queue_slots=2))
+    assert plan.start_new == 0
+    assert plan.stop is StopReason.MAX_TRIALS and not plan.finished
+
+
+def test_a_queued_trial_whose_worker_is_gone_is_lost_and_retried() -> None:
+    spec = spec_with(parallelism=2, budget={"maxTrials": 4}, trial={"python": "m:f", "maxRetries": 1})
+    plan = decide(spec, observe([running(0), queued(1)], live={0}))
+    assert plan.mark_lost == (1,)
+    assert plan.retry == (1,)
+
+
+def test_progress_counts_queued_trials_apart_from_running_ones() -> None:
+    summary = summarize(spec_with(), [running(0), queued(1), done(2)])
+    assert (summary.running, summary.queued, summary.complete) == (1, 1, 1)

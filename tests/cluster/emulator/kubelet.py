@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import os
 import shutil
@@ -131,6 +132,21 @@ class PodRunner:
             with contextlib.suppress(ApiError):
                 self.store.delete(self._pod_rt, namespace, name, grace_period=0)
         self._on_loop(vanish)
+
+    def freeze_pod(self, namespace: str, name: str) -> None:
+        """A hung container (stuck collective, deadlock): SIGSTOP its process group (exec mode).
+
+        It runs no code any more, its own watchdog included, so only activeDeadlineSeconds or a
+        delete ends it: SIGKILL ends stopped processes, a SIGTERM waits for the grace's SIGKILL.
+        """
+        def freeze() -> None:
+            run = self._run_for(namespace, name)
+            if run.proc is None or run.proc.returncode is not None:
+                raise ValueError(f"pod {namespace}/{name} has no live process to freeze "
+                                 f"(freeze_pod needs exec mode and a Running pod)")
+            # Not _stop_process: that cancels the timers, and the deadline timer must stay.
+            os.killpg(run.proc.pid, signal.SIGSTOP)
+        self._on_loop(freeze)
 
     def block_scheduling(self, predicate: SchedulingPredicate | None) -> None:
         """Pods for which predicate(pod) is true stay Pending/Unschedulable; None unblocks."""
@@ -377,8 +393,9 @@ class PodRunner:
                 pod, {"running": {"startedAt": run.started_at}}, ready=True)
         self._write_status(run, running)
         deadline = (pod.get("spec") or {}).get("activeDeadlineSeconds")
-        if deadline is not None:
-            run.timers.append(self.loop.call_later(float(deadline), self._deadline, run))
+        if deadline is not None:  # counted from status.startTime, as Kubernetes does
+            left = float(deadline) - _seconds_since((pod.get("status") or {}).get("startTime"))
+            run.timers.append(self.loop.call_later(max(0.0, left), self._deadline, run))
         if run.stopping:  # deleted while starting
             grace = int(pod["metadata"].get("deletionGracePeriodSeconds") or 0)
             self._spawn(self._terminate(run, grace))
@@ -389,7 +406,14 @@ class PodRunner:
         run.pod_reason = ("DeadlineExceeded",
                           "Pod was active on the node longer than the specified deadline")
         run.stopping = True
-        self._spawn(self._terminate(run, 0))
+        # As the kubelet does: SIGTERM, then SIGKILL after the pod's terminationGracePeriodSeconds,
+        # so a hung container holds its node (and GPUs) for the deadline plus the grace.
+        try:
+            pod = self.store.get(self._pod_rt, run.namespace, run.name)
+            grace = int((pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
+        except ApiError:
+            grace = 0
+        self._spawn(self._terminate(run, grace))
 
     def _kill(self, run: PodRun, reason: str) -> None:
         run.reason_override = None if reason == "Error" else reason
@@ -470,6 +494,13 @@ class PodRunner:
             if key in os.environ:
                 env[key] = os.environ[key]
         return env
+
+
+def _seconds_since(stamp: str | None) -> float:
+    if not stamp:
+        return 0.0
+    moment = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return max(0.0, (datetime.datetime.now(datetime.UTC) - moment).total_seconds())
 
 
 def _pod_ip(uid: str) -> str:
