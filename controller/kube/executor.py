@@ -30,6 +30,7 @@ from controller.kube.budgets import crash_point
 from controller.kube.client import KubeApi
 from controller.kube.manifests import (
     DEADLINE_GRACE_SECONDS,
+    KUBELET_REACTION_SECONDS,
     StudyRef,
     TrialPodSettings,
     build_assignment,
@@ -70,7 +71,10 @@ class StudyRuntime:
     def worst_case(self) -> Charge:
         trial = self.spec.trial
         return worst_case(
-            trial.gpus, trial.cpus, trial.maxDuration + DEADLINE_GRACE_SECONDS, termination_grace(self.spec)
+            trial.gpus,
+            trial.cpus,
+            trial.maxDuration + DEADLINE_GRACE_SECONDS + KUBELET_REACTION_SECONDS,
+            termination_grace(self.spec),
         )
 
 

@@ -50,6 +50,9 @@ TERMINATION_GRACE_SECONDS = 30
 # Seconds added to maxDuration for the pod deadline: the worker ends its own trial at maxDuration
 # (and stores the reason); the kubelet's hard kill is the backstop.
 DEADLINE_GRACE_SECONDS = 30
+# Reserved beyond the pod's deadline and kill grace: the kubelet notices a passed deadline on its
+# next sync (about a second) and timestamps are whole seconds, so a hung pod can bill a little more.
+KUBELET_REACTION_SECONDS = 5
 
 def termination_grace(spec: StudySpec) -> int:
     """The trial pod's termination grace: the template's, if it sets one, else ours.

@@ -19,7 +19,7 @@ import structlog
 from optuna.trial import FrozenTrial
 
 from controller.budget.accounting import worst_case
-from controller.budget.ledger import Charge, Ledger, provisional_key
+from controller.budget.ledger import PROVISIONAL_TRIAL, Charge, Ledger, provisional_key
 from controller.budget.slots import CUDA_VISIBLE_DEVICES, GpuSlots
 from controller.budget.views import study_budget_view
 from controller.local.progress import StudyProgress
@@ -299,17 +299,26 @@ class LocalRunner:
 
         The reservation comes first, under a provisional key: a refused one leaves no trial behind.
         """
-        if not self._worker_available():
+        taken = self._take_worker()
+        if taken is None:
             return False  # a worker died and its exit is not handled yet: start on the next round
+        worker, behind = taken
         began = time.perf_counter()
         provisional = provisional_key(self.name)
-        if not self._ledger.reserve(provisional, self.name, -1, self._worst_case()):
+        if not self._ledger.reserve(provisional, self.name, PROVISIONAL_TRIAL, self._worst_case()):
             log.warning("the budget could not cover another trial's worst case", study=self.name)
+            if not behind:
+                self._idle.append(worker)
             return False
-        trial = create()
+        try:
+            trial = create()
+        except BaseException:
+            self._ledger.release(provisional)  # no trial holds this room
+            raise
         key = f"{self.name}/{trial.number}"
+        # Cannot fail here: only a starting runner releases provisional keys (_settle_leftovers).
         self._ledger.rekey(provisional, key, trial.number)
-        worker, behind = self._take_worker()
+        # Should the worker die meanwhile, its exit event hands this trial on (or fails it, retried).
         if behind:
             queue_for_worker(study, trial)
         self._hand_over(worker, self._assignment(trial, queued=behind), key)
@@ -317,15 +326,11 @@ class LocalRunner:
         self._start_s = took if self._start_s == 0.0 else 0.8 * self._start_s + 0.2 * took
         return True
 
-    def _worker_available(self) -> bool:
-        return bool(self._idle) or len(self._workers) < self.parallelism or any(
-            self._can_queue_behind(w) for w in self._workers.values()
-        )
-
     def _can_queue_behind(self, worker: LocalWorker) -> bool:
-        return self.spec.trial.isolation == "warm" and not worker.has_queued and not worker.exited
+        busy = worker.trial_number is not None  # (an idle worker retired at a stop has none)
+        return self.spec.trial.isolation == "warm" and busy and not worker.has_queued and not worker.exited
 
-    def _take_worker(self) -> tuple[LocalWorker, bool]:
+    def _take_worker(self) -> tuple[LocalWorker, bool] | None:
         """An idle worker, a new one, or (prefetching) a busy one with nothing queued: ``behind``."""
         if self._idle:
             return self._idle.pop(), False
@@ -334,7 +339,7 @@ class LocalRunner:
         for worker in self._workers.values():
             if self._can_queue_behind(worker):
                 return worker, True
-        raise RuntimeError("the planner started more trials than workers can hold")
+        return None
 
     def _hand_over(self, worker: LocalWorker, assignment: Assignment, reservation_key: str) -> None:
         running = worker.trial_number is None
@@ -456,9 +461,11 @@ class LocalRunner:
         """A queued trial whose worker is gone goes to another: it is still WAITING, never ran."""
         del self._inflight[flight.trial_number]
         log.info("a queued trial moved to another worker", study=self.name, trial=flight.trial_number)
-        worker, _ = self._take_worker()
+        taken = self._take_worker()
+        # The dead worker was forgotten, so a new one can always be started in its place.
+        assert taken is not None, "no worker for a requeued trial"
         queued = flight.assignment.model_copy(update={"queued": True})
-        self._hand_over(worker, queued, flight.reservation_key)
+        self._hand_over(taken[0], queued, flight.reservation_key)
 
     def _finish_reported(self, study: optuna.Study, report: TrialReport, worker: LocalWorker | None) -> None:
         now = time.monotonic()

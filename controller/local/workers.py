@@ -82,7 +82,7 @@ class LocalWorker:
         runner deals with it when the exit event arrives."""
         assert self._process.stdin is not None
         self.assigned.append(assignment.trial_number)
-        with contextlib.suppress(OSError):  # BrokenPipeError: the worker is gone
+        with contextlib.suppress(OSError, ValueError):  # the worker is gone, or was retired
             self._process.stdin.write(assignment.model_dump_json() + "\n")
             self._process.stdin.flush()
 

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller.budget.ledger import Ledger
 from controller.budget.schema import settlements
-from controller.kube.manifests import DEADLINE_GRACE_SECONDS
+from controller.kube.manifests import DEADLINE_GRACE_SECONDS, KUBELET_REACTION_SECONDS
 from tests.cluster.controller_harness import (
     NAMESPACE,
     STUDIES,
@@ -40,7 +40,9 @@ from tests.cluster.emulator import KubeEmulator
 
 pytestmark = pytest.mark.timeout(300)
 MAX_DURATION_S = 20
-WORST_CASE_S = MAX_DURATION_S + DEADLINE_GRACE_SECONDS + TRIAL_TERMINATION_GRACE_S  # one GPU
+WORST_CASE_S = (  # what one one-GPU trial reserves
+    MAX_DURATION_S + DEADLINE_GRACE_SECONDS + TRIAL_TERMINATION_GRACE_S + KUBELET_REACTION_SECONDS
+)
 
 
 def gpu_study(name: str, trials_fitting: int, **spec: Any) -> dict[str, Any]:
