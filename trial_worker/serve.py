@@ -26,6 +26,7 @@ def serve(lines: IO[str], reports: IO[str]) -> int:
     so no orphaned worker keeps running a trial that the next run will mark lost and retry.
     """
     _exit_with_parent()
+    _preload_storage_modules()
     for line in lines:
         if not line.strip():
             continue
@@ -39,6 +40,22 @@ def serve(lines: IO[str], reports: IO[str]) -> int:
         reports.write(report.model_dump_json() + "\n")
         reports.flush()
     return 0
+
+
+def _preload_storage_modules() -> None:
+    """Import what Optuna's RDB storage imports lazily (alembic, its ORM models) now, while the
+    runner is still creating the study, rather than when the first trial arrives."""
+    import importlib
+
+    for name in (
+        "alembic.command",
+        "alembic.config",
+        "alembic.migration",
+        "alembic.script",
+        "sqlalchemy.orm",
+        "optuna.storages._rdb.models",
+    ):
+        importlib.import_module(name)
 
 
 def _exit_with_parent(poll_s: float = 0.5) -> None:
