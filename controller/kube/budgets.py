@@ -23,20 +23,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from controller.budget.ledger import Ledger, NamespaceTotals, Totals
 from controller.budget.metrics import ControllerMetrics
 from controller.budget.views import SECONDS_PER_HOUR, gpubudget_status
 from controller.kube import status as status_mod
-from controller.kube.client import KubeApi, status_code
-from controller.kube.manifests import GROUP, VERSION
+from controller.kube.client import KubeApi
 from controller.spec import GPUBudgetSpec
 
 log = structlog.get_logger("tunefleet.controller")
 GPUBUDGET_PLURAL = "gpubudgets"
-MERGE_PATCH = "application/merge-patch+json"
 # A study waiting for the next period is still looked at this often (pods ending, edits).
 BUDGET_WAITING_RECHECK_S = 300.0
 
@@ -260,19 +257,6 @@ class BudgetKeeper:
         with self._lock:
             if self._written.get(key) == status:
                 return
-        try:
-            self.kube.custom.patch_namespaced_custom_object_status(
-                GROUP,
-                VERSION,
-                key[0],
-                GPUBUDGET_PLURAL,
-                key[1],
-                {"status": status},
-                _content_type=MERGE_PATCH,
-                _preload_content=False,
-            )
-        except ApiException as error:
-            if status_code(error) != 404:  # deleted meanwhile
-                raise
+        self.kube.patch_status(GPUBUDGET_PLURAL, key[0], key[1], status)
         with self._lock:
             self._written[key] = status

@@ -130,12 +130,16 @@ class KubeApi:
         return dict(_body(response))
 
     def patch_study_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.patch_status(STUDY_PLURAL, namespace, name, status)
+
+    def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch one of our custom objects' status; a deleted object is left alone."""
         try:
             self.custom.patch_namespaced_custom_object_status(
                 GROUP,
                 VERSION,
                 namespace,
-                STUDY_PLURAL,
+                plural,
                 name,
                 {"status": status},
                 _content_type=MERGE_PATCH,

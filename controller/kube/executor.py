@@ -87,9 +87,6 @@ class ExecutionReport:
     failed: list[tuple[int, str, str]] = field(default_factory=list)  # number, reason, detail
     settled: int = 0
     stuck: list[PodOutcome] = field(default_factory=list)
-    refused_by_budget: list[int] = field(default_factory=list)  # trials FAILed "budget"
-    # Starts refused before any trial was asked (the budget had no room left): no trial exists.
-    budget_refusals: int = 0
 
 
 class Executor:
@@ -249,7 +246,6 @@ class Executor:
         provisional = provisional_key(runtime.key)
         worst = runtime.worst_case()
         if not self.ledger.reserve(provisional, runtime.key, PROVISIONAL_TRIAL, worst, ref.namespace):
-            report.budget_refusals += 1
             log.info("budget has no room for another trial: none started", study=runtime.key)
             return False
         # Test hooks (TUNEFLEET_CRASH_AT), see controller/kube/budgets.py.
@@ -280,7 +276,6 @@ class Executor:
         key = reservation_key(ref, number)
         if not self.ledger.reserve(key, runtime.key, number, runtime.worst_case(), namespace=ref.namespace):
             self._fail(runtime, number, "budget", "the budget cannot cover this trial's worst case", report)
-            report.refused_by_budget.append(number)
             return False
         self._create_job(runtime, number, user_attrs, report)
         return True

@@ -54,6 +54,21 @@ DEADLINE_GRACE_SECONDS = 30
 # next sync (about a second) and timestamps are whole seconds, so a hung pod can bill a little more.
 KUBELET_REACTION_SECONDS = 5
 
+
+def owner_references(study: StudyRef, controller: bool = True) -> list[dict[str, Any]]:
+    """The Study as owner, so Kubernetes deletes the object with it; ``controller`` for the objects
+    the Study's controller manages (its Jobs), which also block the Study's foreground deletion."""
+    owner: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Study",
+        "name": study.name,
+        "uid": study.uid,
+    }
+    if controller:
+        owner.update(controller=True, blockOwnerDeletion=True)
+    return [owner]
+
+
 def termination_grace(spec: StudySpec) -> int:
     """The trial pod's termination grace: the template's, if it sets one, else ours.
 
@@ -162,16 +177,7 @@ def trial_job(
     if spec.trial.queueName:
         metadata["labels"][KUEUE_QUEUE_LABEL] = spec.trial.queueName
     if study.uid:
-        metadata["ownerReferences"] = [
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "Study",
-                "name": study.name,
-                "uid": study.uid,
-                "controller": True,
-                "blockOwnerDeletion": True,
-            }
-        ]
+        metadata["ownerReferences"] = owner_references(study)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -328,9 +334,7 @@ def best_config_map(study: StudyRef, best: dict[str, Any], yaml_text: str) -> di
         "labels": {STUDY_LABEL: study.name, MANAGED_BY_LABEL: "tunefleet"},
     }
     if study.uid:
-        metadata["ownerReferences"] = [
-            {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Study", "name": study.name, "uid": study.uid}
-        ]
+        metadata["ownerReferences"] = owner_references(study, controller=False)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -379,16 +383,7 @@ def export_job(
         "labels": dict(labels),
     }
     if study.uid:
-        metadata["ownerReferences"] = [
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "Study",
-                "name": study.name,
-                "uid": study.uid,
-                "controller": True,
-                "blockOwnerDeletion": True,
-            }
-        ]
+        metadata["ownerReferences"] = owner_references(study)
     container = _harden(
         {
             "name": "export",

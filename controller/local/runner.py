@@ -94,7 +94,6 @@ class _InFlight:
     assignment: Assignment
     reservation_key: str
     started: float | None
-    kill_at: float = math.inf
 
     @property
     def trial_number(self) -> int:
@@ -168,8 +167,9 @@ class LocalRunner:
 
     def _settle_leftovers(self, study: optuna.Study, ledger: Ledger) -> None:
         """A previous run that died left reservations open: charge what its trials used."""
+        by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
         for key, number in ledger.open_reservations(self.name).items():
-            trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+            trial = by_number.get(number)
             if (
                 trial is None
                 or trial.datetime_start is None
@@ -342,16 +342,17 @@ class LocalRunner:
         return None
 
     def _hand_over(self, worker: LocalWorker, assignment: Assignment, reservation_key: str) -> None:
-        running = worker.trial_number is None
+        """Runs at once on a free worker; behind a busy one it starts (``started``) when that
+        worker reports its current trial."""
+        started = time.monotonic() if worker.trial_number is None else None
         worker.assign(assignment)
-        flight = _InFlight(worker, assignment, reservation_key, started=None)
-        if running:
-            self._begin(flight, time.monotonic())
-        self._inflight[assignment.trial_number] = flight
+        self._inflight[assignment.trial_number] = _InFlight(worker, assignment, reservation_key, started)
 
-    def _begin(self, flight: _InFlight, now: float) -> None:
-        flight.started = now
-        flight.kill_at = now + self.spec.trial.maxDuration + LOCAL_GRACE_S
+    def _kill_at(self, flight: _InFlight) -> float:
+        """When a running trial outlived maxDuration and its grace; never for a queued one."""
+        if flight.started is None:
+            return math.inf
+        return flight.started + self.spec.trial.maxDuration + LOCAL_GRACE_S
 
     def _assignment(self, trial: optuna.Trial, queued: bool) -> Assignment:
         entry = self.spec.trial
@@ -421,7 +422,7 @@ class LocalRunner:
     def _wait_for_events(self, study: optuna.Study) -> None:
         timeout = 1.0
         if self._inflight:
-            soonest = min(f.kill_at for f in self._inflight.values())
+            soonest = min(self._kill_at(f) for f in self._inflight.values())
             timeout = max(0.01, min(timeout, soonest - time.monotonic()))
         try:
             event = self._events.get(timeout=timeout)
@@ -481,7 +482,7 @@ class LocalRunner:
         worker.finished(report.trial_number)
         following = self._inflight.get(worker.trial_number) if worker.trial_number is not None else None
         if following is not None and following.started is None:
-            self._begin(following, now)  # the worker went straight on to its queued trial
+            following.started = now  # the worker went straight on to its queued trial
         elif self.spec.trial.isolation == "process":
             worker.retire()
             self._forget_worker(worker)
@@ -491,7 +492,7 @@ class LocalRunner:
     def _enforce_max_duration(self, study: optuna.Study) -> None:
         now = time.monotonic()
         for number, flight in list(self._inflight.items()):
-            if now < flight.kill_at or number not in self._inflight:
+            if now < self._kill_at(flight) or number not in self._inflight:
                 continue
             del self._inflight[number]
             flight.worker.kill()

@@ -132,4 +132,5 @@ def test_a_queued_trial_whose_worker_dies_moves_to_another_worker(
     # Only the trial whose worker died failed (and was retried); whatever was queued behind it ran.
     assert [(t.number, t.user_attrs["tunefleet.reason"]) for t in failed] == [(6, "killed")]
     assert result.summary.complete == 12
-    assert "a queued trial moved to another worker" in capsys.readouterr().out
+    logged = capsys.readouterr()  # structlog writes to stdout or stderr, as configured earlier
+    assert "a queued trial moved to another worker" in logged.out + logged.err
