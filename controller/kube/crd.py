@@ -3,8 +3,9 @@
 The pydantic models in :mod:`controller.spec` are the single source of truth. Their JSON schema is
 turned into a *structural* OpenAPI v3 schema, the subset Kubernetes accepts for CRDs: every node
 typed, references inlined, no ``oneOf``. What OpenAPI cannot say (cross-field rules such as
-``low <= high`` or conditions naming existing parameters) stays in pydantic, which the CLI and the
-controller run on every spec.
+``low <= high``) the models declare as :class:`controller.spec.rules.Rule` objects; their CEL
+reaches the schema as ``x-kubernetes-validations``, so the API server refuses what the CLI and
+the controller refuse. The few rules CEL cannot express stay with the controller (docs/validation.md).
 
 Example:
     >>> crds = build_crds()
@@ -20,16 +21,15 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from controller.kube.crd_unions import INT_OR_STRING, PRESERVE_UNKNOWN, merge_union
 from controller.spec import GPUBudgetManifest, GPUBudgetSpec, StudyManifest, StudySpec
+from controller.spec.rules import VALIDATIONS
 
 GROUP = "tunefleet.dev"
 VERSION = "v1alpha1"
 CATEGORY = "tunefleet"
 
 Schema = dict[str, Any]
-
-INT_OR_STRING = "x-kubernetes-int-or-string"
-PRESERVE_UNKNOWN = "x-kubernetes-preserve-unknown-fields"
 
 # Validation keywords OpenAPI v3 (as Kubernetes reads it) shares with JSON schema, copied as they are.
 _KEPT_KEYWORDS = (
@@ -45,6 +45,9 @@ _KEPT_KEYWORDS = (
     "minProperties",
     "maxProperties",
     "multipleOf",
+    VALIDATIONS,
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
 )
 
 
@@ -53,6 +56,8 @@ class _Converter:
 
     def __init__(self, root: Schema) -> None:
         self._defs: dict[str, Schema] = root.get("$defs", {})
+        self.unchecked: list[str] = []
+        """What merged unions lose that CEL cannot see (see crd_unions)."""
 
     def resolve(self, node: Schema) -> Schema:
         """Inline ``$ref``; sibling keys (pydantic puts descriptions there) override the target."""
@@ -82,6 +87,8 @@ class _Converter:
         for keyword in _KEPT_KEYWORDS:
             if keyword in node:
                 out[keyword] = copy.deepcopy(node[keyword])
+        if VALIDATIONS in out:
+            out[VALIDATIONS] = _ordered_rules(out[VALIDATIONS])
         _convert_exclusive_bounds(node, out)
         if kind == "object":
             self._object(node, out)
@@ -116,6 +123,8 @@ class _Converter:
             for keyword in ("pattern", "minimum", "maximum"):
                 if keyword in variant:
                     out[keyword] = variant[keyword]
+        if VALIDATIONS in node:
+            out[VALIDATIONS] = _ordered_rules(node[VALIDATIONS])
         return _with_description(out, node)
 
     def _union(self, node: Schema, variants: list[Schema]) -> Schema:
@@ -129,12 +138,23 @@ class _Converter:
             merged: Schema = {INT_OR_STRING: True, "anyOf": [{"type": "integer"}, {"type": "string"}]}
             return _with_description(merged, node)
         if kinds == {"object"}:
-            return _with_description(_merge_objects(converted), node)
+            discriminator = (node.get("discriminator") or {}).get("propertyName")
+            union = merge_union(converted, discriminator)
+            self.unchecked.extend(union.unchecked)
+            return _with_description(union.schema, node)
         if kinds == {"integer", "number"}:
             return _with_description({"type": "number"}, node)
         # Mixed scalars (categorical choices: bool, int, float or str) or scalar-or-list: OpenAPI
         # has no structural type for them, so the value is kept and pydantic checks it.
         return _with_description({PRESERVE_UNKNOWN: True}, node)
+
+
+_RULE_KEYS = ("rule", "message", "messageExpression", "fieldPath", "reason")
+
+
+def _ordered_rules(rules: list[Schema]) -> list[Schema]:
+    """Rules with their keys in the order people read them (the JSON schema sorts them)."""
+    return [{key: rule[key] for key in _RULE_KEYS if key in rule} for rule in rules]
 
 
 def _with_description(out: Schema, source: Schema) -> Schema:
@@ -152,44 +172,18 @@ def _convert_exclusive_bounds(node: Schema, out: Schema) -> None:
             out[exclusive] = True
 
 
-def _merge_objects(variants: list[Schema]) -> Schema:
-    """One object schema for a discriminated union: every variant's properties, one `type` enum.
-
-    A property the variants type differently keeps only what they agree on (``low`` is a number
-    for floats and an integer for ints, so it becomes a number without bounds).
-    """
-    properties: dict[str, Schema] = {}
-    for variant in variants:
-        for name, prop in variant.get("properties", {}).items():
-            properties[name] = _merge_property(properties[name], prop) if name in properties else prop
-    required = set.intersection(*(set(v.get("required", [])) for v in variants))
-    merged: Schema = {"type": "object", "properties": properties}
-    if required:
-        merged["required"] = [name for name in properties if name in required]
-    return merged
-
-
-def _merge_property(left: Schema, right: Schema) -> Schema:
-    if left == right:
-        return left
-    if "enum" in left and "enum" in right and left.get("type") == right.get("type"):
-        # The discriminator: each variant contributes its constant.
-        values = list(left["enum"]) + [v for v in right["enum"] if v not in left["enum"]]
-        return {**left, "enum": values}
-    kinds = {left.get("type"), right.get("type")}
-    if len(kinds) == 1 and None not in kinds:
-        agreed = {k: v for k, v in left.items() if right.get(k) == v}
-        return agreed
-    if kinds == {"integer", "number"}:
-        shared = {k: v for k, v in left.items() if k == "description" and right.get(k) == v}
-        return {"type": "number", **shared}
-    return {PRESERVE_UNKNOWN: True}
-
-
 def openapi_schema(model: type[BaseModel]) -> Schema:
     """The structural OpenAPI v3 schema of a pydantic model (``by_alias``, references inlined)."""
     root = model.model_json_schema(by_alias=True)
     return _Converter(root).convert(root)
+
+
+def unchecked_at_admission(model: type[BaseModel]) -> list[str]:
+    """What merging the model's unions loses that CEL cannot check (the controller still does)."""
+    root = model.model_json_schema(by_alias=True)
+    converter = _Converter(root)
+    converter.convert(root)
+    return converter.unchecked
 
 
 def _metadata_schema(manifest: type[BaseModel]) -> Schema:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from controller.spec.rules import Rules, SpecModel
 from controller.spec.study import ObjectMeta
 
 
-class GPUBudgetSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+class GPUBudgetSpec(SpecModel):
+    """GPU-hours shared by the studies of a namespace, optionally refilled every period."""
+
+    # Rules its validators raise reach the CRD as CEL, as a Study's do (controller/spec/rules.py).
+
+    spec_rules: ClassVar[Rules] = ()
 
     gpuHours: float = Field(gt=0, description="GPU-hours available per period.")
     period: Literal["none", "daily", "weekly", "monthly"] = Field(
@@ -21,9 +26,7 @@ class GPUBudgetSpec(BaseModel):
     )
 
 
-class GPUBudgetManifest(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
+class GPUBudgetManifest(SpecModel):
     apiVersion: Literal["tunefleet.dev/v1alpha1"]
     kind: Literal["GPUBudget"]
     metadata: ObjectMeta

@@ -197,7 +197,9 @@ def _message(error: Any, root: type[BaseModel], raw_loc: Loc) -> str:
     message = message.replace("Input should be", "must be").replace("Value error, ", "")
     if message.startswith("List should have at least"):
         message = message.replace("List should have", "needs")
-    if kind not in ("value_error",) and value is not None and not isinstance(value, (dict, list)):
+    # The API server's CEL rule says the same words, and CEL cannot print numbers as Python does.
+    shows_value = value is not None and not isinstance(value, (dict, list))
+    if kind not in ("value_error", "int_from_float") and shows_value:
         message += f"; got {describe(value)}"
     return message
 

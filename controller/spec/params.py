@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from controller.spec.errors import describe, field_error
+from controller.spec.errors import describe
+from controller.spec.rules import Rule, Rules, SpecModel
 
 Choice = bool | int | float | str
 """A categorical choice. bool comes first so YAML ``true`` stays a bool, not 1."""
@@ -15,9 +16,62 @@ Choice = bool | int | float | str
 ConditionValue = Choice | list[Choice]
 
 
-class _Param(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+UNTYPED_CHOICES = (
+    "choices may be booleans, numbers or strings: a CRD schema cannot type such a list, and CEL "
+    "cannot see a field without a type (the API server reports \"undefined field 'choices'\")"
+)
 
+BOUNDS_FINITE = Rule(
+    "float-bounds-finite",
+    field="low",
+    message="low and high must be finite numbers",
+    by_schema="JSON, which the API server reads, has no infinity or NaN",
+)
+LOW_NOT_ABOVE_HIGH = Rule(
+    "param-low-not-above-high",
+    field="high",
+    message="high must be greater than or equal to low",
+    cel="self.low <= self.high",
+)
+FLOAT_LOG_LOW = Rule(
+    "float-log-low-positive",
+    field="low",
+    message="a log-scaled range needs low > 0",
+    cel="!has(self.log) || !self.log || self.low > 0.0",
+)
+FLOAT_LOG_WITHOUT_STEP = Rule(
+    "float-log-without-step",
+    field="step",
+    message="step cannot be combined with log: true; use one of them",
+    cel="!has(self.log) || !self.log || !has(self.step)",
+)
+INT_LOG_LOW = Rule(
+    "int-log-low-at-least-one",
+    field="low",
+    message="a log-scaled int range needs low >= 1",
+    cel="!has(self.log) || !self.log || self.low >= 1.0",
+)
+INT_LOG_WITHOUT_STEP = Rule(
+    "int-log-without-step",
+    field="step",
+    message="step cannot be combined with log: true; use one of them",
+    cel="!has(self.log) || !self.log || !has(self.step) || self.step == 1.0",
+)
+CHOICES_UNIQUE = Rule(
+    "categorical-choices-unique",
+    field="choices",
+    message="choice {choice} is listed twice",
+    condition_time=UNTYPED_CHOICES,
+)
+CHOICES_FINITE = Rule(
+    "categorical-choices-finite",
+    field="choices",
+    message="choice {choice} is not a finite number",
+    by_schema="JSON, which the API server reads, has no infinity or NaN",
+)
+
+
+class _Param(SpecModel):
     when: dict[str, ConditionValue] | None = Field(
         default=None,
         description=(
@@ -51,6 +105,8 @@ def same_choice(a: Choice, b: Choice) -> bool:
 class FloatParam(_Param):
     """A real-valued parameter in ``[low, high]``, optionally log-scaled or stepped."""
 
+    spec_rules: ClassVar[Rules] = (BOUNDS_FINITE, LOW_NOT_ABOVE_HIGH, FLOAT_LOG_LOW, FLOAT_LOG_WITHOUT_STEP)
+
     type: Literal["float"]
     low: float
     high: float
@@ -60,13 +116,13 @@ class FloatParam(_Param):
     @model_validator(mode="after")
     def _check_range(self) -> FloatParam:
         if not (math.isfinite(self.low) and math.isfinite(self.high)):
-            raise field_error("low", "low and high must be finite numbers")
+            raise BOUNDS_FINITE.error()
         if self.low > self.high:
-            raise field_error("high", f"high ({self.high}) must be greater than or equal to low ({self.low})")
+            raise LOW_NOT_ABOVE_HIGH.error()
         if self.log and self.low <= 0:
-            raise field_error("low", f"a log-scaled range needs low > 0, got {self.low}")
+            raise FLOAT_LOG_LOW.error()
         if self.log and self.step is not None:
-            raise field_error("step", "step cannot be combined with log: true; use one of them")
+            raise FLOAT_LOG_WITHOUT_STEP.error()
         return self
 
     def grid_points(self) -> int | None:
@@ -79,6 +135,8 @@ class FloatParam(_Param):
 class IntParam(_Param):
     """An integer parameter in ``[low, high]``, optionally log-scaled or stepped."""
 
+    spec_rules: ClassVar[Rules] = (LOW_NOT_ABOVE_HIGH, INT_LOG_LOW, INT_LOG_WITHOUT_STEP)
+
     type: Literal["int"]
     low: int
     high: int
@@ -88,11 +146,11 @@ class IntParam(_Param):
     @model_validator(mode="after")
     def _check_range(self) -> IntParam:
         if self.low > self.high:
-            raise field_error("high", f"high ({self.high}) must be greater than or equal to low ({self.low})")
+            raise LOW_NOT_ABOVE_HIGH.error()
         if self.log and self.low < 1:
-            raise field_error("low", f"a log-scaled int range needs low >= 1, got {self.low}")
+            raise INT_LOG_LOW.error()
         if self.log and self.step != 1:
-            raise field_error("step", "step cannot be combined with log: true; use one of them")
+            raise INT_LOG_WITHOUT_STEP.error()
         return self
 
     def grid_points(self) -> int:
@@ -102,6 +160,8 @@ class IntParam(_Param):
 class CategoricalParam(_Param):
     """A parameter chosen from a list of values (strings, numbers or booleans)."""
 
+    spec_rules: ClassVar[Rules] = (CHOICES_UNIQUE, CHOICES_FINITE)
+
     type: Literal["categorical"]
     choices: list[Choice] = Field(min_length=1)
 
@@ -110,9 +170,9 @@ class CategoricalParam(_Param):
         seen: list[Choice] = []
         for choice in self.choices:
             if any(same_choice(choice, s) for s in seen):
-                raise field_error("choices", f"choice {describe(choice)} is listed twice")
+                raise CHOICES_UNIQUE.error(choice=describe(choice))
             if isinstance(choice, float) and not math.isfinite(choice):
-                raise field_error("choices", f"choice {choice} is not a finite number")
+                raise CHOICES_FINITE.error(choice=choice)
             seen.append(choice)
         return self
 

@@ -3,27 +3,46 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from controller.spec.conditions import (
+    CONDITION_NAMES_A_PARAMETER,
+    CONDITION_NOT_ON_A_FLOAT,
+    CONDITION_NOT_ON_ITSELF,
+    CONDITION_VALUE_IN_INT_RANGE,
+    CONDITION_VALUE_IS_A_CHOICE,
+    CONDITIONS_ACYCLIC,
+    WARM_START_NAMES_A_PARAMETER,
+    WARM_START_VALUE_IN_RANGE,
+    WARM_START_VALUE_IS_A_CHOICE,
+    WARM_START_VALUE_IS_A_NUMBER,
+    check_conditions,
+    check_fixed_params,
+)
 from controller.spec.durations import Duration
-from controller.spec.errors import describe, field_error
 from controller.spec.params import (
     CategoricalParam,
     Choice,
     FloatParam,
     IntParam,
     Param,
-    same_choice,
 )
+from controller.spec.rules import Rule, Rules, SpecModel
 
 API_VERSION = "tunefleet.dev/v1alpha1"
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
 STUDY_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,48}[a-z0-9])?$"
 PYTHON_ENTRY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
-PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}")
+PARAMETER_NAME = r"[A-Za-z_][A-Za-z0-9_.-]*"
+PLACEHOLDER_PATTERN = r"\{\{\s*" + PARAMETER_NAME + r"\s*\}\}"
+PLACEHOLDER = re.compile(r"\{\{\s*(" + PARAMETER_NAME + r")\s*\}\}")
+MAX_METRICS = 16
+MAX_PARAMETERS = 128
+MAX_COMMAND_PARTS = 128
+MAX_COMMAND_PART_LENGTH = 1024
 
 SAMPLERS = ("auto", "random", "grid", "tpe", "gp", "cmaes", "qmc", "nsga2", "nsga3", "motpe")
 PRUNERS = ("auto", "none", "median", "percentile", "hyperband", "asha", "wilcoxon")
@@ -32,24 +51,58 @@ SamplerName = Literal["auto", "random", "grid", "tpe", "gp", "cmaes", "qmc", "ns
 PrunerName = Literal["auto", "none", "median", "percentile", "hyperband", "asha", "wilcoxon"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+MetricName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
+
+METRICS_UNIQUE = Rule(
+    "objective-metrics-unique",
+    field="metrics",
+    message="metric '{name}' is listed twice",
+    cel="self.metrics.all(m, self.metrics.exists_one(n, n.name == m.name))",
+    message_expression=(
+        # Names first: CEL's cost estimate loses string sizes through filter(...)[0].name.
+        "\"metric '\" + self.metrics.map(m, m.name)"
+        ".filter(name, !self.metrics.exists_one(n, n.name == name))[0] + \"' is listed twice\""
+    ),
+)
+GOAL_SINGLE_METRIC = Rule(
+    "objective-goal-single-metric",
+    field="goal",
+    message="goal applies to single-objective studies only",
+    cel="!has(self.goal) || size(self.metrics) == 1",
+)
+CONSTRAINT_NOT_A_METRIC = Rule(
+    "objective-constraint-not-a-metric",
+    field="constraints",
+    message="'{name}' is an objective metric; a constraint must be another",
+    cel="!has(self.constraints) || !self.constraints.exists(c, self.metrics.exists(m, m.name == c))",
+    message_expression=(
+        "\"'\" + self.constraints.filter(c, self.metrics.exists(m, m.name == c))[0]"
+        " + \"' is an objective metric; a constraint must be another\""
+    ),
+)
 
 
-class Metric(_Strict):
+class Metric(SpecModel):
     """One objective metric and whether it should go up or down."""
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: MetricName
     direction: Literal["minimize", "maximize"]
 
 
-class Objective(_Strict):
+class Objective(SpecModel):
     """What the study optimizes: one metric, or several for a multi-objective study."""
 
-    metrics: list[Metric] = Field(min_length=1)
+    spec_rules: ClassVar[Rules] = (METRICS_UNIQUE, GOAL_SINGLE_METRIC, CONSTRAINT_NOT_A_METRIC)
+
+    metrics: list[Metric] = Field(
+        min_length=1,
+        max_length=MAX_METRICS,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
     goal: float | None = Field(default=None, description="Stop once the best value reaches this.")
-    constraints: list[str] = Field(
+    constraints: list[MetricName] = Field(
         default_factory=list,
+        max_length=MAX_METRICS,
         description="Metric names that must be <= 0 for a trial to be feasible.",
     )
 
@@ -58,16 +111,12 @@ class Objective(_Strict):
         names = [m.name for m in self.metrics]
         for name in names:
             if names.count(name) > 1:
-                raise field_error("metrics", f"metric {name!r} is listed twice")
+                raise METRICS_UNIQUE.error(name=name)
         if self.goal is not None and len(self.metrics) > 1:
-            raise field_error("goal", "goal applies to single-objective studies only")
+            raise GOAL_SINGLE_METRIC.error()
         for name in self.constraints:
-            if not re.match(NAME_PATTERN, name):
-                raise field_error("constraints", f"{name!r} is not a valid metric name")
             if name in names:
-                raise field_error(
-                    "constraints", f"{name!r} is an objective metric; a constraint must be another"
-                )
+                raise CONSTRAINT_NOT_A_METRIC.error(name=name)
         return self
 
     @property
@@ -79,8 +128,33 @@ class Objective(_Strict):
         return [m.name for m in self.metrics]
 
 
-class Strategy(_Strict):
+FREE_FORM_SETTINGS = (
+    "settings are free-form (kept as written), so CEL cannot tell an empty map from a full one"
+)
+SETTINGS_NEED_A_SAMPLER = Rule(
+    "strategy-settings-need-a-named-sampler",
+    field="settings",
+    message="settings need a named sampler; auto chooses one with its defaults",
+    condition_time=FREE_FORM_SETTINGS,
+)
+SETTINGS_NEED_A_PRUNER = Rule(
+    "strategy-pruner-settings-need-a-named-pruner",
+    field="prunerSettings",
+    message="settings need a named pruner; auto chooses one with its defaults",
+    condition_time=FREE_FORM_SETTINGS,
+)
+SETTINGS_MATCH_OPTUNA = Rule(
+    "strategy-settings-match-optuna",
+    field="settings",
+    message="{problem}",
+    condition_time="checked against the installed Optuna's constructor signatures, which only Python knows",
+)
+
+
+class Strategy(SpecModel):
     """How trials are chosen (sampler) and stopped early (pruner)."""
+
+    spec_rules: ClassVar[Rules] = (SETTINGS_NEED_A_SAMPLER, SETTINGS_NEED_A_PRUNER, SETTINGS_MATCH_OPTUNA)
 
     sampler: SamplerName = "auto"
     pruner: PrunerName = "auto"
@@ -107,19 +181,19 @@ class Strategy(_Strict):
             if not settings:
                 continue
             if name == "auto":
-                kind = "sampler" if field == "settings" else "pruner"
-                raise field_error(field, f"settings need a named {kind}; auto chooses one with its defaults")
+                raise (SETTINGS_NEED_A_SAMPLER if field == "settings" else SETTINGS_NEED_A_PRUNER).error()
             try:
                 if field == "settings":
                     check_sampler_settings(name, settings)
                 else:
                     pruner_options(name, settings)
             except SettingError as error:
-                raise field_error(f"{field}.{error.key}" if error.key else field, error.message) from None
+                where = f"{field}.{error.key}" if error.key else field
+                raise SETTINGS_MATCH_OPTUNA.error(at=where, problem=error.message) from None
         return self
 
 
-class Budget(_Strict):
+class Budget(SpecModel):
     """Limits on the study; any subset. gpuHours and cpuHours are hard caps."""
 
     gpuHours: float | None = Field(default=None, gt=0)
@@ -132,17 +206,28 @@ class Budget(_Strict):
     onExhausted: Literal["finish", "drain"] = "finish"
 
 
-class Trial(_Strict):
+PYTHON_OR_COMMAND = Rule(
+    "trial-python-or-command",
+    field="python",
+    message="set exactly one of trial.python or trial.command",
+    cel="has(self.python) != has(self.command)",
+)
+
+
+class Trial(SpecModel):
     """What one trial runs and with which resources."""
+
+    spec_rules: ClassVar[Rules] = (PYTHON_OR_COMMAND,)
 
     python: str | None = Field(
         default=None,
         pattern=PYTHON_ENTRY_PATTERN,
         description="module:function taking an optuna.Trial and returning the metric value(s).",
     )
-    command: list[str] | None = Field(
+    command: list[Annotated[str, Field(max_length=MAX_COMMAND_PART_LENGTH)]] | None = Field(
         default=None,
         min_length=1,
+        max_length=MAX_COMMAND_PARTS,
         description="A command with {{param}} placeholders; metrics are read from stdout.",
     )
     image: str | None = None
@@ -164,49 +249,154 @@ class Trial(_Strict):
     @model_validator(mode="after")
     def _one_entry(self) -> Trial:
         if (self.python is None) == (self.command is None):
-            raise field_error("python", "set exactly one of trial.python or trial.command")
+            raise PYTHON_OR_COMMAND.error()
         return self
 
 
-class WarmStart(_Strict):
+class WarmStart(SpecModel):
     """Configurations to run first, and/or another study to learn from."""
 
     params: list[dict[str, Choice]] = Field(default_factory=list)
     fromStudy: str | None = None
 
 
-class Confirm(_Strict):
+class Confirm(SpecModel):
     """Rerun the best configurations with fresh seeds to measure confidence intervals."""
 
     topK: int = Field(default=3, ge=1, le=50)
     repeats: int = Field(default=5, ge=2, le=100)
 
 
-class Reproducibility(_Strict):
+class Reproducibility(SpecModel):
     deterministic: bool = Field(
         default=False, description="Set deterministic algorithms (torch, cuDNN, cuBLAS)."
     )
 
 
-class Export(_Strict):
+class Export(SpecModel):
     """Where the controller writes the analysis export on the cluster."""
 
     persistentVolumeClaim: str
     path: str = "/"
 
 
-class Storage(_Strict):
+class Storage(SpecModel):
     secretRef: str | None = Field(
         default=None, description="Secret with the database password (key: password)."
     )
     url: str | None = Field(default=None, description="Storage URL, for local runs.")
 
 
-class StudySpec(_Strict):
+HAS_STRATEGY = "has(self.strategy) && has(self.strategy.sampler)"
+PARAMETER_NAMES = Rule(
+    "searchspace-parameter-names",
+    field="",
+    field_path="searchSpace",
+    message="parameter name '{name}' must start with a letter or _ and hold only letters, digits, _ . -",
+    cel=f"!has(self.searchSpace) || self.searchSpace.all(name, name.matches(r'{NAME_PATTERN}'))",
+    message_expression=(
+        "\"parameter name '\" + self.searchSpace.filter(name, !name.matches(r'" + NAME_PATTERN + "'))[0]"
+        " + \"' must start with a letter or _ and hold only letters, digits, _ . -\""
+    ),
+)
+# find and findAll come from the Kubernetes regex library of CEL.
+_KNOWN = f"(has(self.searchSpace) && p.find(r'{PARAMETER_NAME}') in self.searchSpace)"
+_PLACEHOLDERS = f"part.findAll(r'{PLACEHOLDER_PATTERN}')"
+PLACEHOLDERS_NAME_PARAMETERS = Rule(
+    "command-placeholders-name-parameters",
+    field="trial.command",
+    message="placeholder {{{{{name}}}}} names no parameter of searchSpace",
+    cel=f"!has(self.trial.command) || self.trial.command.all(part, {_PLACEHOLDERS}.all(p, {_KNOWN}))",
+    message_expression=(
+        "'placeholder {{' + self.trial.command.filter(part, "
+        f"{_PLACEHOLDERS}.exists(p, !{_KNOWN}))[0].findAll(r'{PLACEHOLDER_PATTERN}')"
+        f".filter(p, !{_KNOWN})[0].find(r'{PARAMETER_NAME}') + '}}}} names no parameter of searchSpace'"
+    ),
+)
+GRID_NEEDS_STEPS = Rule(
+    "grid-needs-a-finite-space",
+    field="searchSpace",
+    message="the grid sampler needs a finite space: give float '{name}' a step",
+    cel=(
+        f"!({HAS_STRATEGY} && self.strategy.sampler == 'grid') || !has(self.searchSpace) || "
+        "self.searchSpace.all(n, self.searchSpace[n].type != 'float' || has(self.searchSpace[n].step))"
+    ),
+    message_expression=(
+        "\"the grid sampler needs a finite space: give float '\" + self.searchSpace.filter(n, "
+        "self.searchSpace[n].type == 'float' && !has(self.searchSpace[n].step))[0] + \"' a step\""
+    ),
+)
+GRID_SIZE_LIMIT = Rule(
+    "grid-size-limit",
+    field="strategy.sampler",
+    message="the grid has {size} points; at most {limit} are supported",
+    condition_time=(
+        "counting the grid multiplies every parameter's number of values: CEL has no product over "
+        "a map, and cannot see categorical choices"
+    ),
+)
+_SEVERAL = "size(self.objective.metrics) > 1"
+PATIENCE_SINGLE_METRIC = Rule(
+    "budget-patience-single-metric",
+    field="budget.patience",
+    message="patience applies to single-objective studies",
+    cel=f"!has(self.budget) || !has(self.budget.patience) || !({_SEVERAL})",
+)
+CMAES_SINGLE_METRIC = Rule(
+    "strategy-cmaes-single-metric",
+    field="strategy.sampler",
+    message="cmaes optimizes a single metric; use nsga2, nsga3 or motpe",
+    cel=f"!({HAS_STRATEGY} && self.strategy.sampler == 'cmaes' && {_SEVERAL})",
+)
+MULTI_OBJECTIVE_SAMPLER = Rule(
+    "strategy-multi-objective-sampler-needs-several-metrics",
+    field="strategy.sampler",
+    message="{sampler} is for several metrics; with one, use tpe, gp or cmaes",
+    cel=f"!({HAS_STRATEGY} && self.strategy.sampler in ['motpe', 'nsga2', 'nsga3'] && !({_SEVERAL}))",
+    message_expression="self.strategy.sampler + ' is for several metrics; with one, use tpe, gp or cmaes'",
+)
+PRUNER_SINGLE_METRIC = Rule(
+    "strategy-pruner-single-metric",
+    field="strategy.pruner",
+    message="Optuna prunes single-objective studies only; use none",
+    cel=(
+        "!(has(self.strategy) && has(self.strategy.pruner) && !(self.strategy.pruner in ['auto', 'none'])"
+        f" && {_SEVERAL})"
+    ),
+)
+TERMINATOR_SINGLE_METRIC = Rule(
+    "strategy-terminator-single-metric",
+    field="strategy.terminator",
+    message="the terminator judges single-objective studies only",
+    cel=f"!(has(self.strategy) && has(self.strategy.terminator) && self.strategy.terminator && {_SEVERAL})",
+)
+class StudySpec(SpecModel):
     """Everything a study needs: objective, search space, strategy, budget and trial."""
 
+    spec_rules: ClassVar[Rules] = (
+        PARAMETER_NAMES,
+        PLACEHOLDERS_NAME_PARAMETERS,
+        GRID_NEEDS_STEPS,
+        GRID_SIZE_LIMIT,
+        PATIENCE_SINGLE_METRIC,
+        CMAES_SINGLE_METRIC,
+        MULTI_OBJECTIVE_SAMPLER,
+        PRUNER_SINGLE_METRIC,
+        TERMINATOR_SINGLE_METRIC,
+        CONDITION_NOT_ON_ITSELF,
+        CONDITION_NAMES_A_PARAMETER,
+        CONDITION_VALUE_IS_A_CHOICE,
+        CONDITION_VALUE_IN_INT_RANGE,
+        CONDITION_NOT_ON_A_FLOAT,
+        CONDITIONS_ACYCLIC,
+        WARM_START_NAMES_A_PARAMETER,
+        WARM_START_VALUE_IS_A_CHOICE,
+        WARM_START_VALUE_IS_A_NUMBER,
+        WARM_START_VALUE_IN_RANGE,
+    )
+
     objective: Objective
-    searchSpace: dict[str, Param] = Field(default_factory=dict)
+    searchSpace: dict[str, Param] = Field(default_factory=dict, max_length=MAX_PARAMETERS)
     strategy: Strategy = Field(default_factory=Strategy)
     budget: Budget = Field(default_factory=Budget)
     parallelism: int = Field(default=1, ge=1, le=1000)
@@ -223,35 +413,26 @@ class StudySpec(_Strict):
     def _check_names(cls, space: dict[str, Any]) -> dict[str, Any]:
         for name in space:
             if not re.match(NAME_PATTERN, name):
-                raise ValueError(
-                    f"parameter name {name!r} must start with a letter or _ and hold only "
-                    "letters, digits, _ . -"
-                )
+                raise PARAMETER_NAMES.error(name=name)
         return space
 
     @model_validator(mode="after")
     def _check_cross_references(self) -> StudySpec:
-        _check_conditions(self.searchSpace)
+        check_conditions(self.searchSpace)
         if self.trial.command is not None:
             for part in self.trial.command:
                 for name in PLACEHOLDER.findall(part):
                     if name not in self.searchSpace:
-                        raise field_error(
-                            "trial.command",
-                            f"placeholder {{{{{name}}}}} names no parameter of searchSpace",
-                        )
+                        raise PLACEHOLDERS_NAME_PARAMETERS.error(name=name)
         if self.warmStart is not None:
             for index, params in enumerate(self.warmStart.params):
-                _check_fixed_params(self.searchSpace, params, f"warmStart.params[{index}]")
+                check_fixed_params(self.searchSpace, params, f"warmStart.params[{index}]")
         if self.strategy.sampler == "grid":
             for name, param in self.searchSpace.items():
                 if isinstance(param, FloatParam) and param.step is None:
-                    raise field_error(
-                        f"searchSpace.{name}",
-                        "the grid sampler needs a finite space: give this float a step",
-                    )
+                    raise GRID_NEEDS_STEPS.error(name=name)
         if self.budget.patience is not None and len(self.objective.metrics) > 1:
-            raise field_error("budget.patience", "patience applies to single-objective studies")
+            raise PATIENCE_SINGLE_METRIC.error()
         _check_strategy_fits_objective(self)
         return self
 
@@ -273,87 +454,19 @@ def _check_strategy_fits_objective(spec: StudySpec) -> None:
     strategy = spec.strategy
     several = spec.is_multi_objective
     if several and strategy.sampler == "cmaes":
-        raise field_error("strategy.sampler", "cmaes optimizes a single metric; use nsga2, nsga3 or motpe")
+        raise CMAES_SINGLE_METRIC.error()
     if not several and strategy.sampler in ("motpe", "nsga2", "nsga3"):
-        raise field_error(
-            "strategy.sampler", f"{strategy.sampler} is for several metrics; with one, use tpe, gp or cmaes"
-        )
+        raise MULTI_OBJECTIVE_SAMPLER.error(sampler=strategy.sampler)
     if several and strategy.pruner not in ("auto", "none"):
-        raise field_error("strategy.pruner", "Optuna prunes single-objective studies only; use none")
+        raise PRUNER_SINGLE_METRIC.error()
     if several and strategy.terminator:
-        raise field_error("strategy.terminator", "the terminator judges single-objective studies only")
+        raise TERMINATOR_SINGLE_METRIC.error()
     if strategy.sampler == "grid":
         from controller.strategies.grid import MAX_GRID_POINTS, product_size
 
         size = product_size(spec.searchSpace)
         if size is not None and size > MAX_GRID_POINTS:
-            raise field_error(
-                "strategy.sampler", f"the grid has {size} points; at most {MAX_GRID_POINTS} are supported"
-            )
-
-
-def _check_conditions(space: dict[str, FloatParam | IntParam | CategoricalParam]) -> None:
-    for name, param in space.items():
-        for parent, wanted in (param.when or {}).items():
-            where = f"searchSpace.{name}.when.{parent}"
-            if parent == name:
-                raise field_error(where, "a parameter cannot depend on itself")
-            if parent not in space:
-                raise field_error(where, f"{parent!r} is not a parameter of searchSpace")
-            target = space[parent]
-            for value in wanted if isinstance(wanted, list) else [wanted]:
-                if isinstance(target, CategoricalParam):
-                    if not any(same_choice(value, c) for c in target.choices):
-                        raise field_error(
-                            where,
-                            f"{describe(value)} is not one of {parent}'s choices {target.choices}",
-                        )
-                elif isinstance(target, IntParam):
-                    if not isinstance(value, int) or not target.low <= value <= target.high:
-                        raise field_error(
-                            where,
-                            f"{describe(value)} is not an integer in {parent}'s range "
-                            f"[{target.low}, {target.high}]",
-                        )
-                else:
-                    raise field_error(where, f"{parent!r} is a float; conditions need a categorical or int")
-    _check_acyclic(space)
-
-
-def _check_acyclic(space: dict[str, FloatParam | IntParam | CategoricalParam]) -> None:
-    visiting: set[str] = set()
-    done: set[str] = set()
-
-    def visit(name: str, trail: list[str]) -> None:
-        if name in done:
-            return
-        if name in visiting:
-            cycle = " -> ".join([*trail[trail.index(name) :], name])
-            raise field_error(f"searchSpace.{name}.when", f"conditions form a cycle: {cycle}")
-        visiting.add(name)
-        for parent in space[name].when or {}:
-            visit(parent, [*trail, name])
-        visiting.discard(name)
-        done.add(name)
-
-    for name in space:
-        visit(name, [])
-
-
-def _check_fixed_params(
-    space: dict[str, FloatParam | IntParam | CategoricalParam], params: dict[str, Choice], where: str
-) -> None:
-    for name, value in params.items():
-        if name not in space:
-            raise field_error(f"{where}.{name}", "names no parameter of searchSpace")
-        param = space[name]
-        if isinstance(param, CategoricalParam):
-            if not any(same_choice(value, c) for c in param.choices):
-                raise field_error(f"{where}.{name}", f"{describe(value)} is not one of {param.choices}")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise field_error(f"{where}.{name}", f"{describe(value)} is not a number")
-        elif not param.low <= value <= param.high:
-            raise field_error(f"{where}.{name}", f"{value} is outside [{param.low}, {param.high}]")
+            raise GRID_SIZE_LIMIT.error(size=size, limit=MAX_GRID_POINTS)
 
 
 def ordered_parameters(
@@ -374,14 +487,14 @@ def ordered_parameters(
     return order
 
 
-class ObjectMeta(_Strict):
+class ObjectMeta(SpecModel):
     name: str = Field(pattern=STUDY_NAME_PATTERN)
     namespace: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
 
 
-class StudyManifest(_Strict):
+class StudyManifest(SpecModel):
     """A Study document as written in a YAML file or applied with kubectl."""
 
     apiVersion: Literal["tunefleet.dev/v1alpha1"]

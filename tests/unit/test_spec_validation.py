@@ -194,7 +194,7 @@ def test_duplicate_metric_names() -> None:
 def test_grid_needs_a_finite_space() -> None:
     document = study_document(strategy={"sampler": "grid"})
     error = single_error(document)
-    assert error.startswith("spec.searchSpace.x") and "step" in error
+    assert error.startswith("spec.searchSpace") and "give float 'x' a step" in error
 
 
 def test_study_name_must_be_a_dns_label() -> None:

@@ -140,7 +140,7 @@ def test_strategy_must_fit_the_number_of_metrics(
 
 def test_grid_needs_a_step_on_every_float() -> None:
     [error] = errors_of(strategy={"sampler": "grid"})
-    assert error.startswith("spec.searchSpace.x") and "step" in error
+    assert error.startswith("spec.searchSpace") and "give float 'x' a step" in error
 
 
 @pytest.mark.parametrize("name", SAMPLER_NAMES + MULTI_SAMPLER_NAMES)

@@ -57,6 +57,13 @@ class ApiError(Exception):
                    {"name": name, "kind": kind})
 
     @classmethod
+    def refused(cls, group: str, kind: str, name: str, message: str,
+                causes: list[dict[str, str]]) -> ApiError:
+        """A 422 listing every field the schema or a CEL rule refuses, as the real server does."""
+        return cls(422, "Invalid", message,
+                   {"name": name, "group": group, "kind": kind, "causes": causes})
+
+    @classmethod
     def bad_request(cls, message: str) -> ApiError:
         return cls(400, "BadRequest", message)
 

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import defaults, patching, resources
+from . import admission, defaults, patching, resources
 from .errors import ApiError
 from .resources import ResourceType
 from .selectors import make_filter
@@ -243,6 +243,7 @@ class Store:
                 obj.pop("status", None)
             if rt.custom:
                 obj = resources.prune_custom_object(obj, rt.schema)
+                _admit(rt, obj)
             defaults.default_on_create(rt, obj)
             if dry_run:
                 return obj
@@ -367,6 +368,10 @@ class Store:
                            f"({rt.plural}/{subresource})")
         if rt.custom:
             new = resources.prune_custom_object(new, rt.schema)
+            if subresource is None and not internal and _validated(new) != _validated(current):
+                # Like validation ratcheting: an update that leaves the object as it was is let
+                # through even if the CRD's rules changed since.
+                _admit(rt, new)
         old_meta, new_meta = current["metadata"], new["metadata"]
         if old_meta.get("deletionTimestamp"):
             added = set(new_meta.get("finalizers") or []) - set(old_meta.get("finalizers") or [])
@@ -579,3 +584,19 @@ def _spec_of(rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
     """Everything whose change bumps metadata.generation."""
     skip = {"metadata", "apiVersion", "kind"} | ({"status"} if rt.has_status else set())
     return {k: v for k, v in obj.items() if k not in skip}
+
+
+def _validated(obj: dict[str, Any]) -> dict[str, Any]:
+    """The part of a custom resource its CRD's schema and rules judge."""
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+
+
+def _admit(rt: ResourceType, obj: dict[str, Any]) -> None:
+    """Refuse (422) what the CRD's OpenAPI schema and CEL rules refuse."""
+    if rt.schema is None:
+        return
+    causes = admission.admission_causes(obj, rt.schema)
+    if causes:
+        name = str(obj.get("metadata", {}).get("name", ""))
+        message = admission.invalid_message(f"{rt.kind}.{rt.group}", name, causes)
+        raise ApiError.refused(rt.group, rt.kind, name, message, [c.as_status() for c in causes])
