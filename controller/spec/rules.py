@@ -107,8 +107,8 @@ class Rule:
         entry: dict[str, Any] = {"rule": self.cel}
         if self.message_expression is not None:
             entry["messageExpression"] = self.message_expression
-            # Kept if the expression fails at run time; placeholders read as their names.
-            entry["message"] = self.message.format(**{name: name for name in self.placeholders})
+            # Kept if the expression fails at run time; placeholders read as <name>.
+            entry["message"] = self.message.format(**{name: f"<{name}>" for name in self.placeholders})
         else:
             entry["message"] = self.message
         path = self.field_path if self.field_path is not None else self.field
