@@ -23,6 +23,7 @@ import yaml
 from kubernetes.client import ApiClient, ApiException, CustomObjectsApi
 
 from controller.kube.crd import build_crds
+from controller.spec.study import MAX_COMMAND_PART_LENGTH, MAX_COMMAND_PARTS, MAX_PARAMETERS
 from tests.cluster.emulator.admission import admission_causes
 from tests.support.bad_specs import CORPUS, GPUBUDGETS, RULE_EXAMPLES, VALID_STUDY, BadSpec, dotted
 
@@ -140,6 +141,19 @@ def test_the_status_of_a_refused_study_is_what_the_emulator_answers(
             }
         ],
     }
+
+
+def test_the_largest_spec_the_model_allows_stays_within_the_runtime_cost_budget(
+    api_client: ApiClient, namespace: str
+) -> None:
+    """The estimate only bounds the worst case; the API server also meters each rule as it runs."""
+    names = [f"p{i:03d}" + "_" * 60 for i in range(MAX_PARAMETERS)]
+    document = copy.deepcopy(VALID_STUDY)
+    document["spec"]["searchSpace"] = {name: {"type": "int", "low": 0, "high": 9} for name in names}
+    placeholders = "".join(f"{{{{ {name} }}}}" for name in names)
+    part = placeholders[: MAX_COMMAND_PART_LENGTH - MAX_COMMAND_PART_LENGTH % (len(names[0]) + 6)]
+    document["spec"]["trial"] = {"command": [part] * MAX_COMMAND_PARTS}
+    assert create(api_client, namespace, document) is None
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
