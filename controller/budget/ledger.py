@@ -170,6 +170,10 @@ class Ledger:
         with self._transaction() as conn:
             self.migrated_from = migrate(conn)
 
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
     def close(self) -> None:
         self._engine.dispose()
 

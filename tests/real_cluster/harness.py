@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
-import yaml
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
 
 from tests.support.chart_install import DB_SECRET, ChartInstall, database_values, render_chart
+from tests.support.kubeconfig import service_account_kubeconfig
 from tests.support.postgres import PostgresServer
 
 VENV_BIN = Path(sys.executable).parent
@@ -91,34 +91,6 @@ def wait_established(dynamic: DynamicClient, crds: list[dict[str, Any]]) -> None
             if time.monotonic() > deadline:
                 raise AssertionError(f"CRD {crd['metadata']['name']} not Established in {CRD_WAIT_S:.0f} s")
             time.sleep(0.5)
-
-
-def service_account_kubeconfig(
-    api_client: kubernetes.client.ApiClient, admin_kubeconfig: Path, namespace: str, name: str, path: Path
-) -> Path:
-    """A kubeconfig that authenticates as the ServiceAccount: the admin's cluster entry, and a
-    token from the TokenRequest API (``kubectl create token``)."""
-    core = kubernetes.client.CoreV1Api(api_client)
-    request = core.create_namespaced_service_account_token(
-        name, namespace, {"spec": {"expirationSeconds": 12 * 3600}}
-    )
-    admin = yaml.safe_load(admin_kubeconfig.read_text())
-    context_name = admin.get("current-context")
-    context = next(c["context"] for c in admin["contexts"] if c["name"] == context_name)
-    cluster = next(c for c in admin["clusters"] if c["name"] == context["cluster"])
-    user = f"system:serviceaccount:{namespace}:{name}"
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [cluster],
-        "users": [{"name": user, "user": {"token": request.status.token}}],
-        "contexts": [{"name": user, "context": {"cluster": cluster["name"], "user": user,
-                                                "namespace": namespace}}],
-        "current-context": user,
-    }
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-    return path
 
 
 # -- the database ----------------------------------------------------------------------------------
