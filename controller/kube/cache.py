@@ -29,6 +29,9 @@ from controller.kube.client import KubeApi, _body, status_code
 from controller.kube.manifests import ACCOUNTING_FINALIZER, STUDY_LABEL, TRIAL_LABEL
 
 LIST_RESYNC_ENV = "TUNEFLEET_LIST_RESYNC_S"
+# How stale a Secret's value may be: the window in which new trial pods still get a rotated-away
+# password (and are retried as storageUnavailable).
+SECRET_REREAD_S = 10.0
 
 
 def full_resync_seconds(environ: Mapping[str, str] = os.environ) -> float:
@@ -223,12 +226,13 @@ class IndexedKubeApi(KubeApi):
         self._secrets_lock = threading.Lock()
 
     def read_secret_value(self, namespace: str, name: str, key: str) -> str:
-        """The database password is looked up on every reconcile: read it once per resync period
-        (a rotated password, or a Secret made readable, counts within that)."""
+        """The database password is looked up on every reconcile: read it at most once per
+        ``SECRET_REREAD_S`` (or per resync period, if shorter); a rotated password, or a Secret
+        made readable, counts within that."""
         now = self.index.clock()
         with self._secrets_lock:
             known = self._secrets.get((namespace, name, key))
-        if known is None or now - known[0] >= self.index.full_resync_s:
+        if known is None or now - known[0] >= min(SECRET_REREAD_S, self.index.full_resync_s):
             outcome: str | SecretUnreadable
             try:
                 outcome = super().read_secret_value(namespace, name, key)
