@@ -287,12 +287,12 @@ class Reconciler:
         """A Secret that cannot be read: an error log line when this process first meets it, and an
         Event when the Study's condition does not say so yet."""
         before, state.credentials = state.credentials, check
-        if check.problem is None:
-            return
-        if before is None or before.message != check.message:
-            meta = body["metadata"]
-            log.error("cannot read a database Secret", study=f"{meta['namespace']}/{meta['name']}",
-                      reason=check.reason, detail=check.message)
+        new_here = before is None or before.message != check.message
+        if check.problem is None or not new_here:
+            return  # said already by this process (the status patch may not be in ``body`` yet)
+        meta = body["metadata"]
+        log.error("cannot read a database Secret", study=f"{meta['namespace']}/{meta['name']}",
+                  reason=check.reason, detail=check.message)
         shown: dict[str, Any] = next(
             (c for c in previous.get("conditions") or [] if c.get("type") == status_mod.CREDENTIALS), {}
         )
