@@ -23,6 +23,7 @@ from typing import Any
 import kopf
 import structlog
 from aiohttp import web
+from kubernetes.client.exceptions import ApiException
 
 from controller.kube.budgets import BudgetKeeper
 from controller.kube.cache import ClusterIndex, IndexedKubeApi
@@ -94,9 +95,9 @@ class Operator:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(RECONCILE_THREADS, "reconcile"))
-        if self.options.health_port:
+        if self.options.health_port and self._health is None:  # kopf may retry a failed start
             await self._serve_health(self.options.health_port)
-        self.reconciler = await asyncio.to_thread(Reconciler, self.options.config, self.kube)
+        self.reconciler = await self._open_reconciler()
         if self.options.metrics_port:
             self._metrics = await asyncio.to_thread(self._serve_metrics, self.options.metrics_port)
             self.reconciler.metrics = self._metrics
@@ -110,6 +111,19 @@ class Operator:
             peering=self.options.peering or "standalone",
             identity=self.leadership.identity,
         )
+
+    async def _open_reconciler(self, attempts: int = 5) -> Reconciler:
+        """Replicas started together on a new database race to create its tables; the loser tries
+        again at once (the tables are there now) instead of waiting for kopf's retry."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return await asyncio.to_thread(Reconciler, self.options.config, self.kube)
+            except Exception as error:
+                if attempt == attempts:
+                    raise
+                log.warning("opening the database failed; retrying", error=repr(error)[:300], attempt=attempt)
+                await asyncio.sleep(attempt)
+        raise AssertionError("unreachable")
 
     async def stop(self) -> None:
         self.stopping = True
@@ -197,8 +211,10 @@ class Operator:
             except Exception as error:  # noqa: BLE001 - a failed reconcile is retried, never fatal
                 failures += 1
                 delay = min(MAX_BACKOFF_S, 0.5 * 2**failures)
-                log.warning(
-                    "reconcile failed; retrying",
+                # A 403 is a missing grant, not a blip: an error that names what was refused.
+                forbidden = isinstance(error, ApiException) and error.status == 403
+                (log.error if forbidden else log.warning)(
+                    "reconcile forbidden by RBAC; retrying" if forbidden else "reconcile failed; retrying",
                     study=f"{key[0]}/{key[1]}",
                     error=repr(error)[:500],
                     retry_in_s=delay,

@@ -21,6 +21,13 @@ from optuna.trial import TrialState
 from controller.budget.ledger import Ledger, NamespaceTotals, Totals
 from controller.budget.metrics import ControllerMetrics
 from controller.budget.views import namespace_budget_view, study_budget_view
+from controller.credentials import (
+    CredentialCheck,
+    PasswordSources,
+    check_password,
+    follow_rotation,
+    rotate_password,
+)
 from controller.kube import budgets as budgets_mod
 from controller.kube import outcome as outcome_mod
 from controller.kube import status as status_mod
@@ -52,7 +59,7 @@ from controller.studies.confirming import confirmation_sources
 from controller.studies.observe import observe_trials
 from controller.studies.record import ATTR_STARTED_AT, ATTR_STOP_REASON, record_study
 from controller.studies.storage import create_or_load_study, open_storage
-from trial_worker.contract import storage_url_with_password
+from trial_worker.contract import connection_url
 
 log = structlog.get_logger("tunefleet.controller")
 RESYNC_S = 5.0
@@ -88,6 +95,7 @@ class StudyState:
     started_at: float = 0.0
     last_status: dict[str, Any] | None = None
     namespace_ready: str | None = None  # the password mirrored last
+    credentials: CredentialCheck | None = None  # where the trial pods' password came from
     stuck: tuple[str, str] | None = None
     announced: set[str] = field(default_factory=set)
     best_written: int | None = None
@@ -111,6 +119,11 @@ class Reconciler:
         self.kube = kube
         self.storage = _controller_storage(config.storage_url)
         self.ledger = Ledger(config.storage_url, pool_size=POOL_SIZE)
+        for engine in (self.storage.engine, self.ledger.engine):
+            follow_rotation(engine)  # a rotated database Secret reaches new connections
+        self.password_sources = PasswordSources(
+            config.controller_namespace, config.db_secret, config.db_password
+        )
         self.executor = Executor(kube, self.ledger)
         self.finisher = Finisher(
             kube, config.storage_url, config.trial_settings, config.export_mount_path
@@ -155,7 +168,14 @@ class Reconciler:
             return ReconcileResult(requeue_after=60.0)
         state.announced.discard("Invalid")
 
-        self._prepare_namespace(ref, spec, state)
+        credentials = self._prepare_namespace(ref, spec, state)
+        self._announce_credentials(body, state, credentials, previous_status)
+        if credentials.blocking:
+            blocked = status_mod.credentials_blocked_status(
+                credentials.reason, credentials.message, previous_status.get("conditions") or []
+            )
+            self._write_status(ref, state, blocked)
+            return ReconcileResult(requeue_after=max(30.0, self.config.resync_s))
         try:
             runtime = self._runtime(ref, spec, state)
         except WarmStartFailed as error:
@@ -248,28 +268,36 @@ class Reconciler:
 
     # -- set-up, once per Study (or per change) ------------------------------------------------
 
-    def _prepare_namespace(self, ref: StudyRef, spec: StudySpec, state: StudyState) -> None:
+    def _prepare_namespace(self, ref: StudyRef, spec: StudySpec, state: StudyState) -> CredentialCheck:
         """The trial ServiceAccount and the mirrored database password in the study's namespace."""
-        password = self._db_password(ref, spec)
-        if state.namespace_ready == password:
-            return
+        check = check_password(self.kube, self.password_sources, ref.namespace, spec.storage.secretRef)
+        if check.controller_password is not None:
+            rotate_password(check.controller_password, source=f"Secret {self.config.db_secret}")
+        if check.blocking or state.namespace_ready == check.password:
+            return check
         settings = self.config.trial_settings
         self.kube.ensure_object(trial_service_account(ref.namespace, settings))
-        self.kube.ensure_object(db_credentials_secret(ref.namespace, password, settings))
-        state.namespace_ready = password
+        self.kube.ensure_object(db_credentials_secret(ref.namespace, check.password, settings))
+        state.namespace_ready = check.password
+        return check
 
-    def _db_password(self, ref: StudyRef, spec: StudySpec) -> str:
-        if spec.storage.secretRef:
-            value = self.kube.read_secret_value(ref.namespace, spec.storage.secretRef, "password")
-            if value is not None:
-                return value
-        if self.config.db_secret:
-            value = self.kube.read_secret_value(
-                self.config.controller_namespace, self.config.db_secret, "password"
-            )
-            if value is not None:
-                return value
-        return self.config.db_password or ""
+    def _announce_credentials(
+        self, body: dict[str, Any], state: StudyState, check: CredentialCheck, previous: dict[str, Any]
+    ) -> None:
+        """A Secret that cannot be read: an error log line when this process first meets it, and an
+        Event when the Study's condition does not say so yet."""
+        before, state.credentials = state.credentials, check
+        new_here = before is None or before.message != check.message
+        if check.problem is None or not new_here:
+            return  # said already by this process (the status patch may not be in ``body`` yet)
+        meta = body["metadata"]
+        log.error("cannot read a database Secret", study=f"{meta['namespace']}/{meta['name']}",
+                  reason=check.reason, detail=check.message)
+        shown: dict[str, Any] = next(
+            (c for c in previous.get("conditions") or [] if c.get("type") == status_mod.CREDENTIALS), {}
+        )
+        if shown.get("status") != "False" or shown.get("message") != check.message:
+            self.kube.post_event(body, check.reason, check.message, warning=True)
 
     def _runtime(self, ref: StudyRef, spec: StudySpec, state: StudyState) -> StudyRuntime:
         spec_json = spec.model_dump_json()
@@ -353,6 +381,14 @@ class Reconciler:
             previous.get("conditions") or [],
             now,
         )
+        if state.credentials is not None:  # where the trial pods' password came from, or why not
+            check = state.credentials
+            credentials = status_mod.Condition(
+                status_mod.CREDENTIALS, check.problem is None, check.reason, check.message
+            )
+            conditions = status_mod.replace_conditions(
+                conditions, [credentials], previous.get("conditions") or [], now
+            )
         budget = budgets_mod.study_budget_status(totals, namespace_totals)
         if self.metrics is not None:
             self.metrics.update_study(
@@ -519,10 +555,11 @@ def _controller_storage(url: str) -> optuna.storages.RDBStorage:
     A connection broken by a database restart fails one reconcile, which is retried; SQLAlchemy
     then drops the whole stale pool. Pinging on every checkout would double the round trips.
     """
-    if not url.startswith("postgresql"):
+    full_url = connection_url(url)
+    if not full_url.startswith("postgresql"):
         return open_storage(url)
     engine_kwargs = {"pool_size": POOL_SIZE, "max_overflow": 4, "pool_pre_ping": False}
-    return optuna.storages.RDBStorage(storage_url_with_password(url), engine_kwargs=engine_kwargs)
+    return optuna.storages.RDBStorage(full_url, engine_kwargs=engine_kwargs)
 
 
 def _recorded_spec(study: optuna.Study) -> StudySpec | None:

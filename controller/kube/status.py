@@ -18,6 +18,9 @@ from controller.spec import StudySpec
 CONDITION_TYPES = (
     "Ready", "Running", "Succeeded", "Failed", "Invalid", "Suspended", "PodsStuck", "BudgetWaiting"
 )
+# Where the trial pods' database password comes from, or which Secret could not be read and why;
+# set by the reconciler beside the types above (``replace_conditions``).
+CREDENTIALS = "StorageCredentials"
 
 
 @dataclass(frozen=True)
@@ -234,3 +237,23 @@ def invalid_status(
         "observedGeneration": generation,
         "conditions": render_conditions(conditions, previous, now),
     }
+
+
+def replace_conditions(
+    rendered: Sequence[Mapping[str, Any]],
+    updates: Sequence[Condition],
+    previous: Sequence[Mapping[str, Any]],
+    now: str,
+) -> list[dict[str, Any]]:
+    """``rendered`` with the conditions of the ``updates``' types replaced or added."""
+    fresh = render_conditions(updates, previous, now)
+    types = {c["type"] for c in fresh}
+    return [dict(c) for c in rendered if c.get("type") not in types] + fresh
+
+
+def credentials_blocked_status(
+    reason: str, message: str, previous: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """No trial may start until a Secret can be read: only the conditions change."""
+    updates = [Condition("Ready", False, reason, message), Condition(CREDENTIALS, False, reason, message)]
+    return {"conditions": replace_conditions(previous, updates, previous, now_iso())}

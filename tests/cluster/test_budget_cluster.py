@@ -7,8 +7,6 @@ against its pod's own timestamps.
 from __future__ import annotations
 
 import datetime
-import socket
-import subprocess
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +23,6 @@ from tests.cluster.controller_harness import (
     NAMESPACE,
     STUDIES,
     TRIAL_TERMINATION_GRACE_S,
-    VENV_BIN,
     ControllerProcess,
     condition,
     load_trials,
@@ -217,28 +214,8 @@ def accounting_errors(kube: KubeEmulator, storage_url: str, *names: str) -> list
     return [settled[p["metadata"]["uid"]] - pod_gpu_seconds(p) for p in pods]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class MetricsController(ControllerProcess):
-    """The controller with ``/metrics`` on a free port."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.metrics_port = free_port()
-
-    def start(self) -> MetricsController:
-        command = [str(VENV_BIN / "tunefleet"), "controller", *self.args, "--health-port", "0",
-                   "--metrics-port", str(self.metrics_port)]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                cwd=str(Path(__file__).resolve().parents[2]), start_new_session=True,
-            )
-        return self
+    """The controller, scraped on the metrics port the chart gives it."""
 
     def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"

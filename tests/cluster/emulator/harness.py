@@ -183,6 +183,15 @@ class KubeEmulator:
     def reset_request_counts(self) -> None:
         self.server.request_counts.clear()
 
+    def service_account_kubeconfig(self, namespace: str, name: str, path: Path) -> Path:
+        """A kubeconfig whose requests are made as the ServiceAccount and authorized by the RBAC
+        objects stored here (a token from this server's TokenRequest, issued without HTTP)."""
+        token = self.server.access.issue_token(namespace, name, {})["status"]["token"]
+        config = json.loads(self.kubeconfig_path.read_text())
+        config["users"] = [{"name": "emulator", "user": {"token": token}}]
+        path.write_text(json.dumps(config, indent=2))
+        return path
+
     def env(self) -> dict[str, str]:
         """Environment for a subprocess (e.g. the controller) to find the emulator."""
         return {"KUBECONFIG": str(self.kubeconfig_path)}
