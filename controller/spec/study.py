@@ -17,6 +17,7 @@ from controller.spec.params import (
     Param,
     same_choice,
 )
+from controller.spec.tracking import Tracking
 
 API_VERSION = "tunefleet.dev/v1alpha1"
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
@@ -217,6 +218,7 @@ class StudySpec(_Strict):
     confirm: Confirm | None = None
     reproducibility: Reproducibility = Field(default_factory=Reproducibility)
     export: Export | None = None
+    tracking: Tracking | None = None
 
     @field_validator("searchSpace")
     @classmethod

@@ -155,3 +155,18 @@ def test_rbac_can_be_left_to_the_platform_team(render: Callable[..., list[Manife
     assert not [
         o for o in objects if o["kind"] in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")
     ]
+
+
+def test_mlflow_credential_secrets_are_readable_by_name_only_when_named(
+    render: Callable[..., list[Manifest]],
+) -> None:
+    named = one(render({"rbac": {"trackingSecretNames": ["mlflow-login"]}}), "ClusterRole", CONTROLLER_ROLE)
+    tracking_rules = [r for r in named["rules"] if r.get("resourceNames") == ["mlflow-login"]]
+    assert tracking_rules == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["mlflow-login"], "verbs": ["get"]}
+    ]
+    default = one(render({}), "ClusterRole", CONTROLLER_ROLE)
+    readable = {
+        name for r in default["rules"] if "secrets" in r["resources"] for name in r.get("resourceNames", [])
+    }
+    assert readable == {TRIAL_SECRET}
