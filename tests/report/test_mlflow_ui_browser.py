@@ -9,6 +9,7 @@ set) must not be blank, and the page must name the trials and their parameters.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -58,17 +59,19 @@ def mirrored_study(server: MlflowServer, storage: str) -> tuple[str, list[str]]:
         "lr": FloatDistribution(1e-4, 0.1, log=True),
         "optimizer": CategoricalDistribution(["adam", "sgd"]),
     }
+    began = datetime.datetime.now() - datetime.timedelta(minutes=10)
     for number in range(6):
         lr, optimizer = 10 ** (-4 + 0.5 * number), ["adam", "sgd"][number % 2]
         final = 0.1 + 0.05 * abs(number - 3)
-        study.add_trial(
-            create_trial(
-                params={"lr": lr, "optimizer": optimizer},
-                distributions=distributions,
-                value=final,
-                intermediate_values={step: final + 1.0 / (step + 1) for step in range(8)},
-            )
+        trial = create_trial(
+            params={"lr": lr, "optimizer": optimizer},
+            distributions=distributions,
+            value=final,
+            intermediate_values={step: final + 1.0 / (step + 1) for step in range(8)},
         )
+        trial.datetime_start = began + datetime.timedelta(seconds=70 * number)
+        trial.datetime_complete = trial.datetime_start + datetime.timedelta(seconds=45 + 7 * number)
+        study.add_trial(trial)
     mirror = TrackingMirror(storage, interval_s=0.2)
     try:
         mirror.watch(
