@@ -396,6 +396,7 @@ class _Pass:
             number = int(content.tags["tunefleet.trial"])
             record = self._run_record(number, content, parent.run_id)
             links = {tag: self.known[n].run_id for tag, n in content.links.items() if n in self.known}
+            links["mlflow.parentRunId"] = parent.run_id  # also on a run adopted after a crash
             self._send(number, record, content, links)
             watched.unmirrored -= 1
         if not ended:

@@ -220,3 +220,38 @@ def wait_for(predicate: Any, timeout: float) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s")
         time.sleep(0.2)
+
+
+def test_a_run_made_just_before_a_crash_is_adopted_not_duplicated(
+    signed_in: MlflowServer, tmp_path: Path
+) -> None:
+    """A mirror died between creating a trial's run and recording it: the next one finds the run."""
+    from controller.studies.record import ATTR_STARTED_AT, ATTR_STOP_REASON
+    from controller.tracking.content import StudyFacts, trial_content
+    from controller.tracking.mlflow_writer import MlflowWriter
+
+    storage = f"sqlite:///{tmp_path / 'crash.db'}"
+    study = optuna.create_study(study_name="crash", storage=storage)
+    study.set_user_attr(ATTR_STARTED_AT, 1234.5)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), 2)
+    study.set_user_attr(ATTR_STOP_REASON, "MaxTrialsReached")
+    trials = study.get_trials()
+    facts = StudyFacts("crash", "crash", dict(study.user_attrs), None, ["value"], ["minimize"], trials, None)
+    writer = MlflowWriter(signed_in.url, "crash")
+    orphan = writer.create_run(
+        writer.ensure_experiment(),
+        trial_content(trials[1], ["value"], None, "crash", {}),
+        facts.identity,
+        None,
+    )
+    mirror = TrackingMirror(storage, interval_s=0.2)
+    try:
+        mirror.watch("crash", "crash", Tracking.model_validate({"mlflow": {"trackingUri": signed_in.url}}))
+        assert mirror.finish("crash", 60), mirror.health("crash")
+    finally:
+        mirror.close()
+    mirrored = read_study(signed_in, "crash")
+    assert mirrored is not None and mirrored.all_runs == 3  # the study's run and two trials'
+    assert mirrored.trials[1].run.info.run_id == orphan
+    assert mirrored.trials[1].tags["mlflow.parentRunId"] == mirrored.parent.run.info.run_id
+    assert mirrored.trials[1].params == {"x": str(trials[1].params["x"])}
