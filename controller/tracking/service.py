@@ -13,32 +13,27 @@ next pass that gets through sends everything that was missed. HTTP calls have bo
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
-import yaml
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from controller.spec.tracking import MlflowTracking, Tracking
-from controller.tracking.content import PARENT_TRIAL, RunContent, StudyFacts, study_content, trial_content
+from controller.tracking.content import StudyFacts
 from controller.tracking.credentials import Credentials, SecretReader, credentials_in_environment
-from controller.tracking.records import RunRecord, Sent, TrackingRecords, target_key
+from controller.tracking.passes import MirrorPass, MirrorState
+from controller.tracking.records import TrackingRecords, target_key
 
 if TYPE_CHECKING:
     from optuna.storages import RDBStorage
 
     from controller.budget.ledger import Ledger
-    from controller.tracking.mlflow_writer import MlflowWriter
 
 log = structlog.get_logger("tunefleet.tracking")
 CONDITION = "TrackingDegraded"
@@ -81,10 +76,7 @@ class _Watched:
     next_attempt: float = 0.0
     complete: bool = False  # the study ended and everything is in MLflow
     gone: bool = False  # unwatched: one last pass, then dropped
-    experiment_id: str | None = None
-    parent_run_id: str | None = None
-    unmirrored: int = 0
-    adoptable: dict[int, str] | None = None  # runs found in MLflow on the first pass (a crash's)
+    state: MirrorState = field(default_factory=MirrorState)  # what the passes learned
     errors: dict[str, int] = field(default_factory=dict)
     secret: tuple[float, Credentials] | None = None
 
@@ -155,10 +147,10 @@ class TrackingMirror:
         """Where the study's run is in the MLflow UI, once it exists."""
         with self._lock:
             watched = self._studies.get(key)
-            if watched is None or watched.parent_run_id is None:
+            if watched is None or watched.state.parent_run_id is None:
                 return None
-            uri = watched.settings.trackingUri
-            return f"{uri}/#/experiments/{watched.experiment_id}/runs/{watched.parent_run_id}"
+            uri, state = watched.settings.trackingUri, watched.state
+            return f"{uri}/#/experiments/{state.experiment_id}/runs/{state.parent_run_id}"
 
     def finish(self, key: str, timeout_s: float) -> bool:
         """Mirror now and wait (at most ``timeout_s``) until the ended study is in MLflow whole."""
@@ -321,8 +313,8 @@ class TrackingMirror:
         settings = watched.settings
         with credentials_in_environment(self._credentials(watched)):
             writer = MlflowWriter(settings.trackingUri, watched.experiment)
-            if watched.experiment_id is None:
-                watched.experiment_id = writer.ensure_experiment()
+            if watched.state.experiment_id is None:
+                watched.state.experiment_id = writer.ensure_experiment()
             assert self._storage is not None and self._ledger is not None
             records = TrackingRecords(
                 self._storage.engine,
@@ -330,9 +322,7 @@ class TrackingMirror:
                 watched.key,
                 settings.trackingUri,
             )
-            return _Pass(writer, records, watched.experiment_id, facts, self._ledger, self.storage_url).run(
-                watched
-            )
+            return MirrorPass(writer, records, facts, self._ledger, self.storage_url).run(watched.state)
 
 
 def _credentials_from(watched: _Watched) -> str:
@@ -340,114 +330,6 @@ def _credentials_from(watched: _Watched) -> str:
     if secret is not None and watched.namespace is not None:
         return f"Secret {secret!r} in namespace {watched.namespace!r} (secretRef)"
     return "the MLFLOW_TRACKING_* environment"
-
-
-class _Pass:
-    """One mirroring pass of one study: the study's run, each changed trial, then the ending."""
-
-    def __init__(
-        self,
-        writer: MlflowWriter,
-        records: TrackingRecords,
-        experiment_id: str,
-        facts: StudyFacts,
-        ledger: Ledger,
-        storage_url: str,
-    ) -> None:
-        self.writer = writer
-        self.records = records
-        self.experiment_id = experiment_id
-        self.facts = facts
-        self.ledger = ledger
-        self.storage_url = storage_url
-        self.known = records.load()
-        self.watched: _Watched | None = None
-
-    def run(self, watched: _Watched) -> bool:
-        self.watched = watched
-        facts = self.facts
-        study = study_content(facts, int(time.time() * 1000))
-        ended = facts.stop_reason is not None and all(t.state.is_finished() for t in facts.trials)
-        marker = f"export:{facts.stop_reason}:{len(facts.trials)}"
-        parent = self._run_record(PARENT_TRIAL, study, None)
-        watched.parent_run_id = parent.run_id
-        if "spec" not in parent.sent.artifacts:
-            self._upload(parent, "spec", "tunefleet", self._write_spec)
-        # The study's run ends (FINISHED) only once its trials and export are all in MLflow.
-        final = ended and marker in parent.sent.artifacts
-        self._send(
-            PARENT_TRIAL,
-            parent,
-            study if final else dataclasses.replace(study, status="RUNNING", end_ms=None),
-            {},
-        )
-        charges = self.ledger.charges_by_trial(facts.key)
-        contents = [
-            trial_content(t, facts.metric_names, charges.get(t.number), facts.key, facts.extra_tags)
-            for t in facts.trials
-        ]
-        changed = [
-            c
-            for c in contents
-            if (r := self.known.get(int(c.tags["tunefleet.trial"]))) is None or r.digest != c.digest()
-        ]
-        watched.unmirrored = len(changed)
-        for content in changed:
-            number = int(content.tags["tunefleet.trial"])
-            record = self._run_record(number, content, parent.run_id)
-            links = {tag: self.known[n].run_id for tag, n in content.links.items() if n in self.known}
-            links["mlflow.parentRunId"] = parent.run_id  # also on a run adopted after a crash
-            self._send(number, record, content, links)
-            watched.unmirrored -= 1
-        if not ended:
-            return False
-        if marker not in parent.sent.artifacts:
-            self._upload(parent, marker, "export", self._write_export)
-        self._send(PARENT_TRIAL, parent, study, {})
-        return True
-
-    def _run_record(self, number: int, content: RunContent, parent_run_id: str | None) -> RunRecord:
-        record = self.known.get(number)
-        if record is None:
-            assert self.watched is not None
-            if self.watched.adoptable is None:  # once per process: runs made just before a crash
-                self.watched.adoptable = self.writer.find_runs(self.experiment_id, self.facts.identity)
-            run_id = self.watched.adoptable.pop(number, None) or self.writer.create_run(
-                self.experiment_id, content, self.facts.identity, parent_run_id
-            )
-            record = RunRecord(run_id, self.experiment_id, None, Sent())
-            self.records.save(number, record)
-            self.known[number] = record
-        return record
-
-    def _send(self, number: int, record: RunRecord, content: RunContent, links: dict[str, str]) -> None:
-        before = record.sent.to_json()
-        self.writer.push(record.run_id, content, record.sent, links)
-        digest = content.digest()
-        if record.sent.to_json() != before or record.digest != digest:
-            record.digest = digest
-            self.records.save(number, record)
-
-    def _upload(self, record: RunRecord, marker: str, path: str, write: Any) -> None:
-        with tempfile.TemporaryDirectory(prefix="tunefleet-mlflow-") as directory:
-            write(Path(directory))
-            self.writer.upload(record.run_id, Path(directory), path)
-        record.sent.artifacts = [a for a in record.sent.artifacts if a.split(":")[0] != marker.split(":")[0]]
-        record.sent.artifacts.append(marker)
-        self.records.save(PARENT_TRIAL, record)
-
-    def _write_spec(self, directory: Path) -> None:
-        from controller.studies.record import ATTR_STRATEGY
-
-        spec = self.facts.spec or {}
-        (directory / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
-        strategy = self.facts.user_attrs.get(ATTR_STRATEGY) or {}
-        (directory / "strategy.json").write_text(json.dumps(strategy, indent=2) + "\n", encoding="utf-8")
-
-    def _write_export(self, directory: Path) -> None:
-        from controller.export import write_export
-
-        write_export(self.storage_url, self.facts.key, directory)
 
 
 class _TrackingCollector(Collector):
@@ -472,7 +354,9 @@ class _TrackingCollector(Collector):
             labels=[*labels, "reason"],
         )
         with self.mirror._lock:
-            studies = [(w.key, w.health, w.unmirrored, dict(w.errors)) for w in self.mirror._studies.values()]
+            studies = [
+                (w.key, w.health, w.state.unmirrored, dict(w.errors)) for w in self.mirror._studies.values()
+            ]
         for key, health, unmirrored, errors in sorted(studies, key=lambda s: s[0]):
             namespace, _, name = key.rpartition("/")
             up.add_metric([namespace, name], 1.0 if health.healthy else 0.0)

@@ -33,9 +33,12 @@ from tests.report.test_report_browser import CHROMIUM, FLAGS
 from tests.support.mlflow_server import MlflowServer, signed_in_proxy
 from tests.support.specs import study_document
 
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium is not installed: run `apt-get install -y chromium` (as root)"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="chromium is not installed: run `apt-get install -y chromium` (as root)"
+    ),
+    pytest.mark.slow,
+]
 SCREENSHOT_DIR_ENV = "TUNEFLEET_SCREENSHOT_DIR"
 
 
