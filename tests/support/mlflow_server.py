@@ -133,19 +133,14 @@ class MlflowServer:
         return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        """Stop the whole process group (the CLI, its uvicorn worker); the data stays."""
+        """Kill the whole process group (the CLI, its uvicorn worker), as a crash would; the data
+        stays (SQLite keeps what was committed)."""
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-        # The CLI waits for its worker; make sure no straggler of the group keeps the port.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
 
     def close(self) -> None:
         self.stop()
