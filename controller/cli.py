@@ -37,8 +37,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from controller.export import describe_export, write_export
     from controller.local.progress import describe_summary
     from controller.local.runner import LocalRunner, RunOptions
+    from controller.tracking import with_mlflow
 
-    manifest = _load(args.spec)
+    manifest = with_mlflow(_load(args.spec), args.mlflow)
     workdir = str(Path(args.workdir).resolve()) if args.workdir else str(Path.cwd())
     options = RunOptions(
         storage_url=args.storage,
@@ -64,6 +65,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         export = write_export(result.storage_url, result.study_name, Path(args.out))
         for line in describe_export(export):
             print(f"  {line}")
+    if runner.tracking_url:
+        print(f"  mlflow: {runner.tracking_url}")
     print(f"  storage: {runner.storage_url}  (rerun to resume; trial logs in {runner.log_dir})")
     return EXIT_OK
 
@@ -122,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", help="storage URL (default: an SQLite file under .tunefleet/)")
     run.add_argument("--parallel", type=_positive_int, help="trials at once (default: spec.parallelism)")
     run.add_argument("--out", help="write the export (best_config, trials.csv, ...) to this directory")
+    run.add_argument(
+        "--mlflow", metavar="URI", help="mirror the study to this MLflow server (spec.tracking.mlflow)"
+    )
     run.add_argument("--workdir", help="directory the objective runs in and imports from (default: .)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     run.set_defaults(handler=cmd_run)

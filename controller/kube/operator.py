@@ -101,6 +101,8 @@ class Operator:
         if self.options.metrics_port:
             self._metrics = await asyncio.to_thread(self._serve_metrics, self.options.metrics_port)
             self.reconciler.metrics = self._metrics
+            if self._metrics is not None:
+                self._metrics.registry.register(self.reconciler.tracking.collector())
         self._background.append(asyncio.create_task(self._lead()))
         self._background.append(asyncio.create_task(self._sweep_orphans()))
         self._background.append(asyncio.create_task(self._keep_budgets()))

@@ -59,6 +59,7 @@ from controller.studies.confirming import confirmation_sources
 from controller.studies.observe import observe_trials
 from controller.studies.record import ATTR_STARTED_AT, ATTR_STOP_REASON, record_study
 from controller.studies.storage import create_or_load_study, open_storage
+from controller.tracking import TrackingMirror
 from trial_worker.contract import connection_url
 
 log = structlog.get_logger("tunefleet.controller")
@@ -129,10 +130,13 @@ class Reconciler:
             kube, config.storage_url, config.trial_settings, config.export_mount_path
         )
         self.metrics: ControllerMetrics | None = None  # set by the operator when it serves /metrics
+        # spec.tracking: mirrored to MLflow from the database on its own thread, never in a reconcile.
+        self.tracking = TrackingMirror(config.storage_url, read_secret=kube.read_secret_value)
         self._states: dict[tuple[str, str], StudyState] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
+        self.tracking.close()
         self.ledger.close()
         self.storage.remove_session()
 
@@ -191,6 +195,7 @@ class Reconciler:
             return ReconcileResult(requeue_after=60.0)
         state.announced.discard("WarmStart")
         self._apply_limits(runtime, state)
+        self.tracking.watch(runtime.key, ref.name, spec.tracking, ref.namespace)
 
         now = datetime.datetime.now(datetime.UTC)
         selector = study_selector(ref.name)
@@ -375,9 +380,12 @@ class Reconciler:
         phase = status_mod.phase_for(plan, summary, invalid=False)
         now = status_mod.now_iso()
         conditions = status_mod.render_conditions(
-            status_mod.conditions_for(
-                phase, plan, stuck=state.stuck, budget_waiting=waiting[:2] if waiting else None
-            ),
+            [
+                *status_mod.conditions_for(
+                    phase, plan, stuck=state.stuck, budget_waiting=waiting[:2] if waiting else None
+                ),
+                *(status_mod.Condition(*fields) for fields in self.tracking.conditions(runtime.key)),
+            ],
             previous.get("conditions") or [],
             now,
         )
@@ -541,6 +549,7 @@ class Reconciler:
         for open_key in self.ledger.open_reservations(key):
             self.ledger.release(open_key)
         self.forget(namespace, name)
+        self.tracking.unwatch(key)  # one last pass: the trials failed above
         if self.metrics is not None:
             self.metrics.forget_study(namespace, name)
 

@@ -45,6 +45,7 @@ from controller.studies.record import (
     spec_hash,
 )
 from controller.studies.storage import create_or_load_study, open_storage, resolve_storage_url
+from controller.tracking import finish_local_mirror, start_local_mirror
 from trial_worker.contract import (
     ATTR_SEED,
     Assignment,
@@ -128,6 +129,7 @@ class LocalRunner:
         self._start_s = 0.0  # how long starting a new trial took the runner, smoothed
         self.log_dir = options.log_dir or Path(".tunefleet") / "logs" / self.name
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.tracking_url: str | None = None  # the study's MLflow run, with spec.tracking.mlflow
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -192,6 +194,7 @@ class LocalRunner:
             self._kill_all()
             raise
         self._ledger = ledger
+        mirror = start_local_mirror(self.manifest, self.storage_url)  # its own thread, off this loop
         total = self.spec.budget.maxTrials
         log.info(
             "study starting",
@@ -231,7 +234,7 @@ class LocalRunner:
         study.set_user_attr(ATTR_STOP_REASON, reason.value)
         ledger.close()
         search = [t for t in trials if t.number not in confirmation_sources(trials)]
-        return RunResult(
+        result = RunResult(
             study_name=self.name,
             storage_url=self.storage_url,
             stop_reason=reason,
@@ -240,6 +243,9 @@ class LocalRunner:
             pareto=study.best_trials if self.spec.is_multi_objective and summary.complete else [],
             elapsed_s=time.monotonic() - began,
         )
+        if mirror is not None:  # the study is over: wait (bounded) for MLflow to have all of it
+            self.tracking_url = finish_local_mirror(mirror, self.name)
+        return result
 
     def _observation(self, views: tuple[TrialView, ...]) -> Observation:
         return Observation(

@@ -30,6 +30,7 @@ from controller.spec.params import (
     Param,
 )
 from controller.spec.rules import Rule, Rules, SpecModel
+from controller.spec.tracking import Tracking
 
 API_VERSION = "tunefleet.dev/v1alpha1"
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
@@ -407,6 +408,7 @@ class StudySpec(SpecModel):
     confirm: Confirm | None = None
     reproducibility: Reproducibility = Field(default_factory=Reproducibility)
     export: Export | None = None
+    tracking: Tracking | None = None
 
     @field_validator("searchSpace")
     @classmethod

@@ -192,3 +192,18 @@ def test_the_controller_reads_exactly_the_secrets_it_uses(
         assert not may("get", study_namespace, "someone-elses")
         for namespace in (RELEASE_NAMESPACE, study_namespace):
             assert not may("list", namespace, None) and not may("watch", namespace, None)
+
+
+def test_mlflow_credential_secrets_are_readable_by_name_only_when_named(
+    render: Callable[..., list[Manifest]],
+) -> None:
+    named = one(render({"rbac": {"trackingSecretNames": ["mlflow-login"]}}), "ClusterRole", CONTROLLER_ROLE)
+    tracking_rules = [r for r in named["rules"] if r.get("resourceNames") == ["mlflow-login"]]
+    assert tracking_rules == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["mlflow-login"], "verbs": ["get"]}
+    ]
+    default = one(render({}), "ClusterRole", CONTROLLER_ROLE)
+    readable = {
+        name for r in default["rules"] if "secrets" in r["resources"] for name in r.get("resourceNames", [])
+    }
+    assert readable == {TRIAL_SECRET}
