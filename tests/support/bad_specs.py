@@ -231,6 +231,26 @@ RULE_EXAMPLES = [
         {"spec.strategy.sampler": "auto", "spec.strategy.settings": {"n_startup_trials": 5}},
         at_admission=False,
     ),
+    study(
+        "tracking-uri-with-credentials",
+        "spec.tracking.mlflow.trackingUri",
+        {"spec.tracking": {"mlflow": {"trackingUri": "https://bob:hunter2@mlflow.example"}}},
+    ),
+    study(
+        "tracking-uri-not-http",
+        "spec.tracking.mlflow.trackingUri",
+        {"spec.tracking": {"mlflow": {"trackingUri": "file:///tmp/mlruns"}}},
+    ),
+    study(
+        "tracking-tag-key-empty",
+        "spec.tracking.mlflow.tags",
+        {"spec.tracking": {"mlflow": {"trackingUri": "http://mlflow:5000", "tags": {"": "x"}}}},
+    ),
+    study(
+        "tracking-tag-key-reserved",
+        "spec.tracking.mlflow.tags",
+        {"spec.tracking": {"mlflow": {"trackingUri": "http://mlflow:5000", "tags": {"mlflow.user": "x"}}}},
+    ),
 ]
 
 GPUBUDGETS = [
