@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any, cast
 
 import optuna
@@ -97,7 +98,8 @@ def test_the_url_the_chart_renders_opens_with_the_installed_driver(
     # The controller: its settings from that env, then its own storage and ledger.
     config = controller_config(env)
     monkeypatch.setenv(DB_PASSWORD_ENV, password)  # as `tunefleet controller` keeps it
-    reconciler = Reconciler(config, kube=cast(Any, None))
+    # No API server here: the reconciler only needs a Kubernetes client to read Secrets later.
+    reconciler = Reconciler(config, kube=cast(Any, SimpleNamespace(read_secret_value=None)))
     try:
         study = optuna.create_study(study_name="chart-url", storage=reconciler.storage)
         study.enqueue_trial({"x": 1.0})
