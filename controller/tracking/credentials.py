@@ -14,13 +14,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from controller.credentials import SecretUnreadable
+
 USERNAME_ENV = "MLFLOW_TRACKING_USERNAME"
 PASSWORD_ENV = "MLFLOW_TRACKING_PASSWORD"
 TOKEN_ENV = "MLFLOW_TRACKING_TOKEN"
 SECRET_KEYS = ("username", "password", "token")
 
-# (namespace, Secret name, key) -> the decoded value, or None when absent or unreadable.
-SecretReader = Callable[[str, str, str], "str | None"]
+# (namespace, Secret name, key) -> the decoded value; raises SecretUnreadable.
+SecretReader = Callable[[str, str, str], str]
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,16 @@ class Credentials:
 
 
 def read_secret_credentials(read: SecretReader, namespace: str, name: str) -> Credentials:
-    values = {key: read(namespace, name, key) for key in SECRET_KEYS}
+    """Each key is optional (username and password, or token); a Secret the controller may not
+    read or that does not exist raises :class:`SecretUnreadable`."""
+    values: dict[str, str | None] = {}
+    for key in SECRET_KEYS:
+        try:
+            values[key] = read(namespace, name, key)
+        except SecretUnreadable as error:
+            if error.reason != "SecretKeyMissing":
+                raise
+            values[key] = None
     return Credentials(values["username"], values["password"], values["token"])
 
 

@@ -287,6 +287,7 @@ class TrackingMirror:
         )
 
     def _credentials(self, watched: _Watched) -> Credentials | None:
+        from controller.credentials import SecretUnreadable
         from controller.tracking.credentials import read_secret_credentials
         from controller.tracking.mlflow_writer import FIELD, TrackerProblem
 
@@ -295,14 +296,23 @@ class TrackingMirror:
             return None  # the process's MLFLOW_TRACKING_* environment
         now = time.monotonic()
         if watched.secret is None or now - watched.secret[0] > SECRET_TTL_S:
-            watched.secret = (now, read_secret_credentials(self.read_secret, watched.namespace, secret))
+            try:
+                read = read_secret_credentials(self.read_secret, watched.namespace, secret)
+            except SecretUnreadable as error:
+                watched.secret = None
+                hint = " (grant it in the chart's rbac.trackingSecretNames)"
+                grant = hint if error.reason == "SecretForbidden" else ""
+                raise TrackerProblem(
+                    "SecretUnreadable", f"{FIELD}.secretRef: {error.describe()}{grant}"
+                ) from None
+            watched.secret = (now, read)
         credentials = watched.secret[1]
         if not credentials.usable:
             watched.secret = None
             raise TrackerProblem(
                 "SecretUnreadable",
-                f"{FIELD}.secretRef: Secret {secret!r} in namespace {watched.namespace!r} is missing, "
-                "not readable by the controller, or holds neither username and password nor token",
+                f"{FIELD}.secretRef: Secret {watched.namespace}/{secret} holds neither "
+                "username and password nor token",
             )
         return credentials
 

@@ -26,6 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "team-a"
 DB_PASSWORD = "not-a-real-secret-7f3a"
 STUDIES = "studies.tunefleet.dev"
+NOT_INHERITED = ("TUNEFLEET_", "MLFLOW_TRACKING_")
 
 
 # Short, so deleted trial pods go quickly; the budget reserves it as the pod's grace.
@@ -142,7 +143,8 @@ class ControllerProcess:
         """The Deployment's env as the kubelet resolves it, plus what any local process needs."""
         namespace, account = self.chart.controller_service_account
         kubeconfig = self.kube.service_account_kubeconfig(namespace, account, self.kubeconfig_path)
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFLEET_")}
+        # A pod inherits nothing from the test process: no tunefleet setting, no MLflow login.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(NOT_INHERITED)}
         return {
             **inherited,
             **self.chart.controller_env({DB_SECRET: {"password": DB_PASSWORD}}),

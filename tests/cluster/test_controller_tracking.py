@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +53,11 @@ def tracked_study(name: str, tracking: dict[str, Any], **options: Any) -> dict[s
 
 
 def controller(kube: KubeEmulator, postgres_url: str, tmp_path: Path, name: str) -> ControllerProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
-    process = ControllerProcess(kube, postgres_url, tmp_path, name=name, env={**env, **FAST_MIRROR})
-    process.env = {k: v for k, v in process.env.items() if not k.startswith("MLFLOW_TRACKING")}
-    return process.start()
+    # The chart grants the controller the MLflow Secrets it names, and no other.
+    grants = {"rbac": {"trackingSecretNames": ["mlflow-login", "wrong-login"]}}
+    return ControllerProcess(
+        kube, postgres_url, tmp_path, name=name, env=FAST_MIRROR, chart_values=grants
+    ).start()
 
 
 def test_a_cluster_study_is_mirrored_while_it_runs_and_a_controller_restart_duplicates_nothing(
@@ -152,6 +152,7 @@ def test_a_wrong_uri_or_a_refused_credential_gives_a_condition_naming_the_field(
     cases = {
         "unreachable": ({"trackingUri": "http://127.0.0.1:9"}, "TrackerUnreachable"),
         "refused": ({"trackingUri": mlflow_server.url, "secretRef": "wrong-login"}, "CredentialsRefused"),
+        # not granted by the chart: the emulated API server answers 403, as a real one does
         "no-secret": ({"trackingUri": mlflow_server.url, "secretRef": "absent"}, "SecretUnreadable"),
     }
     process = controller(kube_emulator, postgres_url, tmp_path, "controller")
@@ -180,3 +181,4 @@ def test_a_wrong_uri_or_a_refused_credential_gives_a_condition_naming_the_field(
         assert found is not None and found["reason"] == reason
         assert found["message"].startswith("spec.tracking.mlflow"), found["message"]
         assert (tracking.get("secretRef") or tracking["trackingUri"]) in found["message"]
+    assert "rbac.trackingSecretNames" in condition(kube_emulator, "no-secret", "TrackingDegraded")["message"]
