@@ -30,7 +30,7 @@ from tests.support.curves import STEP_SLEEP_ENV, STEPS
 from tests.support.mlflow_content import MirroredStudy, read_study
 from tests.support.mlflow_server import MlflowServer
 
-pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow, pytest.mark.xdist_group("mlflow")]
 TRIALS = 4
 EXPORT_FILES = {"best_config.json", "best_config.yaml", "importance.json", "report.html", "trials.csv"}
 FAST_MIRROR = {"TUNEFLEET_TRACKING_INTERVAL_S": "0.5", "TUNEFLEET_TRACKING_RETRY_MAX_S": "2"}

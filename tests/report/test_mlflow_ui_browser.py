@@ -38,6 +38,7 @@ pytestmark = [
         CHROMIUM is None, reason="chromium is not installed: run `apt-get install -y chromium` (as root)"
     ),
     pytest.mark.slow,
+    pytest.mark.xdist_group("mlflow"),  # one worker starts the session's MLflow server
 ]
 SCREENSHOT_DIR_ENV = "TUNEFLEET_SCREENSHOT_DIR"
 

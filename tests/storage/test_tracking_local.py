@@ -27,7 +27,7 @@ from tests.support.mlflow_content import MirroredStudy, read_study
 from tests.support.mlflow_server import MlflowServer
 from tests.support.specs import study_document
 
-pytestmark = [pytest.mark.storage, pytest.mark.slow]
+pytestmark = [pytest.mark.storage, pytest.mark.slow, pytest.mark.xdist_group("mlflow")]
 TRIALS = 4
 EXPORT_FILES = {"best_config.json", "best_config.yaml", "importance.json", "report.html", "trials.csv"}
 
