@@ -17,6 +17,7 @@ from controller.spec.params import (
     Param,
     same_choice,
 )
+from controller.spec.population import check_population, is_population_based, segment_placeholder
 
 API_VERSION = "tunefleet.dev/v1alpha1"
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
@@ -25,10 +26,12 @@ PYTHON_ENTRY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}")
 
-SAMPLERS = ("auto", "random", "grid", "tpe", "gp", "cmaes", "qmc", "nsga2", "nsga3", "motpe")
+SAMPLERS = ("auto", "random", "grid", "tpe", "gp", "cmaes", "qmc", "nsga2", "nsga3", "motpe", "pbt")
 PRUNERS = ("auto", "none", "median", "percentile", "hyperband", "asha", "wilcoxon")
 
-SamplerName = Literal["auto", "random", "grid", "tpe", "gp", "cmaes", "qmc", "nsga2", "nsga3", "motpe"]
+SamplerName = Literal[
+    "auto", "random", "grid", "tpe", "gp", "cmaes", "qmc", "nsga2", "nsga3", "motpe", "pbt"
+]
 PrunerName = Literal["auto", "none", "median", "percentile", "hyperband", "asha", "wilcoxon"]
 
 
@@ -48,6 +51,12 @@ class Objective(_Strict):
 
     metrics: list[Metric] = Field(min_length=1)
     goal: float | None = Field(default=None, description="Stop once the best value reaches this.")
+    steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="How many intermediate steps (e.g. epochs) a trial reports with trial.report; "
+        "population-based training trains each member this many steps.",
+    )
     constraints: list[str] = Field(
         default_factory=list,
         description="Metric names that must be <= 0 for a trial to be feasible.",
@@ -195,6 +204,22 @@ class Export(_Strict):
     path: str = "/"
 
 
+class Checkpoints(_Strict):
+    """Where population-based training keeps checkpoints on the cluster (mounted into trial pods)."""
+
+    persistentVolumeClaim: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+    path: str = Field(
+        default="/", description="A directory inside the volume; each study gets its own below it."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, path: str) -> str:
+        if ".." in path.split("/"):
+            raise ValueError(f"{path!r} must stay inside the volume (no '..')")
+        return path
+
+
 class Storage(_Strict):
     secretRef: str | None = Field(
         default=None, description="Secret with the database password (key: password)."
@@ -217,6 +242,9 @@ class StudySpec(_Strict):
     confirm: Confirm | None = None
     reproducibility: Reproducibility = Field(default_factory=Reproducibility)
     export: Export | None = None
+    checkpoints: Checkpoints | None = Field(
+        default=None, description="A PersistentVolumeClaim for the checkpoints of sampler pbt (on a cluster)."
+    )
 
     @field_validator("searchSpace")
     @classmethod
@@ -232,10 +260,11 @@ class StudySpec(_Strict):
     @model_validator(mode="after")
     def _check_cross_references(self) -> StudySpec:
         _check_conditions(self.searchSpace)
+        check_population(self)
         if self.trial.command is not None:
             for part in self.trial.command:
                 for name in PLACEHOLDER.findall(part):
-                    if name not in self.searchSpace:
+                    if name not in self.searchSpace and not segment_placeholder(self, name):
                         raise field_error(
                             "trial.command",
                             f"placeholder {{{{{name}}}}} names no parameter of searchSpace",
@@ -258,6 +287,11 @@ class StudySpec(_Strict):
     @property
     def is_multi_objective(self) -> bool:
         return len(self.objective.metrics) > 1
+
+    @property
+    def is_population_based(self) -> bool:
+        """Population-based training: ``sampler: pbt``, or ``auto`` with mutable parameters."""
+        return is_population_based(self)
 
     def space_size(self) -> int | None:
         """Distinct configurations in the space, or None if any parameter is continuous.

@@ -143,6 +143,11 @@ def choose_strategy(
 
 
 def _auto_sampler(spec: StudySpec, affordability: Affordability) -> tuple[str, str]:
+    if spec.is_population_based:
+        return "pbt", (
+            "population-based training: parameters are marked mutable, so their schedule is tuned "
+            "while members train (only marked parameters ever make auto choose it)"
+        )
     limit = affordability.trials
     size = count_configurations(spec.searchSpace)
     if size is not None and (limit is None or size <= limit):
@@ -184,6 +189,8 @@ def _auto_pruner(
 ) -> tuple[str, str]:
     if spec.is_multi_objective:
         return "none", "no pruning: Optuna prunes single-objective studies only"
+    if sampler == "pbt":
+        return "none", "no pruning: population-based training stops weak members by copying strong ones"
     if sampler == "grid":
         return "none", "no pruning: a grid evaluates every configuration fully"
     if reports_intermediate is False:

@@ -1,0 +1,139 @@
+"""Population-based training run locally: real PyTorch weights move between members through
+checkpoints, on SQLite and PostgreSQL; a killed segment resumes from its checkpoint; an
+unreadable checkpoint is retried from the last good one."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from controller.export import write_export
+from controller.local.runner import LocalRunner, RunOptions, RunResult
+from controller.planner import StopReason
+from controller.planner.segments import ATTR_SEGMENT, Segment
+from controller.spec import parse_study_text
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.storage
+
+
+def pbt_document(objective: str, *, population: int = 4, steps: int = 6, interval: int = 2) -> dict[str, Any]:
+    return {
+        "apiVersion": "tunefleet.dev/v1alpha1",
+        "kind": "Study",
+        "metadata": {"name": "pbt-local"},
+        "spec": {
+            "objective": {"metrics": [{"name": "loss", "direction": "minimize"}], "steps": steps},
+            "searchSpace": {"lr": {"type": "float", "low": 0.001, "high": 0.3, "log": True, "mutable": True}},
+            "strategy": {
+                "sampler": "pbt",
+                "seed": 5,
+                "settings": {"population": population, "interval": interval},
+            },
+            "parallelism": 2,
+            "trial": {
+                "python": f"tests.support.pbt_objectives:{objective}",
+                "maxDuration": "60s",
+                "maxRetries": 2,
+            },
+        },
+    }
+
+
+def run(document: dict[str, Any], storage_url: str, tmp_path: Path) -> RunResult:
+    manifest = parse_study_text(yaml.safe_dump(document))
+    options = RunOptions(
+        storage_url=storage_url,
+        workdir=str(REPO_ROOT),
+        log_dir=tmp_path / "logs",
+        show_progress=False,
+        checkpoint_dir=tmp_path / "checkpoints",
+    )
+    return LocalRunner(manifest, options).run()
+
+
+def segments(storage_url: str) -> list[tuple[FrozenTrial, Segment]]:
+    trials = optuna.load_study(study_name="pbt-local", storage=storage_url).get_trials()
+    found = []
+    for trial in trials:
+        segment = Segment.from_attr(trial.user_attrs.get(ATTR_SEGMENT))
+        assert segment is not None, f"trial {trial.number} is no segment"
+        found.append((trial, segment))
+    return found
+
+
+def test_weights_move_between_members_and_the_export_shows_the_schedule(
+    storage_url: str, tmp_path: Path
+) -> None:
+    result = run(pbt_document("torch_regression"), storage_url, tmp_path)
+    assert result.stop_reason is StopReason.POPULATION_TRAINED
+    found = segments(storage_url)
+    assert all(t.state == TrialState.COMPLETE for t, _ in found)
+    by_number = {t.number: t for t, _ in found}
+    exploited = [(t, s) for t, s in found if s.decision == "exploit"]
+    assert exploited, "no member copied another"
+    for trial, segment in found:
+        if segment.load is None:
+            assert trial.user_attrs["loaded"] is None
+            continue
+        donor = by_number[segment.load]
+        # The weights it started from are exactly those the other trial saved.
+        assert trial.user_attrs["loaded"] == donor.user_attrs["saved"]
+        assert Segment.from_attr(donor.user_attrs[ATTR_SEGMENT]).member == segment.parent  # type: ignore[union-attr]
+    assert any(s.parent != s.member for _, s in exploited)  # across members
+    for member in range(4):  # each trained all 6 steps
+        assert max(s.end for _, s in found if s.member == member) == 6
+    assert (tmp_path / "checkpoints" / f"member-{exploited[0][1].member}").is_dir()
+
+    export = write_export(storage_url, "pbt-local", tmp_path / "out")
+    best = json.loads((tmp_path / "out" / "best_config.json").read_text())
+    schedule = best["schedule"]
+    assert schedule[0]["steps"][0] == 0 and schedule[-1]["trial"] == best["trial"]
+    assert all(a["steps"][1] == b["steps"][0] for a, b in itertools.pairwise(schedule))
+    assert all(set(entry["params"]) == {"lr"} for entry in schedule)
+    with (tmp_path / "out" / "trials.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {"member", "parent_member", "step_start", "step_end", "decision"} <= set(rows[0])
+    assert {row["decision"] for row in rows} >= {"start", "exploit"}
+    page = (tmp_path / "out" / "report.html").read_text()
+    for key in ("lineage", "schedule"):
+        assert f'data-plot="{key}">' in page  # drawn, not a "could not be drawn" note
+    assert export.best is not None and export.best.schedule is not None
+
+
+def test_a_killed_segment_resumes_from_its_checkpoint_and_an_unreadable_one_from_the_last_good(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNEFLEET_TEST_KILL_SEGMENT", "1:1")
+    monkeypatch.setenv("TUNEFLEET_TEST_MARKER_DIR", str(tmp_path))
+    monkeypatch.setenv("TUNEFLEET_TEST_CORRUPT_SEGMENT", "2:0")
+    result = run(pbt_document("pure_python", steps=6, interval=2), sqlite_url, tmp_path)
+    assert result.stop_reason is StopReason.POPULATION_TRAINED
+    found = segments(sqlite_url)
+    by_number = {t.number: t for t, _ in found}
+
+    killed = int((tmp_path / "killed-1:1").read_text())
+    killed_trial, killed_segment = next((t, s) for t, s in found if t.number == killed)
+    assert killed_trial.state == TrialState.FAIL and killed_trial.user_attrs["tunefleet.reason"] == "killed"
+    retry, retried = next((t, s) for t, s in found if t.user_attrs.get("tunefleet.retry_of") == killed)
+    assert retry.state == TrialState.COMPLETE and retried == killed_segment  # the same checkpoint
+    assert retry.user_attrs["loaded"] == by_number[killed_segment.load].user_attrs["saved"]  # type: ignore[index]
+
+    garbage = next(t.number for t, s in found if (s.member, s.index) == (2, 0))
+    unreadable = [(t, s) for t, s in found if t.user_attrs.get("tunefleet.reason") == "checkpointUnavailable"]
+    assert unreadable and all(s.load == garbage for _, s in unreadable)
+    assert "cannot be read" in unreadable[0][0].user_attrs["tunefleet.detail"]
+    for _, segment in unreadable:
+        recovered = [s for t, s in found if s.member == segment.member and s.index == segment.index + 1]
+        assert recovered and recovered[0].decision == "recover" and recovered[0].load != garbage
+    assert all(s.load != garbage for t, s in found if t.state == TrialState.COMPLETE)
+    for member in range(4):
+        assert max(s.end for t, s in found if s.member == member and t.state == TrialState.COMPLETE) == 6
