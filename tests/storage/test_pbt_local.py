@@ -21,6 +21,7 @@ from controller.planner import StopReason
 from controller.planner.segments import ATTR_SEGMENT, Segment
 from controller.spec import parse_study_text
 from tests.conftest import REPO_ROOT
+from trial_worker.contract import ATTR_DETAIL, ATTR_REASON, ATTR_RETRY_OF
 
 pytestmark = pytest.mark.storage
 
@@ -38,7 +39,7 @@ def pbt_document(objective: str, *, population: int = 4, steps: int = 6, interva
                 "seed": 5,
                 "settings": {"population": population, "interval": interval},
             },
-            "parallelism": 2,
+            "parallelism": 1,  # one segment at a time: the same decisions on every run
             "trial": {
                 "python": f"tests.support.pbt_objectives:{objective}",
                 "maxDuration": "60s",
@@ -70,29 +71,53 @@ def segments(storage_url: str) -> list[tuple[FrozenTrial, Segment]]:
     return found
 
 
-def test_weights_move_between_members_and_the_export_shows_the_schedule(
-    storage_url: str, tmp_path: Path
+def test_weights_move_between_members_through_a_killed_worker_and_an_unreadable_checkpoint(
+    storage_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("TUNEFLEET_TEST_KILL_SEGMENT", "3:1")  # its worker dies mid-segment, once
+    monkeypatch.setenv("TUNEFLEET_TEST_MARKER_DIR", str(tmp_path))
+    monkeypatch.setenv("TUNEFLEET_TEST_CORRUPT_SEGMENT", "2:0")  # saves garbage, not weights
     result = run(pbt_document("torch_regression"), storage_url, tmp_path)
     assert result.stop_reason is StopReason.POPULATION_TRAINED
     found = segments(storage_url)
-    assert all(t.state == TrialState.COMPLETE for t, _ in found)
     by_number = {t.number: t for t, _ in found}
-    exploited = [(t, s) for t, s in found if s.decision == "exploit"]
-    assert exploited, "no member copied another"
-    for trial, segment in found:
+    completed = [(t, s) for t, s in found if t.state == TrialState.COMPLETE]
+
+    # Real PyTorch weights move between members: each resumed segment loaded exactly what the
+    # segment it names saved, and some of those belong to another member.
+    for trial, segment in completed:
         if segment.load is None:
             assert trial.user_attrs["loaded"] is None
             continue
-        donor = by_number[segment.load]
-        # The weights it started from are exactly those the other trial saved.
-        assert trial.user_attrs["loaded"] == donor.user_attrs["saved"]
-        assert Segment.from_attr(donor.user_attrs[ATTR_SEGMENT]).member == segment.parent  # type: ignore[union-attr]
-    assert any(s.parent != s.member for _, s in exploited)  # across members
+        source = by_number[segment.load]
+        assert trial.user_attrs["loaded"] == source.user_attrs["saved"]
+        assert Segment.from_attr(source.user_attrs[ATTR_SEGMENT]).member == segment.parent  # type: ignore[union-attr]
+    assert any(s.decision == "exploit" and s.parent != s.member for _, s in completed)
     for member in range(4):  # each trained all 6 steps
-        assert max(s.end for _, s in found if s.member == member) == 6
-    assert (tmp_path / "checkpoints" / f"member-{exploited[0][1].member}").is_dir()
+        assert max(s.end for _, s in completed if s.member == member) == 6
 
+    # The killed worker's segment was retried with the same record: from the same checkpoint.
+    killed = int((tmp_path / "killed-3:1").read_text())
+    assert by_number[killed].state == TrialState.FAIL
+    assert by_number[killed].user_attrs[ATTR_REASON] == "killed"
+    retry = next(t for t in by_number.values() if t.user_attrs.get(ATTR_RETRY_OF) == killed)
+    assert retry.state == TrialState.COMPLETE
+    assert retry.user_attrs[ATTR_SEGMENT] == by_number[killed].user_attrs[ATTR_SEGMENT]
+    assert retry.user_attrs["loaded"] == by_number[killed].user_attrs["loaded"] is not None
+
+    # The garbage checkpoint failed whoever tried it, with the reason; each recovered from its
+    # own last good checkpoint, and no completed segment ever resumed the garbage.
+    garbage = next(t.number for t, s in found if (s.member, s.index) == (2, 0))
+    unreadable = [(t, s) for t, s in found if t.user_attrs.get(ATTR_REASON) == "checkpointUnavailable"]
+    assert unreadable and all(s.load == garbage for _, s in unreadable)
+    assert "cannot be read" in unreadable[0][0].user_attrs[ATTR_DETAIL]
+    for _, segment in unreadable:
+        after = [s for _, s in found if s.member == segment.member and s.index == segment.index + 1]
+        assert after and after[0].decision == "recover" and after[0].load != garbage
+    assert all(s.load != garbage for _, s in completed)
+    assert (tmp_path / "checkpoints" / "member-0").is_dir()
+
+    # The export: the best model's schedule, the lineage in trials.csv, both plots in the report.
     export = write_export(storage_url, "pbt-local", tmp_path / "out")
     best = json.loads((tmp_path / "out" / "best_config.json").read_text())
     schedule = best["schedule"]
@@ -101,39 +126,9 @@ def test_weights_move_between_members_and_the_export_shows_the_schedule(
     assert all(set(entry["params"]) == {"lr"} for entry in schedule)
     with (tmp_path / "out" / "trials.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert {"member", "parent_member", "step_start", "step_end", "decision"} <= set(rows[0])
-    assert {row["decision"] for row in rows} >= {"start", "exploit"}
+    assert {"member", "parent_member", "loaded_trial", "step_start", "step_end", "decision"} <= set(rows[0])
+    assert {row["decision"] for row in rows} >= {"start", "continue", "exploit", "recover"}
     page = (tmp_path / "out" / "report.html").read_text()
     for key in ("lineage", "schedule"):
         assert f'data-plot="{key}">' in page  # drawn, not a "could not be drawn" note
     assert export.best is not None and export.best.schedule is not None
-
-
-def test_a_killed_segment_resumes_from_its_checkpoint_and_an_unreadable_one_from_the_last_good(
-    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("TUNEFLEET_TEST_KILL_SEGMENT", "1:1")
-    monkeypatch.setenv("TUNEFLEET_TEST_MARKER_DIR", str(tmp_path))
-    monkeypatch.setenv("TUNEFLEET_TEST_CORRUPT_SEGMENT", "2:0")
-    result = run(pbt_document("pure_python", steps=6, interval=2), sqlite_url, tmp_path)
-    assert result.stop_reason is StopReason.POPULATION_TRAINED
-    found = segments(sqlite_url)
-    by_number = {t.number: t for t, _ in found}
-
-    killed = int((tmp_path / "killed-1:1").read_text())
-    killed_trial, killed_segment = next((t, s) for t, s in found if t.number == killed)
-    assert killed_trial.state == TrialState.FAIL and killed_trial.user_attrs["tunefleet.reason"] == "killed"
-    retry, retried = next((t, s) for t, s in found if t.user_attrs.get("tunefleet.retry_of") == killed)
-    assert retry.state == TrialState.COMPLETE and retried == killed_segment  # the same checkpoint
-    assert retry.user_attrs["loaded"] == by_number[killed_segment.load].user_attrs["saved"]  # type: ignore[index]
-
-    garbage = next(t.number for t, s in found if (s.member, s.index) == (2, 0))
-    unreadable = [(t, s) for t, s in found if t.user_attrs.get("tunefleet.reason") == "checkpointUnavailable"]
-    assert unreadable and all(s.load == garbage for _, s in unreadable)
-    assert "cannot be read" in unreadable[0][0].user_attrs["tunefleet.detail"]
-    for _, segment in unreadable:
-        recovered = [s for t, s in found if s.member == segment.member and s.index == segment.index + 1]
-        assert recovered and recovered[0].decision == "recover" and recovered[0].load != garbage
-    assert all(s.load != garbage for t, s in found if t.state == TrialState.COMPLETE)
-    for member in range(4):
-        assert max(s.end for t, s in found if s.member == member and t.state == TrialState.COMPLETE) == 6

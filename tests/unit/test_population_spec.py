@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from controller.cli import main
 from controller.kube.checkpoints import CHECKPOINT_MOUNT_PATH, segment_for_job
 from controller.kube.manifests import StudyRef, build_assignment, trial_job
 from controller.planner.segments import ATTR_SEGMENT, Segment
 from controller.spec import SpecInvalid, StudySpec, parse_study_text, validate_spec
 from controller.strategies import choose_strategy
 from controller.studies.segments import segment_assignment
-from tests.conftest import REPO_ROOT
 from trial_worker.contract import CHECKPOINT_ROOT_ENV, PrunerConfig
 
 
@@ -127,16 +125,15 @@ def test_auto_chooses_pbt_only_when_parameters_are_marked_mutable() -> None:
     assert not plain.is_population_based and choose_strategy(plain).sampler != "pbt"
 
 
-def test_validate_rejects_pbt_without_intermediate_values_naming_the_field(tmp_path: Path) -> None:
+def test_validate_rejects_pbt_without_intermediate_values_naming_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     document = pbt_document(objective={"metrics": [{"name": "loss", "direction": "minimize"}]})
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
-    result = subprocess.run(
-        [sys.executable, "-m", "controller.cli", "validate", str(path)],
-        capture_output=True, text=True, cwd=REPO_ROOT, check=False,
-    )
-    assert result.returncode == 1
-    assert "spec.objective.steps" in result.stdout + result.stderr
+    assert main(["validate", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert "spec.objective.steps (line 6): pbt needs intermediate values" in captured.out + captured.err
 
 
 def test_a_cluster_pbt_study_needs_a_checkpoint_volume() -> None:
