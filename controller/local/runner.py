@@ -53,6 +53,7 @@ from trial_worker.contract import (
     ExitCode,
     MetricDirection,
     PythonObjective,
+    SegmentAssignment,
     TrialReport,
 )
 
@@ -384,8 +385,14 @@ class LocalRunner:
             workdir=self.options.workdir,
             log_path=str((self.log_dir / f"trial-{trial.number}.log").resolve()),
             queued=queued,
-            segment=segment_assignment(trial.user_attrs, trial.number, root=str(self.checkpoint_dir)),
+            segment=self._segment(trial),
         )
+
+    def _segment(self, trial: optuna.Trial) -> SegmentAssignment | None:
+        """A PBT segment's steps and checkpoints (its record is read only for PBT studies)."""
+        if not self.spec.is_population_based:
+            return None
+        return segment_assignment(trial.user_attrs, trial.number, root=str(self.checkpoint_dir))
 
     def _start_workers(self) -> None:
         count = min(self.parallelism, self.spec.budget.maxTrials or self.parallelism)

@@ -26,6 +26,7 @@ FEATURES = 8
 TRAIN_SIZE = 4096
 BATCH_SIZE = 64
 MOMENTUM = 0.9
+DIVERGED = 1e6
 
 
 @functools.cache
@@ -81,8 +82,8 @@ def objective(trial: optuna.Trial) -> float:
         model.eval()
         with torch.no_grad():
             val_mse = loss_fn(model(x_val), y_val).item()
-        if not math.isfinite(val_mse):
-            raise optuna.TrialPruned(f"diverged at epoch {epoch}")  # too large a rate
+        if not math.isfinite(val_mse) or val_mse > DIVERGED:
+            val_mse = DIVERGED  # too large a rate: the worst score, so PBT replaces this member
         trial.report(val_mse, epoch)
         if segment is None and trial.should_prune():
             raise optuna.TrialPruned()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,28 @@ def test_weights_move_between_members_through_a_killed_worker_and_an_unreadable_
     for key in ("lineage", "schedule"):
         assert f'data-plot="{key}">' in page  # drawn, not a "could not be drawn" note
     assert export.best is not None and export.best.schedule is not None
+
+
+def test_a_command_mode_population_gets_its_checkpoints_through_placeholders_and_env(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNEFLEET_TEST_CORRUPT_SEGMENT", "2:0")
+    document = pbt_document("pure_python", population=3, steps=4, interval=2)
+    document["spec"]["trial"] = {
+        "command": [sys.executable, "tests/support/pbt_command.py", "--lr", "{{lr}}",
+                    "--load", "{{checkpoint.load}}", "--save", "{{checkpoint.save}}"],
+        "maxDuration": "60s",
+    }
+    result = run(document, sqlite_url, tmp_path)
+    assert result.stop_reason is StopReason.POPULATION_TRAINED
+    found = segments(sqlite_url)
+    completed = [(t, s) for t, s in found if t.state == TrialState.COMPLETE]
+    for member in range(3):
+        assert max(s.end for _, s in completed if s.member == member) == 4
+    assert all(len(t.intermediate_values) == s.end - s.start for t, s in completed)  # step=<n> lines
+    garbage = next(t.number for t, s in found if (s.member, s.index) == (2, 0))
+    unreadable = [t for t, s in found if t.user_attrs.get(ATTR_REASON) == "checkpointUnavailable"]
+    assert unreadable and all(Segment.from_attr(t.user_attrs[ATTR_SEGMENT]).load == garbage  # type: ignore[union-attr]
+                              for t in unreadable)
+    assert "exited with code 74" in unreadable[0].user_attrs[ATTR_DETAIL]
+    assert any(s.decision == "recover" for _, s in completed)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.planner import Observation, StopReason, TrialView, decide
+from controller.planner import BudgetView, Observation, StopReason, TrialView, decide
 from controller.planner.population import perturb, population_state, quantiles, sample_value
 from controller.planner.segments import Segment
 from controller.spec import CategoricalParam, FloatParam, IntParam, StudySpec, parse_study_text
@@ -289,6 +289,16 @@ def test_a_finite_space_never_ends_a_population_as_exhausted() -> None:
     spec = pbt_spec(population=4, space=space)
     plan = plan_for(spec, first_round([0.1, 0.2, 0.3, 0.4]))
     assert plan.stop is None and len(plan.segments) == 4
+
+
+def test_suspend_and_the_budget_hold_segments_back_like_any_trial() -> None:
+    suspended = plan_for(pbt_spec(population=4, suspend=True), first_round([0.1, 0.2, 0.3, 0.4]))
+    assert suspended.suspended and not suspended.segments and suspended.start_new == 0
+    budget = BudgetView(limit=100, settled=0, reserved=0, worst_case=40)  # two segments fit
+    observed = Observation(trials=tuple(first_round([0.1, 0.2, 0.3, 0.4])), live=frozenset(), now=0.0,
+                           started_at=0.0, seed=3, budget=budget)
+    plan = decide(pbt_spec(population=4), observed)
+    assert [p.segment.member for p in plan.segments] == [0, 1] and plan.start_new == 2
 
 
 def test_max_trials_counts_segments() -> None:
