@@ -109,8 +109,9 @@ def decide(
     size = spec.space_size() if population is None else None  # PBT revisits values on purpose
     remaining_space = size - _distinct_configs(trials) if size is not None else UNLIMITED
     start_new = max(0, min(slots, affordable, remaining_trials, remaining_space))
-    segments = population.next_segments(observation.seed, start_new) if population is not None else ()
-    if population is not None:
+    segments: tuple[PlannedSegment, ...] = ()
+    if population is not None:  # the planner chooses what each new trial trains
+        segments = population.next_segments(observation.seed, start_new)
         start_new = len(segments)
 
     blocked_by_budget = (

@@ -21,10 +21,10 @@ from torch import nn
 
 from trial_worker import checkpoints
 
-EPOCHS = 30
+EPOCHS = 20
 FEATURES = 8
 TRAIN_SIZE = 4096
-BATCH_SIZE = 64
+BATCH_SIZE = 128
 MOMENTUM = 0.9
 DIVERGED = 1e6
 
