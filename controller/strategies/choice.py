@@ -133,6 +133,8 @@ def choose_strategy(
         reasons.append(why)
     else:
         reasons.append(f"{sampler}: named in strategy.sampler")
+    if sampler == "pbt":
+        reasons.append(_population_size(spec, affordability.trials))
     pruner: str = spec.strategy.pruner
     if pruner == "auto":
         pruner, why = _auto_pruner(spec, sampler, affordability.trials, reports_intermediate)
@@ -173,6 +175,24 @@ def _auto_sampler(spec: StudySpec, affordability: Affordability) -> tuple[str, s
         )
     band = f"fewer than {MODEL_BAND_BELOW}" if limit is not None and limit < MODEL_BAND_BELOW else "many"
     return "tpe", f"TPE: {band} trials; multivariate TPE handles conditional spaces and parallel workers"
+
+
+def _population_size(spec: StudySpec, affordable: int | None) -> str:
+    """How many segments (trials) the population trains, and whether the budget covers them."""
+    from controller.spec.population import population_settings
+
+    settings = population_settings(spec)
+    steps = spec.objective.steps or 1
+    interval = settings.interval_for(steps)
+    segments = math.ceil(steps / interval)
+    total = settings.population * segments
+    text = (
+        f"pbt: {settings.population} members x {segments} segments of {interval} steps = {total} "
+        "segments (trials) at most"
+    )
+    if affordable is not None and affordable < total:
+        text += f"; the budget affords {affordable}, so members stop before objective.steps"
+    return text
 
 
 def _small_continuous(spec: StudySpec) -> bool:

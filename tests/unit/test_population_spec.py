@@ -119,10 +119,18 @@ def test_auto_chooses_pbt_only_when_parameters_are_marked_mutable() -> None:
     choice = choose_strategy(marked)
     assert (choice.sampler, choice.pruner) == ("pbt", "none")
     assert any("mutable" in reason for reason in choice.reasons)
+    # auto uses the defaults: 8 members, objective.steps (20) in segments of 2
+    assert "pbt: 8 members x 10 segments of 2 steps = 80 segments (trials) at most" in choice.reasons
     unmarked = pbt_document(strategy={"sampler": "auto", "seed": 1})
     unmarked["spec"]["searchSpace"]["lr"].pop("mutable")
     plain = spec_of(unmarked)
     assert not plain.is_population_based and choose_strategy(plain).sampler != "pbt"
+
+
+def test_plan_says_how_many_segments_the_population_trains_and_whether_the_budget_covers_them() -> None:
+    named = choose_strategy(spec_of(pbt_document(budget={"maxTrials": 10})))
+    assert "pbt: 4 members x 4 segments of 5 steps = 16 segments (trials) at most; the budget affords 10, " \
+        "so members stop before objective.steps" in named.reasons
 
 
 def test_validate_rejects_pbt_without_intermediate_values_naming_the_field(
