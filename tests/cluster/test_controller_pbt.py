@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 from optuna.trial import FrozenTrial
 
@@ -18,7 +20,6 @@ from tests.cluster.controller_harness import (
     NAMESPACE,
     STUDIES,
     ControllerProcess,
-    load_trials,
     prepare_cluster,
     study_manifest,
     study_status,
@@ -28,7 +29,7 @@ from tests.cluster.controller_harness import (
 from tests.cluster.emulator import KubeEmulator
 from trial_worker.contract import ATTR_REASON, ATTR_RETRY_OF
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]  # two controller starts, five segment pods
 
 CLAIM = "pbt-checkpoints"
 STUDY = "pbt"
@@ -50,9 +51,10 @@ def pbt_study(step_sleep_s: float) -> dict[str, Any]:
     return body
 
 
-def segments(storage_url: str) -> list[tuple[FrozenTrial, Segment]]:
+def segments(storage: optuna.storages.BaseStorage) -> list[tuple[FrozenTrial, Segment]]:
     try:
-        trials = load_trials(storage_url, STUDY)
+        study = optuna.load_study(study_name=f"{NAMESPACE}/{STUDY}", storage=storage)
+        trials = study.get_trials(deepcopy=False)
     except KeyError:
         return []
     found = [(t, Segment.from_attr(t.user_attrs.get(ATTR_SEGMENT))) for t in trials]
@@ -60,11 +62,11 @@ def segments(storage_url: str) -> list[tuple[FrozenTrial, Segment]]:
 
 
 def resuming_segment_running(
-    kube: KubeEmulator, storage_url: str
+    kube: KubeEmulator, storage: optuna.storages.BaseStorage
 ) -> tuple[FrozenTrial, dict[str, Any]] | None:
     """A running segment that has loaded the checkpoint it resumes, and its pod."""
     by_number = {
-        t.number: t for t, s in segments(storage_url) if t.state.name == "RUNNING" and s.load is not None
+        t.number: t for t, s in segments(storage) if t.state.name == "RUNNING" and s.load is not None
     }
     for pod in trial_pods(kube, STUDY):
         number = int(pod["metadata"]["labels"]["tunefleet.dev/trial"])
@@ -74,8 +76,17 @@ def resuming_segment_running(
     return None
 
 
+@pytest.fixture
+def storage(postgres_url: str) -> Iterator[optuna.storages.RDBStorage]:
+    """One storage for every poll: a URL would open (and check) the database each time, CPU
+    taken from the controller and the pods on a busy machine."""
+    opened = optuna.storages.RDBStorage(postgres_url)
+    yield opened
+    opened.engine.dispose()
+
+
 def test_a_pbt_study_moves_checkpoints_on_a_volume_through_a_controller_crash_and_pod_loss(
-    kube_emulator: KubeEmulator, postgres_url: str, tmp_path: Path
+    kube_emulator: KubeEmulator, postgres_url: str, storage: optuna.storages.RDBStorage, tmp_path: Path
 ) -> None:
     prepare_cluster(kube_emulator)
     kube_emulator.api.create("persistentvolumeclaims", {"metadata": {"name": CLAIM}, "spec": {
@@ -85,24 +96,24 @@ def test_a_pbt_study_moves_checkpoints_on_a_volume_through_a_controller_crash_an
         kube_emulator.api.create(STUDIES, pbt_study(step_sleep_s=0.5), NAMESPACE)
         # Freeze the controller while the first segments run, let one end, then kill it: it dies
         # between that segment's end and the start of its member's next segment.
-        wait_for(lambda: len([t for t, _ in segments(postgres_url) if t.state.name == "RUNNING"])
+        wait_for(lambda: len([t for t, _ in segments(storage) if t.state.name == "RUNNING"])
                  == POPULATION, 120, "the first segments never ran\n" + first.log()[-3000:])
         assert first.process is not None
         os.killpg(first.process.pid, signal.SIGSTOP)
-        ended = wait_for(lambda: next((t for t, _ in segments(postgres_url) if t.state.name == "COMPLETE"),
+        ended = wait_for(lambda: next((t for t, _ in segments(storage) if t.state.name == "COMPLETE"),
                                       None), 60, "no segment ended while the controller was stopped")
     finally:
         first.kill()
     assert ended is not None
     member = Segment.from_attr(ended.user_attrs[ATTR_SEGMENT])
     assert member is not None and member.end < STEPS
-    before = {t.number for t, _ in segments(postgres_url)}
+    before = {t.number for t, _ in segments(storage)}
     assert len(before) == POPULATION  # no next segment was started
 
     second = ControllerProcess(kube_emulator, postgres_url, tmp_path, name="second").start()
     try:
         # A segment that resumed a checkpoint loses its pod mid-run: retried, from the same one.
-        found = wait_for(lambda: resuming_segment_running(kube_emulator, postgres_url), 120,
+        found = wait_for(lambda: resuming_segment_running(kube_emulator, storage), 120,
                          "no resuming segment ran\n" + second.log()[-3000:])
         assert found is not None
         deleted, pod = found
@@ -113,7 +124,7 @@ def test_a_pbt_study_moves_checkpoints_on_a_volume_through_a_controller_crash_an
         second.stop()
     assert study_status(kube_emulator, STUDY)["stopReason"] == "PopulationTrained"
 
-    found_all = segments(postgres_url)
+    found_all = segments(storage)
     by_number = {t.number: t for t, _ in found_all}
     # The deleted pod's trial failed for the platform and its retry resumed the same checkpoint.
     assert by_number[deleted.number].user_attrs[ATTR_REASON] in ("killed", "lost")
