@@ -21,6 +21,8 @@ EPILOG = """exit codes:
   8  the study storage could not be reached (an infrastructure failure: retried)
   9  the python objective could not be imported
   10 the trial was no longer running; nothing was run
+  11 a PBT segment's checkpoint to resume from is missing or unreadable
+  12 a PBT segment ended without saving its checkpoint
 """
 
 

@@ -26,6 +26,7 @@ class CommandResult:
     pruned: bool = False
     failure: ExitCode | None = None
     message: str | None = None
+    returncode: int | None = None
 
 
 def substitute(argv: list[str], params: dict[str, Any]) -> list[str]:
@@ -78,14 +79,16 @@ def run_command(
     extra_metrics: list[str],
     env: dict[str, str],
     workdir: str | None,
+    placeholders: dict[str, str] | None = None,
 ) -> CommandResult:
     """Run the command for ``trial`` and collect the metrics it prints.
 
     A line carrying ``step=<int>`` reports the first objective metric as an intermediate value
     (single-objective studies); when the pruner says prune, the command gets SIGTERM, then SIGKILL
-    after a grace period, and the result is pruned.
+    after a grace period, and the result is pruned. ``placeholders`` fills ``{{name}}``s that are
+    not parameters (a PBT segment's checkpoint directories and steps).
     """
-    command = substitute(argv, trial.params)
+    command = substitute(argv, {**trial.params, **(placeholders or {})})
     collector = MetricCollector(set(objective_metrics) | set(extra_metrics))
     report_metric = objective_metrics[0] if len(objective_metrics) == 1 else None
     try:
@@ -137,6 +140,7 @@ def run_command(
             collector.last,
             failure=ExitCode.COMMAND_FAILED,
             message=f"command exited with code {process.returncode}",
+            returncode=process.returncode,
         )
     missing = [name for name in objective_metrics + extra_metrics if name not in collector.last]
     if missing:

@@ -17,12 +17,15 @@ import optuna
 from optuna.study._tell import _tell_with_warning
 from optuna.trial import TrialState
 
+from trial_worker import checkpoints
+from trial_worker.checkpoints import CheckpointNotSaved, CheckpointUnavailable
 from trial_worker.command import RunningCommand, run_command
 from trial_worker.contract import (
     ATTR_DETAIL,
     ATTR_EXIT_CODE,
     ATTR_GPU_MODEL,
     ATTR_REASON,
+    CHECKPOINT_UNREADABLE_EXIT,
     Assignment,
     CommandObjective,
     ExitCode,
@@ -67,7 +70,7 @@ def run_assignment(assignment: Assignment) -> TrialReport:
     watchdog = _Watchdog(assignment, study, trial)
     watchdog.start()
     try:
-        outcome = _run_objective(assignment, trial)
+        outcome = _run_with_checkpoints(assignment, trial)
     finally:
         watchdog.cancel()
     try:
@@ -93,17 +96,53 @@ def _report(
     )
 
 
-def _run_objective(assignment: Assignment, trial: optuna.Trial) -> Outcome:
+def _run_with_checkpoints(assignment: Assignment, trial: optuna.Trial) -> Outcome:
+    """A PBT segment: its checkpoint checked first, its saved state promoted once it completed."""
+    if assignment.segment is None:
+        return _run_objective(assignment, trial, None)
+    try:
+        current = checkpoints.prepare(assignment.segment)
+    except CheckpointUnavailable as exc:
+        return Outcome(TrialState.FAIL, ExitCode.CHECKPOINT_UNAVAILABLE, message=str(exc))
+    except CheckpointNotSaved as exc:
+        return Outcome(TrialState.FAIL, ExitCode.CHECKPOINT_NOT_SAVED, message=str(exc))
+    with checkpoints.active(trial.number, current):
+        outcome = _run_objective(assignment, trial, current)
+    if outcome.state != TrialState.COMPLETE:
+        checkpoints.discard(current)
+        return outcome
+    try:
+        checkpoints.promote(current)
+    except CheckpointNotSaved as exc:
+        return Outcome(TrialState.FAIL, ExitCode.CHECKPOINT_NOT_SAVED, message=str(exc))
+    return outcome
+
+
+def _run_objective(
+    assignment: Assignment, trial: optuna.Trial, segment: checkpoints.Segment | None
+) -> Outcome:
     metric_names = [m.name for m in assignment.metrics]
     if isinstance(assignment.objective, CommandObjective):
         seed_everything(assignment.seed, assignment.deterministic)
         env = {f"TUNEFLEET_PARAM_{k.upper()}": str(v) for k, v in trial.params.items()}
         env["TUNEFLEET_TRIAL_NUMBER"] = str(trial.number)
+        placeholders: dict[str, str] = {}
+        if segment is not None:
+            env.update(checkpoints.command_env(segment))
+            placeholders = checkpoints.command_values(segment)
         result = run_command(
-            trial, assignment.objective.argv, metric_names, assignment.constraints, env, assignment.workdir
+            trial, assignment.objective.argv, metric_names, assignment.constraints, env, assignment.workdir,
+            placeholders=placeholders,
         )
         if result.pruned:
             return Outcome(TrialState.PRUNED, ExitCode.TOLD, message="pruned")
+        if segment is not None and result.returncode == CHECKPOINT_UNREADABLE_EXIT:
+            return Outcome(
+                TrialState.FAIL,
+                ExitCode.CHECKPOINT_UNAVAILABLE,
+                message=f"the command could not read the checkpoint of member {segment.parent} at "
+                f"{segment.load_dir} (it exited with code {CHECKPOINT_UNREADABLE_EXIT})",
+            )
         if result.failure is not None:
             return Outcome(TrialState.FAIL, result.failure, message=result.message)
         values = [result.values[name] for name in metric_names]
@@ -125,6 +164,10 @@ def _run_objective(assignment: Assignment, trial: optuna.Trial) -> Outcome:
         _record_gpu_model(trial)
     except optuna.TrialPruned:
         return Outcome(TrialState.PRUNED, ExitCode.TOLD, message="pruned")
+    except CheckpointUnavailable as exc:
+        return Outcome(
+            TrialState.FAIL, ExitCode.CHECKPOINT_UNAVAILABLE, message=str(exc), detail=_traceback_tail()
+        )
     except Exception as exc:  # noqa: BLE001 - every objective error becomes the trial's reason
         return Outcome(
             TrialState.FAIL,

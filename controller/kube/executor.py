@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from controller.budget.accounting import Charge, pod_charge, worst_case
 from controller.budget.ledger import PROVISIONAL_TRIAL, Ledger, provisional_key
 from controller.kube.budgets import crash_point
+from controller.kube.checkpoints import segment_for_job
 from controller.kube.client import KubeApi
 from controller.kube.manifests import (
     DEADLINE_GRACE_SECONDS,
@@ -44,9 +45,10 @@ from controller.kube.observe import ClusterView, PodOutcome
 from controller.kube.provenance import pod_provenance, record_provenance
 from controller.planner import Plan
 from controller.spec import StudySpec
-from controller.studies.asking import ask_new_trial, start_retry
+from controller.studies.asking import start_retry
 from controller.studies.confirming import pruner_for, start_confirmation
 from controller.studies.observe import fail_trial
+from controller.studies.segments import new_trial_starts
 from trial_worker.contract import ATTR_ATTEMPT, ATTR_SEED, PrunerConfig
 
 log = structlog.get_logger("tunefleet.controller")
@@ -223,7 +225,7 @@ class Executor:
         seed = runtime.study_seed
         starts: list[Callable[[], optuna.Trial]] = [
             *(partial(start_retry, study, by_number[n]) for n in plan.retry),
-            *(partial(ask_new_trial, study, runtime.spec.searchSpace, seed) for _ in range(plan.start_new)),
+            *new_trial_starts(study, runtime.spec, plan, seed),  # asked, or planned PBT segments
             *(partial(start_confirmation, study, by_number[n], seed) for n in plan.confirm),
         ]
         for start in starts:
@@ -293,6 +295,7 @@ class Executor:
             int(user_attrs.get(ATTR_SEED, 0)),
             runtime.storage_url,
             pruner_for(user_attrs, runtime.pruner),  # confirmation runs are never pruned
+            segment_for_job(runtime.spec, ref.name, number, user_attrs),
         )
         job = trial_job(
             runtime.spec, ref, assignment, runtime.settings, attempt=int(user_attrs.get(ATTR_ATTEMPT, 0))

@@ -18,6 +18,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
+from controller.kube.checkpoints import mount_checkpoints
 from controller.spec import StudySpec
 from trial_worker.contract import (
     ASSIGNMENT_ENV,
@@ -27,6 +28,7 @@ from trial_worker.contract import (
     MetricDirection,
     PrunerConfig,
     PythonObjective,
+    SegmentAssignment,
 )
 
 GROUP = "tunefleet.dev"
@@ -134,6 +136,7 @@ def build_assignment(
     seed: int,
     storage_url: str,
     pruner: PrunerConfig,
+    segment: SegmentAssignment | None = None,
 ) -> Assignment:
     """The worker's assignment; ``storage_url`` must carry no password (it is in a Secret)."""
     entry = spec.trial
@@ -153,6 +156,7 @@ def build_assignment(
         seed=seed,
         max_duration_s=entry.maxDuration,
         deterministic=spec.reproducibility.deterministic,
+        segment=segment,
     )
 
 
@@ -228,6 +232,7 @@ def trial_pod_template(
     trial_index = next((i for i, c in enumerate(containers) if c.get("name") == TRIAL_CONTAINER), None)
     user_trial = containers.pop(trial_index) if trial_index is not None else {}
     trial = _trial_container(spec, user_trial, assignment, settings)
+    mount_checkpoints(spec, pod, trial)  # population-based training's volume, when the spec names one
     pod["containers"] = [trial, *(_harden(c) for c in containers)]
     if pod.get("initContainers"):
         pod["initContainers"] = [_harden(dict(c)) for c in pod["initContainers"]]

@@ -223,6 +223,7 @@ class Reconciler:
             started_at=state.started_at,
             budget=study_budget,
             namespace_budget=namespace_budget,
+            seed=runtime.study_seed,
         )
         strategy = state.strategy
         if strategy is not None:

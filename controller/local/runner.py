@@ -34,7 +34,7 @@ from controller.spec import StudyManifest, StudySpec
 from controller.strategies import Spent
 from controller.strategies.live import LiveStrategy
 from controller.strategies.warmstart import apply_warm_start
-from controller.studies.asking import ask_new_trial, queue_for_worker, start_retry
+from controller.studies.asking import queue_for_worker, start_retry
 from controller.studies.confirming import confirmation_sources, pruner_for, start_confirmation
 from controller.studies.observe import fail_trial, observe_trials
 from controller.studies.record import (
@@ -44,6 +44,7 @@ from controller.studies.record import (
     record_study,
     spec_hash,
 )
+from controller.studies.segments import new_trial_starts, segment_assignment
 from controller.studies.storage import create_or_load_study, open_storage, resolve_storage_url
 from controller.tracking import finish_local_mirror, start_local_mirror
 from trial_worker.contract import (
@@ -53,6 +54,7 @@ from trial_worker.contract import (
     ExitCode,
     MetricDirection,
     PythonObjective,
+    SegmentAssignment,
     TrialReport,
 )
 
@@ -74,6 +76,7 @@ class RunOptions:
     workdir: str = field(default_factory=os.getcwd)
     log_dir: Path | None = None
     show_progress: bool = True
+    checkpoint_dir: Path | None = None  # PBT checkpoints; .tunefleet/checkpoints/<study> by default
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,9 @@ class LocalRunner:
         self.log_dir = options.log_dir or Path(".tunefleet") / "logs" / self.name
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.tracking_url: str | None = None  # the study's MLflow run, with spec.tracking.mlflow
+        self.checkpoint_dir = (
+            options.checkpoint_dir or Path(".tunefleet") / "checkpoints" / self.name
+        ).resolve()
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -257,6 +263,7 @@ class LocalRunner:
             interrupted=self._interrupted,
             parallelism_override=self.parallelism,
             queue_slots=self.parallelism if self._prefetching() else 0,
+            seed=self._study_seed,
         )
 
     def _prefetching(self) -> bool:
@@ -288,7 +295,7 @@ class LocalRunner:
         starts: list[Callable[[], optuna.Trial]] = [
             partial(start_retry, study, by_number[n]) for n in plan.retry
         ]
-        starts += [partial(ask_new_trial, study, self.spec.searchSpace, seed)] * plan.start_new
+        starts += new_trial_starts(study, self.spec, plan, seed)  # asked, or planned PBT segments
         starts += [partial(start_confirmation, study, by_number[n], seed) for n in plan.confirm]
         for create in starts:
             if not self._start(study, create):
@@ -384,7 +391,14 @@ class LocalRunner:
             workdir=self.options.workdir,
             log_path=str((self.log_dir / f"trial-{trial.number}.log").resolve()),
             queued=queued,
+            segment=self._segment(trial),
         )
+
+    def _segment(self, trial: optuna.Trial) -> SegmentAssignment | None:
+        """A PBT segment's steps and checkpoints (its record is read only for PBT studies)."""
+        if not self.spec.is_population_based:
+            return None
+        return segment_assignment(trial.user_attrs, trial.number, root=str(self.checkpoint_dir))
 
     def _start_workers(self) -> None:
         count = min(self.parallelism, self.spec.budget.maxTrials or self.parallelism)

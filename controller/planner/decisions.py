@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from controller.planner.confirmation import confirmation_step, runs_still_needed
 from controller.planner.observation import QUEUED, Observation, StopReason, TrialView
+from controller.planner.population import PlannedSegment, PopulationState, population_state
 from controller.spec import StudySpec
 
 UNLIMITED = 1 << 62
@@ -21,6 +22,8 @@ class Plan:
     plan's drain is done.
     ``confirm`` holds one source trial number per confirmation run to start (see
     :mod:`controller.planner.confirmation`); ``confirming`` is set while that phase runs.
+    ``segments`` (population-based training) says what each of the ``start_new`` trials trains
+    (see :mod:`controller.planner.population`); empty otherwise, when the sampler is asked.
     """
 
     mark_lost: tuple[int, ...] = ()
@@ -35,6 +38,7 @@ class Plan:
     budget_waiting: bool = False  # BudgetWaiting: the namespace's GPUBudget refills next period
     confirm: tuple[int, ...] = ()
     confirming: bool = False
+    segments: tuple[PlannedSegment, ...] = ()
 
 
 def decide(
@@ -63,8 +67,16 @@ def decide(
     all_trials = trials
     trials = [t for t in trials if t.number not in confirm_of]
     pending_retries = _pending_retries(trials, spec.trial.maxRetries)
+    population = (
+        population_state(spec, trials, live, spec.trial.maxRetries) if spec.is_population_based else None
+    )
     stop = _stop_reason(
-        spec, observation, trials, has_pending_retries=bool(pending_retries), converged=converged
+        spec,
+        observation,
+        trials,
+        has_pending_retries=bool(pending_retries),
+        converged=converged,
+        population=population,
     )
 
     if stop is not None and stop is not StopReason.INTERRUPTED and spec.confirm is not None:
@@ -94,9 +106,13 @@ def decide(
 
     started_logical = _logical_started(trials)
     remaining_trials = spec.budget.maxTrials - len(started_logical) if spec.budget.maxTrials else UNLIMITED
-    size = spec.space_size()
+    size = spec.space_size() if population is None else None  # PBT revisits values on purpose
     remaining_space = size - _distinct_configs(trials) if size is not None else UNLIMITED
     start_new = max(0, min(slots, affordable, remaining_trials, remaining_space))
+    segments: tuple[PlannedSegment, ...] = ()
+    if population is not None:  # the planner chooses what each new trial trains
+        segments = population.next_segments(observation.seed, start_new)
+        start_new = len(segments)
 
     blocked_by_budget = (
         observation.limiting_budget is not None
@@ -128,7 +144,7 @@ def decide(
                 drain_reason="budget",
             )
         return Plan(mark_lost=lost, waiting_for_budget=True)
-    return Plan(mark_lost=lost, retry=retry, start_new=start_new)
+    return Plan(mark_lost=lost, retry=retry, start_new=start_new, segments=segments)
 
 
 def _confirm(
@@ -210,6 +226,7 @@ def _stop_reason(
     trials: list[TrialView],
     has_pending_retries: bool,
     converged: bool = False,
+    population: PopulationState | None = None,
 ) -> StopReason | None:
     if observation.interrupted:
         return StopReason.INTERRUPTED
@@ -227,7 +244,9 @@ def _stop_reason(
         return StopReason.BUDGET_EXHAUSTED
     if has_pending_retries:
         return None
-    size = spec.space_size()
+    if population is not None and population.trained:
+        return StopReason.POPULATION_TRAINED
+    size = spec.space_size() if population is None else None
     if size is not None and _distinct_configs(trials) >= size:
         return StopReason.SPACE_EXHAUSTED
     max_trials = spec.budget.maxTrials

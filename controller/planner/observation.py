@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.planner.segments import Segment
+
 
 class StopReason(enum.StrEnum):
     """Why a study stops starting trials (and, once nothing runs, why it ended)."""
@@ -18,6 +20,7 @@ class StopReason(enum.StrEnum):
     BUDGET_EXHAUSTED = "BudgetExhausted"
     CONVERGED = "Converged"
     INTERRUPTED = "Interrupted"
+    POPULATION_TRAINED = "PopulationTrained"  # pbt: every member trained objective.steps (or stopped)
 
 
 # Failures of the platform rather than the objective: retried with the same params.
@@ -36,7 +39,7 @@ class TrialView:
     """One Optuna trial as the planner needs it.
 
     ``root`` is the logical trial this attempt belongs to (its own number for a first attempt);
-    ``attempt`` counts retries (0 first).
+    ``attempt`` counts retries (0 first). ``segment``: the PBT segment the trial trains, if any.
     """
 
     number: int
@@ -46,6 +49,7 @@ class TrialView:
     reason: str | None = None
     root: int | None = None
     attempt: int = 0
+    segment: Segment | None = None
 
     @property
     def logical(self) -> int:
@@ -87,7 +91,8 @@ class Observation:
     ``live`` holds the trial numbers that have work in flight (a local process, or a Job whose
     pod has not finished), queued trials included. A trial RUNNING (or QUEUED) in the storage but
     not live has lost its work. ``queue_slots`` is how many trials may wait queued behind running
-    ones, beyond ``parallelism`` (the local runner's prefetch for short trials).
+    ones, beyond ``parallelism`` (the local runner's prefetch for short trials). ``seed`` is the
+    study seed, from which population-based training draws its decisions.
     """
 
     trials: tuple[TrialView, ...]
@@ -99,6 +104,7 @@ class Observation:
     parallelism_override: int | None = None
     namespace_budget: BudgetView | None = None
     queue_slots: int = 0
+    seed: int = 0
 
     @property
     def limiting_budget(self) -> BudgetView | None:

@@ -15,6 +15,7 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
+from controller.planner.segments import ATTR_SEGMENT
 from controller.spec import CategoricalParam, FloatParam, IntParam, ordered_parameters
 from trial_worker.contract import ATTR_ATTEMPT, ATTR_QUEUED, ATTR_RETRY_OF, ATTR_SEED
 
@@ -99,7 +100,7 @@ def start_retry(study: optuna.Study, failed: FrozenTrial) -> optuna.Trial:
     """A new RUNNING trial with the failed trial's params, seed and a link back to it.
 
     Created directly in the storage (not enqueued) so it cannot be confused with waiting
-    warm-start configurations.
+    warm-start configurations. A PBT segment keeps its record, so it resumes the same checkpoint.
     """
     root = failed.user_attrs.get(ATTR_RETRY_OF, failed.number)
     attempt = int(failed.user_attrs.get(ATTR_ATTEMPT, 0)) + 1
@@ -108,6 +109,8 @@ def start_retry(study: optuna.Study, failed: FrozenTrial) -> optuna.Trial:
         ATTR_ATTEMPT: attempt,
         ATTR_SEED: failed.user_attrs.get(ATTR_SEED, 0),
     }
+    if ATTR_SEGMENT in failed.user_attrs:
+        user_attrs[ATTR_SEGMENT] = failed.user_attrs[ATTR_SEGMENT]
     return start_running_copy(study, failed, user_attrs)
 
 

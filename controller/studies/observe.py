@@ -6,6 +6,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from controller.planner import QUEUED, TrialView
+from controller.planner.segments import ATTR_SEGMENT, Segment
 from trial_worker.contract import ATTR_ATTEMPT, ATTR_DETAIL, ATTR_QUEUED, ATTR_REASON, ATTR_RETRY_OF
 
 
@@ -19,6 +20,7 @@ def trial_view(trial: FrozenTrial) -> TrialView:
         reason=trial.user_attrs.get(ATTR_REASON),
         root=int(root) if root is not None else None,
         attempt=int(trial.user_attrs.get(ATTR_ATTEMPT, 0)),
+        segment=Segment.from_attr(trial.user_attrs.get(ATTR_SEGMENT)),
     )
 
 
