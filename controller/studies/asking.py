@@ -16,6 +16,7 @@ from optuna.distributions import (
 from optuna.trial import FrozenTrial, TrialState
 
 from controller.spec import CategoricalParam, FloatParam, IntParam, ordered_parameters
+from controller.strategies.reseeding import reseed_for_trial
 from trial_worker.contract import ATTR_ATTEMPT, ATTR_QUEUED, ATTR_RETRY_OF, ATTR_SEED
 
 
@@ -44,7 +45,7 @@ def ask_new_trial(
     Parameters are suggested parents-first, so a conditional parameter sees the values it
     depends on; the sampler learns the conditional structure from which ones appear.
     """
-    trial = _ask(study)
+    trial = _ask(study, study_seed)
     chosen: dict[str, Any] = {}
     for name in ordered_parameters(space):
         param = space[name]
@@ -56,8 +57,9 @@ def ask_new_trial(
     return trial
 
 
-def _ask(study: optuna.Study) -> optuna.Trial:
-    """``Study.ask``, except that trials queued for a busy worker stay with it.
+def _ask(study: optuna.Study, study_seed: int) -> optuna.Trial:
+    """``Study.ask``, except that trials queued for a busy worker stay with it, and the sampler
+    draws for this trial from states seeded by (study seed, trial number), not by the process.
 
     ``Study.ask`` takes the first WAITING trial; queued trials are WAITING too (so their start time
     is stamped when their worker claims them), so only the enqueued ones (warm start) are taken.
@@ -69,10 +71,17 @@ def _ask(study: optuna.Study) -> optuna.Trial:
             continue
         try:
             if storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
-                return optuna.Trial(study, waiting._trial_id)
+                return _sampled_trial(study, waiting._trial_id, waiting.number, study_seed)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another process took and finished it
-    return optuna.Trial(study, storage.create_new_trial(study._study_id))
+    trial_id = storage.create_new_trial(study._study_id)
+    return _sampled_trial(study, trial_id, storage.get_trial_number_from_id(trial_id), study_seed)
+
+
+def _sampled_trial(study: optuna.Study, trial_id: int, number: int, study_seed: int) -> optuna.Trial:
+    # Before the Trial exists: its constructor already calls the sampler (before_trial).
+    reseed_for_trial(study.sampler, study_seed, number)
+    return optuna.Trial(study, trial_id)
 
 
 def queue_for_worker(study: optuna.Study, trial: optuna.Trial) -> None:
