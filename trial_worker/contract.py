@@ -50,6 +50,7 @@ class ExitCode(IntEnum):
     STORAGE_UNAVAILABLE = 8  # the study storage could not be reached; the trial is retried
     OBJECTIVE_NOT_FOUND = 9  # the python entry could not be imported
     NOT_RUNNING = 10  # the trial was already finished by someone else; nothing was run
+    INCOMPLETE = 11  # the trial lacks parameters it needs: refused, nothing was run
 
     @property
     def reason(self) -> str:
@@ -72,6 +73,7 @@ _REASONS = {
     ExitCode.STORAGE_UNAVAILABLE: "storageUnavailable",
     ExitCode.OBJECTIVE_NOT_FOUND: "objectiveNotFound",
     ExitCode.NOT_RUNNING: "notRunning",
+    ExitCode.INCOMPLETE: "incomplete",
 }
 
 
@@ -129,6 +131,11 @@ class Assignment(_Frozen):
     workdir: str | None = Field(default=None, description="Where the objective runs.")
     log_path: str | None = Field(
         default=None, description="Local runs: the file that receives this trial's output."
+    )
+    active_params: list[str] | None = Field(
+        default=None,
+        description="The declared parameters that apply to this trial: the worker refuses to run "
+        "one that lacks any of them. None: every {{placeholder}} of a command needs a value.",
     )
     queued: bool = Field(
         default=False,

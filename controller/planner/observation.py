@@ -18,12 +18,18 @@ class StopReason(enum.StrEnum):
     BUDGET_EXHAUSTED = "BudgetExhausted"
     CONVERGED = "Converged"
     INTERRUPTED = "Interrupted"
+    FAILURE_BUDGET = "FailureBudgetExhausted"  # failed trials used up budget.maxFailedTrials
 
 
 # Failures of the platform rather than the objective: retried with the same params.
 INFRASTRUCTURE_REASONS = frozenset(
     {"killed", "preempted", "lost", "storageUnavailable", "interrupted", "unschedulable"}
 )
+
+
+# A trial whose asking never finished (its parameters or seed were never all written): it never
+# ran, so it counts towards nothing (maxTrials, the failure budget, the summary); one is asked anew.
+INCOMPLETE_REASON = "incomplete"
 
 
 # A trial asked for a busy local worker, WAITING in the storage until that worker starts it. It
@@ -36,7 +42,8 @@ class TrialView:
     """One Optuna trial as the planner needs it.
 
     ``root`` is the logical trial this attempt belongs to (its own number for a first attempt);
-    ``attempt`` counts retries (0 first).
+    ``attempt`` counts retries (0 first). ``startable`` is False for a RUNNING or QUEUED trial
+    whose parameters or seed were never all written: it must not run.
     """
 
     number: int
@@ -46,6 +53,12 @@ class TrialView:
     reason: str | None = None
     root: int | None = None
     attempt: int = 0
+    startable: bool = True
+
+    @property
+    def never_ran(self) -> bool:
+        """Failed as ``incomplete``: asked but never started (a crash while asking)."""
+        return self.state == "FAIL" and self.reason == INCOMPLETE_REASON
 
     @property
     def logical(self) -> int:

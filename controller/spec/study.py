@@ -130,6 +130,13 @@ class Budget(_Strict):
         default=None, ge=1, description="End as Converged after this many trials without improvement."
     )
     onExhausted: Literal["finish", "drain"] = "finish"
+    maxFailedTrials: int | None = Field(
+        default=None,
+        ge=0,
+        description="Failed trials the study tolerates (retried infrastructure failures aside): "
+        "one more ends it as Failed. Unset: end as Failed when the first 3 finished trials all "
+        "failed for the same reason and none completed.",
+    )
 
 
 class Trial(_Strict):
