@@ -56,7 +56,7 @@ from controller.studies.identity import EarlierStudy, earlier_studies, study_key
 from controller.studies.observe import observe_trials
 from controller.studies.record import ATTR_STARTED_AT, ATTR_STOP_DETAIL, ATTR_STOP_REASON, record_study
 from controller.studies.storage import create_or_load_study, open_storage
-from trial_worker.contract import storage_url_with_password
+from trial_worker.contract import connection_url
 
 log = structlog.get_logger("tunefleet.controller")
 RESYNC_S = 5.0
@@ -614,10 +614,11 @@ def _controller_storage(url: str) -> optuna.storages.RDBStorage:
     A connection broken by a database restart fails one reconcile, which is retried; SQLAlchemy
     then drops the whole stale pool. Pinging on every checkout would double the round trips.
     """
-    if not url.startswith("postgresql"):
+    full_url = connection_url(url)
+    if not full_url.startswith("postgresql"):
         return open_storage(url)
     engine_kwargs = {"pool_size": POOL_SIZE, "max_overflow": 4, "pool_pre_ping": False}
-    return optuna.storages.RDBStorage(storage_url_with_password(url), engine_kwargs=engine_kwargs)
+    return optuna.storages.RDBStorage(full_url, engine_kwargs=engine_kwargs)
 
 
 def _recorded_spec(study: optuna.Study) -> StudySpec | None:
