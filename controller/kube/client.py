@@ -125,10 +125,12 @@ class KubeApi:
                 name, namespace, tail_lines=lines, _preload_content=False
             )
         except ApiException as error:
+            # Best effort: a log the node cannot serve (400: the container never started; 404: gone;
+            # 5xx: the kubelet is unreachable) leaves the message without it, never fails a reconcile.
             if status_code(error) == 403:
                 log.warning("may not read trial pod logs (pods/log get)", namespace=namespace, pod=name)
-            elif status_code(error) not in (400, 404):  # 400: its container never started
-                raise
+            elif status_code(error) not in (400, 404):
+                log.info("no trial pod log", namespace=namespace, pod=name, status=status_code(error))
             return None
         return str(response.data.decode(errors="replace"))
 
