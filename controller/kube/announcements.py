@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from controller.kube.client import KubeApi
+from controller.studies.identity import EarlierStudy
 
 
 def condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
@@ -76,3 +77,15 @@ class Announcer:
         memory.add(key)
         self.kube.post_event(body, reason, message, warning=warning)
         return True
+
+
+def earlier_data_message(name: str, uid: str, key: str, earlier: list[EarlierStudy]) -> str:
+    """The EarlierStudyKept Event of a new Study whose name an earlier one had: where its data is."""
+    listed = ", ".join(f"{e.key!r} ({e.trials} trials)" for e in earlier)
+    example = earlier[-1].key
+    return (
+        f"this Study is a new object (uid {uid}) and starts afresh in Optuna study {key!r}. "
+        f"An earlier Study named {name!r} left its data in the database, untouched: {listed}. "
+        f"Export it with `tunefleet export --storage <url> --study {example} --out <dir>`, or "
+        f"continue from it on purpose with spec.warmStart.fromStudy: {example}"
+    )

@@ -26,12 +26,12 @@ from controller.kube import budgets as budgets_mod
 from controller.kube import outcome as outcome_mod
 from controller.kube import status as status_mod
 from controller.kube.client import KubeApi
+from controller.kube.deletion import DeletedStudy
 from controller.kube.executor import ExecutionReport, Executor, StudyRuntime
 from controller.kube.failures import failure_text
 from controller.kube.finishing import Finisher, FinishMemory
 from controller.kube.manifests import (
     EXPORT_MOUNT_PATH,
-    STUDY_UID_LABEL,
     StudyRef,
     TrialPodSettings,
     db_credentials_secret,
@@ -52,7 +52,7 @@ from controller.strategies import Spent
 from controller.strategies.live import LiveStrategy
 from controller.strategies.warmstart import apply_warm_start
 from controller.studies.confirming import confirmation_sources
-from controller.studies.identity import EarlierStudy, earlier_studies, study_key
+from controller.studies.identity import earlier_studies, study_key
 from controller.studies.observe import observe_trials
 from controller.studies.record import ATTR_STARTED_AT, ATTR_STOP_DETAIL, ATTR_STOP_REASON, record_study
 from controller.studies.storage import create_or_load_study, open_storage
@@ -339,7 +339,8 @@ class Reconciler:
         state.announced.add("Identity")
         earlier = earlier_studies(self.storage, ref.namespace, ref.name, ref.key)
         if earlier:
-            self.kube.post_event(body, "EarlierStudyKept", earlier_data_message(ref, earlier))
+            message = announcements.earlier_data_message(ref.name, ref.uid, ref.key, earlier)
+            self.kube.post_event(body, "EarlierStudyKept", message)
 
     def _apply_limits(self, runtime: StudyRuntime, state: StudyState) -> None:
         budget = runtime.spec.budget
@@ -533,75 +534,19 @@ class Reconciler:
     # -- study deletion ------------------------------------------------------------------------
 
     def study_deleted(self, namespace: str, name: str, body: dict[str, Any] | None = None) -> None:
-        """Delete the Study's Jobs, FAIL its running trials ``studyDeleted``, settle and release
-        its pods. The Optuna study and the ledger stay.
-
-        ``body`` is the deleted object, when known: then only its own Jobs and pods are touched,
-        not those of a new Study that took its name.
-        """
-        selector = study_selector(name)
-        pods = self.kube.list_pods(namespace, selector)
-        ref = self._deleted_ref(namespace, name, body, pods)
-        key = optuna_study_name(ref)
+        """Clean up after a deleted Study (:class:`~controller.kube.deletion.DeletedStudy`); its
+        Optuna study and ledger rows stay. ``body`` is the deleted object, when known."""
         state = self._states.get((namespace, name))
-        for job in self.kube.list_jobs(namespace, selector):
-            if ref.owns(job):
-                self.kube.delete_job(namespace, job["metadata"]["name"])
-        try:
-            study: optuna.Study | None = optuna.load_study(study_name=key, storage=self.storage)
-        except KeyError:
-            study = None
+        cleanup = DeletedStudy(self.kube, self.storage, self.executor, self.ledger)
+        ref = cleanup.resolve(namespace, name, body)
         runtime = state.runtime if state is not None and state.uid == ref.uid else None
-        spec = runtime.spec if runtime is not None else None
-        if study is not None:
-            self.executor.fail_running(study, "studyDeleted", "the Study was deleted")
-            if spec is None:
-                spec = _recorded_spec(study)
-        now = datetime.datetime.now(datetime.UTC)
-        for pod in pods:
-            if not ref.owns(pod):
-                continue
-            if spec is not None:
-                self.executor.settle_pod(spec, ref, pod, now)
-            self.kube.remove_accounting_finalizer(pod)
-        for open_key in self.ledger.open_reservations(key):
-            self.ledger.release(open_key)
+        cleanup.clean_up(ref, runtime.spec if runtime is not None else None)
         with self._lock:
             ours = state is not None and state.uid in ("", ref.uid)  # not a new object's memory
             if ours and self._states.get((namespace, name)) is state:
                 self._states.pop((namespace, name))
         if self.metrics is not None:
             self.metrics.forget_study(namespace, name)
-
-    def _deleted_ref(
-        self, namespace: str, name: str, body: dict[str, Any] | None, pods: list[dict[str, Any]]
-    ) -> StudyRef:
-        """The deleted object: from its last body, else from its pods' uid label (a controller
-        that was down when it went), else by name alone (objects from before the label)."""
-        meta = (body or {}).get("metadata") or {}
-        recorded = ((body or {}).get("status") or {}).get("optunaStudy")
-        uid = meta.get("uid") or next(
-            (p["metadata"].get("labels", {}).get(STUDY_UID_LABEL) for p in pods
-             if p["metadata"].get("labels", {}).get(STUDY_UID_LABEL)),
-            "",
-        )
-        if not uid:
-            return StudyRef(name, namespace)
-        key = recorded or study_key(namespace, name, uid)
-        if not recorded and key not in {s.study_name for s in self.storage.get_all_studies()}:
-            key = study_key(namespace, name, "")  # an upgraded object keeps the key it began with
-        return StudyRef(name, namespace, uid, key)
-
-def earlier_data_message(ref: StudyRef, earlier: list[EarlierStudy]) -> str:
-    """The Event of a new Study whose name an earlier one had: its data stays, and where."""
-    listed = ", ".join(f"{e.key!r} ({e.trials} trials)" for e in earlier)
-    example = earlier[-1].key
-    return (
-        f"this Study is a new object (uid {ref.uid}) and starts afresh in Optuna study {ref.key!r}. "
-        f"An earlier Study named {ref.name!r} left its data in the database, untouched: {listed}. "
-        f"Export it with `tunefleet export --storage <url> --study {example} --out <dir>`, or "
-        f"continue from it on purpose with spec.warmStart.fromStudy: {example}"
-    )
 
 
 class WarmStartFailed(Exception):
@@ -619,16 +564,6 @@ def _controller_storage(url: str) -> optuna.storages.RDBStorage:
         return open_storage(url)
     engine_kwargs = {"pool_size": POOL_SIZE, "max_overflow": 4, "pool_pre_ping": False}
     return optuna.storages.RDBStorage(full_url, engine_kwargs=engine_kwargs)
-
-
-def _recorded_spec(study: optuna.Study) -> StudySpec | None:
-    from controller.studies.record import ATTR_SPEC
-
-    raw = study.user_attrs.get(ATTR_SPEC)
-    try:
-        return validate_spec(raw) if raw is not None else None
-    except SpecInvalid:
-        return None
 
 
 def _trials_by_state(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
