@@ -85,20 +85,6 @@ def test_a_study_resumed_three_times_never_repeats_a_configuration(sampler: str,
     assert not repeated, f"{sampler} replayed {repeated[:2]} after a resume"
 
 
-@pytest.mark.parametrize("sampler", ["random", "tpe"])
-def test_one_long_session_and_the_same_from_scratch_sample_the_same_sequence(
-    sampler: str, tmp_path: Path
-) -> None:
-    """The seed still decides everything: two fresh studies with the same seed agree trial by trial."""
-    spec = spec_for(sampler)
-    sequences = []
-    for attempt in range(2):
-        url = f"sqlite:///{tmp_path / f'scratch{attempt}.db'}"
-        one_session(open_storage(url), spec, 2 * TRIALS_PER_SESSION)
-        sequences.append(configurations(url))
-    assert sequences[0] == sequences[1]
-
-
 def test_tunefleet_run_resumed_with_more_trials_asks_new_configurations(
     postgres_url: str, tmp_path: Path
 ) -> None:
