@@ -110,6 +110,8 @@ def test_a_budget_worth_exactly_three_trials_runs_exactly_three(
                       HANGS_FOR_S)
     body["spec"]["trial"]["gpus"] = 1
     body["spec"]["budget"]["gpuHours"] = limit / 3600
+    # Every trial hangs and fails: the GPU budget, not the failure budget, must end the study.
+    body["spec"]["budget"]["maxFailedTrials"] = 8
     controller = ControllerProcess(kube_emulator, postgres_url, tmp_path).start()
     watch = BudgetWatch(postgres_url, limit, study="exact")
     frozen: set[str] = set()

@@ -1,4 +1,7 @@
-"""A study whose trials all fail stops fast, locally, with the words the controller uses."""
+"""A study whose trials all fail stops fast, locally, with the words the controller uses.
+
+(``budget.maxFailedTrials`` letting every trial fail runs in test_local_runner.py's failure tests.)
+"""
 
 from __future__ import annotations
 
@@ -42,19 +45,3 @@ def test_an_objective_that_cannot_be_imported_stops_after_three_trials_with_its_
     log_tail = message.split("its log ends with:\n", 1)[1]
     assert log_tail.endswith("ModuleNotFoundError: No module named 'tests.support.no_such_module'")
     assert message in stderr
-
-
-def test_max_failed_trials_lets_a_flaky_objective_run_on(
-    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    document = study_document(
-        parallelism=1,
-        budget={"maxTrials": 8, "maxFailedTrials": 8},
-        trial={"python": "tests.support.objectives:raises", "maxDuration": "60s"},
-    )
-    spec = write_study(tmp_path / "study.yaml", document)
-    main(["run", str(spec), "--storage", sqlite_url, "-q", "--workdir", str(REPO_ROOT)])
-    study = optuna.load_study(study_name="test-study", storage=sqlite_url)
-    assert len(study.get_trials()) == 8
-    assert study.user_attrs[ATTR_STOP_REASON] == "MaxTrialsReached"
