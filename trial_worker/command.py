@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,12 +30,22 @@ class CommandResult:
     returncode: int | None = None
 
 
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}")
+
+
 def substitute(argv: list[str], params: dict[str, Any]) -> list[str]:
     """Replace ``{{name}}`` in each argument with the trial's value (empty if inactive)."""
-    import re
+    return [_PLACEHOLDER.sub(lambda m: _render(params.get(m.group(1))), part) for part in argv]
 
-    pattern = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}")
-    return [pattern.sub(lambda m: _render(params.get(m.group(1))), part) for part in argv]
+
+def unfilled_placeholders(argv: list[str], params: dict[str, Any], active: list[str] | None) -> list[str]:
+    """Placeholders that would be replaced by nothing although their parameter applies.
+
+    Only a conditional parameter that does not apply to this trial (not in ``active``) may be
+    empty; without ``active`` every placeholder needs a value.
+    """
+    names = dict.fromkeys(m.group(1) for part in argv for m in _PLACEHOLDER.finditer(part))
+    return [name for name in names if name not in params and (active is None or name in active)]
 
 
 def _render(value: Any) -> str:
@@ -133,6 +144,8 @@ def run_command(
             RunningCommand.current = None
         if process.poll() is None:
             _stop(process, TERMINATE_GRACE_S)
+        if process.stdout is not None:
+            process.stdout.close()
     if pruned:
         return CommandResult(collector.last, pruned=True)
     if process.returncode != 0:

@@ -61,6 +61,7 @@ class ExitCode(IntEnum):
     NOT_RUNNING = 10  # the trial was already finished by someone else; nothing was run
     CHECKPOINT_UNAVAILABLE = 11  # a PBT segment's checkpoint to resume from is missing or unreadable
     CHECKPOINT_NOT_SAVED = 12  # a PBT segment ended without saving its checkpoint
+    INCOMPLETE = 13  # the trial lacks parameters it needs: refused, nothing was run
 
     @property
     def reason(self) -> str:
@@ -85,6 +86,7 @@ _REASONS = {
     ExitCode.NOT_RUNNING: "notRunning",
     ExitCode.CHECKPOINT_UNAVAILABLE: "checkpointUnavailable",
     ExitCode.CHECKPOINT_NOT_SAVED: "checkpointNotSaved",
+    ExitCode.INCOMPLETE: "incomplete",
 }
 
 
@@ -159,6 +161,11 @@ class Assignment(_Frozen):
     workdir: str | None = Field(default=None, description="Where the objective runs.")
     log_path: str | None = Field(
         default=None, description="Local runs: the file that receives this trial's output."
+    )
+    active_params: list[str] | None = Field(
+        default=None,
+        description="The declared parameters that apply to this trial: the worker refuses to run "
+        "one that lacks any of them. None: every {{placeholder}} of a command needs a value.",
     )
     queued: bool = Field(
         default=False,

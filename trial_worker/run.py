@@ -19,13 +19,14 @@ from optuna.trial import TrialState
 
 from trial_worker import checkpoints
 from trial_worker.checkpoints import CheckpointNotSaved, CheckpointUnavailable
-from trial_worker.command import RunningCommand, run_command
+from trial_worker.command import RunningCommand, run_command, unfilled_placeholders
 from trial_worker.contract import (
     ATTR_DETAIL,
     ATTR_EXIT_CODE,
     ATTR_GPU_MODEL,
     ATTR_REASON,
     CHECKPOINT_UNREADABLE_EXIT,
+    SEGMENT_PLACEHOLDERS,
     Assignment,
     CommandObjective,
     ExitCode,
@@ -67,12 +68,18 @@ def run_assignment(assignment: Assignment) -> TrialReport:
     if state != TrialState.RUNNING:
         return _report(assignment, "FAIL", ExitCode.NOT_RUNNING, f"trial is {state.name}", started)
 
-    watchdog = _Watchdog(assignment, study, trial)
-    watchdog.start()
-    try:
-        outcome = _run_with_checkpoints(assignment, trial)
-    finally:
-        watchdog.cancel()
+    refusal = _incomplete(assignment, trial.params)
+    if refusal is not None:
+        outcome = refusal
+    else:
+        watchdog = _Watchdog(assignment, study, trial)
+        watchdog.start()
+        try:
+            outcome = _run_with_checkpoints(assignment, trial)
+        finally:
+            watchdog.cancel()
+    if outcome.state == TrialState.FAIL:
+        _say_why(assignment, outcome)
     try:
         with_retries(lambda: _tell(study, trial, outcome))
     except Exception as exc:  # noqa: BLE001
@@ -82,6 +89,37 @@ def run_assignment(assignment: Assignment) -> TrialReport:
             assignment, "FAIL", ExitCode.STORAGE_UNAVAILABLE, f"cannot store the outcome: {exc}", started
         )
     return _report(assignment, outcome.state.name, outcome.exit_code, outcome.message, started)
+
+
+def _say_why(assignment: Assignment, outcome: Outcome) -> None:
+    """The failure in the trial's own log (its pod's log, its local log file), traceback included."""
+    print(
+        f"tunefleet-worker: trial {assignment.trial_number} failed with {outcome.exit_code.reason}: "
+        f"{outcome.message or ''}",
+        file=sys.stderr,
+    )
+    if outcome.detail:
+        print(outcome.detail.rstrip(), file=sys.stderr)
+    sys.stderr.flush()
+
+
+def _incomplete(assignment: Assignment, params: dict[str, Any]) -> Outcome | None:
+    """Refuse a trial that lacks a parameter it needs, rather than run it with a hole in it."""
+    missing = [name for name in assignment.active_params or [] if name not in params]
+    if isinstance(assignment.objective, CommandObjective):
+        unfilled = unfilled_placeholders(assignment.objective.argv, params, assignment.active_params)
+        # a PBT segment's own placeholders are filled when its checkpoints are known, not from params
+        missing += [n for n in unfilled if n not in missing and n not in SEGMENT_PLACEHOLDERS]
+    if not missing:
+        return None
+    names = ", ".join(missing)
+    message = (
+        f"refused to run trial {assignment.trial_number}: it has no value for {names}, so "
+        + ("its command would get an empty placeholder" if isinstance(assignment.objective, CommandObjective)
+           else "the objective would run without it")
+        + " (its parameters were never all written)"
+    )
+    return Outcome(TrialState.FAIL, ExitCode.INCOMPLETE, message=message)
 
 
 def _report(

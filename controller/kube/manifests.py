@@ -34,6 +34,9 @@ from trial_worker.contract import (
 GROUP = "tunefleet.dev"
 VERSION = "v1alpha1"
 STUDY_LABEL = "tunefleet.dev/study"
+# The Study object's uid: a Study deleted and applied again under the same name is another object,
+# whose trial Jobs and pods must not be taken for the earlier one's.
+STUDY_UID_LABEL = "tunefleet.dev/study-uid"
 TRIAL_LABEL = "tunefleet.dev/trial"
 ATTEMPT_LABEL = "tunefleet.dev/attempt"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -94,11 +97,22 @@ _RESTRICTED_CONTAINER = {
 
 @dataclass(frozen=True)
 class StudyRef:
-    """The Study a trial belongs to; ``uid`` makes the owner reference (empty: none, offline)."""
+    """The Study a trial belongs to; ``uid`` makes the owner reference (empty: none, offline).
+
+    ``key`` is its Optuna study and ledger key (:func:`controller.studies.identity.study_key`);
+    empty: ``<namespace>/<name>``, the key of objects from before keys carried the uid.
+    """
 
     name: str
     namespace: str
     uid: str = ""
+    key: str = ""
+
+    def owns(self, obj: dict[str, Any]) -> bool:
+        """Whether a trial Job or pod labelled with this Study's name is this object's: not one
+        left by an earlier object of the same name (Jobs from before the uid label count as ours)."""
+        labelled = ((obj.get("metadata") or {}).get("labels") or {}).get(STUDY_UID_LABEL)
+        return labelled is None or not self.uid or labelled == self.uid
 
 
 @dataclass(frozen=True)
@@ -112,8 +126,8 @@ class TrialPodSettings:
 
 
 def optuna_study_name(study: StudyRef) -> str:
-    """The shared Optuna study's name and the ledger's study key: ``<namespace>/<name>``."""
-    return f"{study.namespace}/{study.name}"
+    """The shared Optuna study's name and the ledger's study key (see :class:`StudyRef`)."""
+    return study.key or f"{study.namespace}/{study.name}"
 
 
 def job_name(study_name: str, trial_number: int) -> str:
@@ -122,7 +136,7 @@ def job_name(study_name: str, trial_number: int) -> str:
 
 
 def reservation_key(study: StudyRef, trial_number: int) -> str:
-    return f"{study.namespace}/{study.name}/{trial_number}"
+    return f"{optuna_study_name(study)}/{trial_number}"
 
 
 def study_selector(study_name: str) -> str:
@@ -137,8 +151,13 @@ def build_assignment(
     storage_url: str,
     pruner: PrunerConfig,
     segment: SegmentAssignment | None = None,
+    active_params: list[str] | None = None,
 ) -> Assignment:
-    """The worker's assignment; ``storage_url`` must carry no password (it is in a Secret)."""
+    """The worker's assignment; ``storage_url`` must carry no password (it is in a Secret).
+
+    ``active_params`` names the parameters that apply to the trial: the worker refuses to run it
+    without any of them.
+    """
     entry = spec.trial
     objective = (
         PythonObjective(entry=entry.python)
@@ -157,6 +176,7 @@ def build_assignment(
         max_duration_s=entry.maxDuration,
         deterministic=spec.reproducibility.deterministic,
         segment=segment,
+        active_params=active_params,
     )
 
 
@@ -177,6 +197,8 @@ def trial_job(
         ATTEMPT_LABEL: str(attempt),
         MANAGED_BY_LABEL: "tunefleet",
     }
+    if study.uid:
+        labels[STUDY_UID_LABEL] = study.uid
     metadata: dict[str, Any] = {"name": name, "namespace": study.namespace, "labels": dict(labels)}
     if spec.trial.queueName:
         metadata["labels"][KUEUE_QUEUE_LABEL] = spec.trial.queueName

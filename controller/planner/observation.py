@@ -21,12 +21,18 @@ class StopReason(enum.StrEnum):
     CONVERGED = "Converged"
     INTERRUPTED = "Interrupted"
     POPULATION_TRAINED = "PopulationTrained"  # pbt: every member trained objective.steps (or stopped)
+    FAILURE_BUDGET = "FailureBudgetExhausted"  # failed trials used up budget.maxFailedTrials
 
 
 # Failures of the platform rather than the objective: retried with the same params.
 INFRASTRUCTURE_REASONS = frozenset(
     {"killed", "preempted", "lost", "storageUnavailable", "interrupted", "unschedulable"}
 )
+
+
+# A trial whose asking never finished (its parameters or seed were never all written): it never
+# ran, so it counts towards nothing (maxTrials, the failure budget, the summary); one is asked anew.
+INCOMPLETE_REASON = "incomplete"
 
 
 # A trial asked for a busy local worker, WAITING in the storage until that worker starts it. It
@@ -40,6 +46,8 @@ class TrialView:
 
     ``root`` is the logical trial this attempt belongs to (its own number for a first attempt);
     ``attempt`` counts retries (0 first). ``segment``: the PBT segment the trial trains, if any.
+    ``startable`` is False for a RUNNING or QUEUED trial
+    whose parameters or seed were never all written: it must not run.
     """
 
     number: int
@@ -50,6 +58,12 @@ class TrialView:
     root: int | None = None
     attempt: int = 0
     segment: Segment | None = None
+    startable: bool = True
+
+    @property
+    def never_ran(self) -> bool:
+        """Failed as ``incomplete``: asked but never started (a crash while asking)."""
+        return self.state == "FAIL" and self.reason == INCOMPLETE_REASON
 
     @property
     def logical(self) -> int:

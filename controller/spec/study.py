@@ -220,6 +220,13 @@ class Budget(SpecModel):
         default=None, ge=1, description="End as Converged after this many trials without improvement."
     )
     onExhausted: Literal["finish", "drain"] = "finish"
+    maxFailedTrials: int | None = Field(
+        default=None,
+        ge=0,
+        description="Failed trials the study tolerates (retried infrastructure failures aside): "
+        "one more ends it as Failed. Unset: end as Failed when the first 3 finished trials all "
+        "failed for the same reason and none completed.",
+    )
 
 
 PYTHON_OR_COMMAND = Rule(

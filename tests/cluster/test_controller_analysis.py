@@ -21,6 +21,7 @@ from tests.cluster.controller_harness import (
     ControllerProcess,
     finished,
     load_trials,
+    optuna_key,
     prepare_cluster,
     study_manifest,
     study_status,
@@ -73,14 +74,14 @@ def _best_config_map(kube: KubeEmulator, name: str) -> dict[str, Any]:
 def _export(storage_url: str, name: str, out: Path) -> None:
     """The real ``tunefleet export`` command line, as a user runs it anywhere."""
     subprocess.run(
-        [str(VENV_BIN / "tunefleet"), "export", "--storage", storage_url, "--study", f"{NAMESPACE}/{name}",
-         "--out", str(out)],
+        [str(VENV_BIN / "tunefleet"), "export", "--storage", storage_url,
+         "--study", optuna_key(storage_url, name), "--out", str(out)],
         check=True, capture_output=True, timeout=180,
     )
 
 
 def _study(storage_url: str, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=f"{NAMESPACE}/{name}", storage=storage_url)
+    return optuna.load_study(study_name=optuna_key(storage_url, name), storage=storage_url)
 
 
 def test_a_study_with_sampler_auto_shows_the_chosen_sampler_and_pruner_with_reasons(
