@@ -67,7 +67,7 @@ class Health:
 
 @dataclass
 class _Watched:
-    key: str  # the Optuna study name (``<namespace>/<name>`` on a cluster)
+    key: str  # the Optuna study name (``<namespace>/<name>/<uid>`` on a cluster)
     name: str
     settings: MlflowTracking
     namespace: str | None  # where secretRef lives; None for local runs
@@ -82,7 +82,11 @@ class _Watched:
 
     @property
     def experiment(self) -> str:
-        return self.settings.experiment or self.key
+        """As named, else ``<namespace>/<name>`` (a re-created Study adds a parent run to the
+        same experiment), else the local study's name."""
+        if self.settings.experiment:
+            return self.settings.experiment
+        return f"{self.namespace}/{self.name}" if self.namespace is not None else self.key
 
 
 class TrackingMirror:

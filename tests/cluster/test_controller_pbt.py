@@ -20,6 +20,7 @@ from tests.cluster.controller_harness import (
     NAMESPACE,
     STUDIES,
     ControllerProcess,
+    optuna_key,
     prepare_cluster,
     study_manifest,
     study_status,
@@ -52,11 +53,11 @@ def pbt_study(step_sleep_s: float) -> dict[str, Any]:
 
 
 def segments(storage: optuna.storages.BaseStorage) -> list[tuple[FrozenTrial, Segment]]:
-    try:
-        study = optuna.load_study(study_name=f"{NAMESPACE}/{STUDY}", storage=storage)
-        trials = study.get_trials(deepcopy=False)
-    except KeyError:
+    prefix = f"{NAMESPACE}/{STUDY}"  # the Optuna study is keyed by the object too: <prefix>/<uid>
+    keys = [s.study_name for s in storage.get_all_studies() if s.study_name.startswith(prefix + "/")]
+    if not keys:
         return []
+    trials = optuna.load_study(study_name=keys[-1], storage=storage).get_trials(deepcopy=False)
     found = [(t, Segment.from_attr(t.user_attrs.get(ATTR_SEGMENT))) for t in trials]
     return [(t, s) for t, s in found if s is not None]
 
@@ -146,4 +147,4 @@ def test_a_pbt_study_moves_checkpoints_on_a_volume_through_a_controller_crash_an
     saved = {p.name for p in volume.glob("member-*/trial-*") if (p / "state.pkl").is_file()}
     assert {f"trial-{t.number}" for t, _ in found_all if t.state.name == "COMPLETE"} <= saved
     with Ledger(postgres_url) as ledger:
-        assert ledger.open_reservations(f"{NAMESPACE}/{STUDY}") == {}
+        assert ledger.open_reservations(optuna_key(postgres_url, STUDY)) == {}

@@ -19,6 +19,7 @@ from tests.cluster.controller_harness import (
     ControllerProcess,
     condition,
     finished,
+    optuna_key,
     prepare_cluster,
     study_manifest,
     study_status,
@@ -124,7 +125,9 @@ def test_a_cluster_study_is_mirrored_while_it_runs_and_a_controller_restart_dupl
     # read_study fails on a second run for the study or for any trial: the restart duplicated nothing.
     assert mirrored.all_runs == TRIALS + 1 and sorted(mirrored.trials) == list(range(TRIALS))
     parent = mirrored.parent
-    assert parent.tags["tunefleet.study"] == experiment and parent.tags["team"] == "vision"
+    # the experiment is <namespace>/<name>; the parent run names the study object it mirrors
+    assert parent.tags["tunefleet.study"] == optuna_key(postgres_url, "mirrored") != experiment
+    assert parent.tags["team"] == "vision"
     assert parent.tags["tunefleet.stop_reason"] == "MaxTrialsReached"
     assert {f"export/{name}" for name in EXPORT_FILES} | {"tunefleet/spec.yaml"} <= set(parent.artifacts)
     for number, trial in mirrored.trials.items():
