@@ -174,6 +174,16 @@ def start_retry(study: optuna.Study, failed: FrozenTrial) -> optuna.Trial:
 def start_running_copy(study: optuna.Study, source: FrozenTrial, user_attrs: dict[str, Any]) -> optuna.Trial:
     """A new RUNNING trial with ``source``'s params and the given attributes, created directly in
     the storage: no sampler is asked and no waiting (warm-start) trial is consumed."""
+    return start_running_with(study, dict(source.params), dict(source.distributions), user_attrs)
+
+
+def start_running_with(
+    study: optuna.Study,
+    params: dict[str, Any],
+    distributions: dict[str, BaseDistribution],
+    user_attrs: dict[str, Any],
+) -> optuna.Trial:
+    """A new RUNNING trial with exactly these params and attributes, created in the storage."""
     template = FrozenTrial(
         number=-1,
         state=TrialState.RUNNING,
@@ -181,8 +191,8 @@ def start_running_copy(study: optuna.Study, source: FrozenTrial, user_attrs: dic
         values=None,
         datetime_start=datetime.datetime.now(),
         datetime_complete=None,
-        params=dict(source.params),
-        distributions=dict(source.distributions),
+        params=params,
+        distributions=distributions,
         user_attrs=user_attrs,
         system_attrs={},
         intermediate_values={},

@@ -8,19 +8,17 @@ segments for population-based ones, so reservations, retries and settlement stay
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
 
 from controller.planner import Plan
 from controller.planner.population import PlannedSegment
 from controller.planner.segments import ATTR_SEGMENT, Segment, checkpoint_path
 from controller.spec import StudySpec
-from controller.studies.asking import ask_new_trial, distribution_of, trial_seed
+from controller.studies.asking import ask_new_trial, distribution_of, start_running_with, trial_seed
 from trial_worker.contract import ATTR_SEED, SegmentAssignment
 
 
@@ -42,22 +40,7 @@ def start_segment(
     """
     params = {name: value for name, value in planned.params.items() if name in spec.searchSpace}
     distributions = {name: distribution_of(spec.searchSpace[name]) for name in params}
-    template = FrozenTrial(
-        number=-1,
-        state=TrialState.RUNNING,
-        value=None,
-        values=None,
-        datetime_start=datetime.datetime.now(),
-        datetime_complete=None,
-        params=params,
-        distributions=distributions,
-        user_attrs={ATTR_SEGMENT: planned.segment.to_attr()},
-        system_attrs={},
-        intermediate_values={},
-        trial_id=-1,
-    )
-    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
-    trial = optuna.Trial(study, trial_id)
+    trial = start_running_with(study, params, distributions, {ATTR_SEGMENT: planned.segment.to_attr()})
     trial.set_user_attr(ATTR_SEED, trial_seed(study_seed, trial.number))
     return trial
 
