@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 # server then stay on one worker (xdist_group).
 workers=${TUNEFLEET_TEST_WORKERS:-0}
 if [ "$workers" = 0 ]; then
-  .venv/bin/python -m pytest "$@"
+  .venv/bin/python -m pytest --durations=40 "$@"
 else
-  .venv/bin/python -m pytest -n "$workers" --dist loadgroup "$@"
+  .venv/bin/python -m pytest --durations=40 -n "$workers" --dist loadgroup "$@"
 fi
 status=$?
 if [ "$status" -eq 5 ]; then
