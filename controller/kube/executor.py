@@ -71,8 +71,8 @@ class StudyRuntime:
     def worst_case(self) -> Charge:
         trial = self.spec.trial
         return worst_case(
-            trial.gpus,
-            trial.cpus,
+            trial.gpus_held,
+            trial.cpus_held,
             trial.maxDuration + DEADLINE_GRACE_SECONDS + KUBELET_REACTION_SECONDS,
             termination_grace(self.spec),
         )
