@@ -312,8 +312,13 @@ class Ledger:
         )
         return True
 
-    def settle(self, key: str, reservation_key: str, actual: Charge, wall_seconds: float) -> Charge:
+    def settle(
+        self, key: str, reservation_key: str, actual: Charge, wall_seconds: float, release: bool = True
+    ) -> Charge:
         """Charge ``actual`` against a reservation and release it, in one transaction.
+
+        ``release=False`` keeps the reservation open: a trial of several pods settles each, and
+        its room is released with the last.
 
         ``key`` is the pod UID (or a local attempt key): settling it again returns the first
         charge and changes nothing. A reservation's settlements never add up to more than it
@@ -330,6 +335,12 @@ class Ledger:
                 raise KeyError(f"no reservation {reservation_key!r} to settle")
             existing = conn.execute(sa.select(settlements).where(settlements.c.key == key)).first()
             if existing is not None:
+                if release and reservation.released_at is None:  # settled before, kept open then
+                    conn.execute(
+                        reservations.update()
+                        .where(reservations.c.key == reservation_key)
+                        .values(released_at=_utcnow())
+                    )
                 return Charge(existing.gpu_seconds, existing.cpu_seconds)
             already = conn.execute(
                 sa.select(
@@ -353,7 +364,7 @@ class Ledger:
                     reserved_at=reservation.created_at,
                 )
             )
-            if reservation.released_at is None:
+            if release and reservation.released_at is None:
                 conn.execute(
                     reservations.update()
                     .where(reservations.c.key == reservation_key)

@@ -18,6 +18,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
+from controller.multinode.manifests import spread_over_nodes
 from controller.spec import StudySpec
 from trial_worker.contract import (
     ASSIGNMENT_ENV,
@@ -178,7 +179,7 @@ def trial_job(
         metadata["labels"][KUEUE_QUEUE_LABEL] = spec.trial.queueName
     if study.uid:
         metadata["ownerReferences"] = owner_references(study)
-    return {
+    job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": metadata,
@@ -190,6 +191,7 @@ def trial_job(
             "template": trial_pod_template(spec, labels, assignment, settings),
         },
     }
+    return spread_over_nodes(job, spec, TRIAL_CONTAINER)  # trial.nodes > 1: an Indexed Job
 
 
 def trial_pod_template(

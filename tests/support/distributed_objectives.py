@@ -37,3 +37,27 @@ def rank_one_fails(trial: optuna.Trial) -> float:
             os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(30)
     return x
+
+
+def allreduce_after_a_pause(trial: optuna.Trial) -> float:
+    """The first trial's ranks meet, then wait (a test stops one meanwhile); later trials go on."""
+    import time
+
+    import torch.distributed as dist
+
+    if trial.number == 0:
+        dist.init_process_group("gloo")
+        time.sleep(float(os.environ.get("TUNEFLEET_TEST_SLEEP", "30")))
+        dist.destroy_process_group()
+    return allreduce(trial)
+
+
+def pruned_at_once_or_sleeps(trial: optuna.Trial) -> float:
+    """Rank 0 is pruned at once (as when its pruner says so); the other ranks would run for minutes."""
+    import time
+
+    x = trial.suggest_float("x", -10.0, 10.0)
+    if os.environ["TUNEFLEET_NODE_RANK"] == "0":
+        raise optuna.TrialPruned()
+    time.sleep(300)
+    return x
