@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from controller.multinode.manifests import job_companions
 from controller.kube.manifests import (
     DEFAULT_TRIAL_IMAGE,
     TRIAL_SERVICE_ACCOUNT,
@@ -21,6 +20,7 @@ from controller.kube.manifests import (
     trial_job,
     trial_service_account,
 )
+from controller.multinode.manifests import job_companions
 from trial_worker.contract import (
     DB_PASSWORD_ENV,
     PrunerConfig,

@@ -29,8 +29,6 @@ from controller.budget.accounting import Charge, pod_charge, worst_case
 from controller.budget.ledger import PROVISIONAL_TRIAL, Ledger, provisional_key
 from controller.kube.budgets import crash_point
 from controller.kube.client import KubeApi
-from controller.multinode.manifests import job_companions, speaks_for_trial
-from controller.multinode.observe import all_pods_done
 from controller.kube.manifests import (
     DEADLINE_GRACE_SECONDS,
     KUBELET_REACTION_SECONDS,
@@ -45,6 +43,8 @@ from controller.kube.manifests import (
 )
 from controller.kube.observe import ClusterView, PodOutcome
 from controller.kube.provenance import pod_provenance, record_provenance
+from controller.multinode.manifests import job_companions, speaks_for_trial
+from controller.multinode.observe import all_pods_done
 from controller.planner import Plan
 from controller.spec import StudySpec
 from controller.studies.asking import ask_new_trial, start_retry
@@ -163,7 +163,12 @@ class Executor:
         report.settled += 1
 
     def settle_pod(
-        self, spec: StudySpec, ref: StudyRef, pod: dict[str, Any], now: datetime.datetime, release: bool = True
+        self,
+        spec: StudySpec,
+        ref: StudyRef,
+        pod: dict[str, Any],
+        now: datetime.datetime,
+        release: bool = True,
     ) -> None:
         """Charge the pod's allocation against its trial's reservation (idempotent by pod UID);
         ``release`` the reservation's remaining room (not while other pods of the trial may run)."""

@@ -63,7 +63,12 @@ class LocalGang:
                     [sys.executable, "-m", "trial_worker"],
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    env={**os.environ, **env, ASSIGNMENT_ENV: mine.model_dump_json(), "PYTHONUNBUFFERED": "1"},
+                    env={
+                        **os.environ,
+                        **env,
+                        ASSIGNMENT_ENV: mine.model_dump_json(),
+                        "PYTHONUNBUFFERED": "1",
+                    },
                     cwd=cwd,
                     start_new_session=True,
                 )

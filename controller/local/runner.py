@@ -340,8 +340,9 @@ class LocalRunner:
 
     def _can_queue_behind(self, worker: LocalWorker) -> bool:
         busy = worker.trial_number is not None  # (an idle worker retired at a stop has none)
-        single = self.spec.trial.nodes == 1
-        return self.spec.trial.isolation == "warm" and single and busy and not worker.has_queued and not worker.exited
+        if self.spec.trial.nodes > 1:
+            return False  # its other ranks would start before it could claim the trial
+        return self.spec.trial.isolation == "warm" and busy and not worker.has_queued and not worker.exited
 
     def _take_worker(self) -> tuple[LocalWorker, bool] | None:
         """An idle worker, a new one, or (prefetching) a busy one with nothing queued: ``behind``."""
@@ -362,7 +363,12 @@ class LocalRunner:
         self._inflight[assignment.trial_number] = _InFlight(worker, assignment, reservation_key, started)
         if assignment.rendezvous is not None:
             self._gangs[assignment.trial_number] = LocalGang(
-                assignment, worker.worker_id, self._events, self.log_dir, self.options.workdir, self._worker_env
+                assignment,
+                worker.worker_id,
+                self._events,
+                self.log_dir,
+                self.options.workdir,
+                self._worker_env,
             )
 
     def _kill_at(self, flight: _InFlight) -> float:

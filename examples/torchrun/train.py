@@ -36,7 +36,9 @@ def main() -> None:
 
     data = torch.Generator().manual_seed(1234)  # every rank builds the same task, takes its shard
     inputs = torch.randn(SAMPLES, FEATURES, generator=data)
-    targets = inputs @ torch.randn(FEATURES, 1, generator=data) + 0.1 * torch.randn(SAMPLES, 1, generator=data)
+    targets = inputs @ torch.randn(FEATURES, 1, generator=data) + 0.1 * torch.randn(
+        SAMPLES, 1, generator=data
+    )
     split = SAMPLES * 3 // 4
     train_x, train_y = inputs[:split][rank::world].to(device), targets[:split][rank::world].to(device)
     val_x, val_y = inputs[split:][rank::world].to(device), targets[split:][rank::world].to(device)

@@ -59,8 +59,10 @@ def test_two_ranks_all_reduce_over_gloo_on_the_cluster_and_everything_goes_with_
         controller.stop()
     trials = load_trials(postgres_url, "gang")
     for trial in trials:
-        print(f"trial {trial.number}: x={trial.params['x']:.6f} value={trial.value:.6f} "
-              f"written_by_rank={trial.user_attrs['written_by_rank']}")
+        print(
+            f"trial {trial.number}: x={trial.params['x']:.6f} value={trial.value:.6f} "
+            f"written_by_rank={trial.user_attrs['written_by_rank']}"
+        )
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
     for trial in trials:
         assert trial.value == pytest.approx(3 * trial.params["x"])  # x * 1 + x * 2: both ranks
@@ -73,8 +75,9 @@ def test_two_ranks_all_reduce_over_gloo_on_the_cluster_and_everything_goes_with_
     for obj in [*jobs, *services]:
         assert obj["metadata"]["ownerReferences"][0]["uid"] == study["metadata"]["uid"]
     pods = trial_pods(kube_emulator, "gang")
-    assert sorted((p["metadata"]["labels"]["tunefleet.dev/trial"], p["metadata"]["annotations"][INDEX])
-                  for p in pods) == [("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")]
+    assert sorted(
+        (p["metadata"]["labels"]["tunefleet.dev/trial"], p["metadata"]["annotations"][INDEX]) for p in pods
+    ) == [("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")]
     assert all("tunefleet.dev/gpu-accounting" not in (p["metadata"].get("finalizers") or []) for p in pods)
     ledger = Ledger(postgres_url)
     try:
@@ -85,9 +88,11 @@ def test_two_ranks_all_reduce_over_gloo_on_the_cluster_and_everything_goes_with_
 
     kube_emulator.api.delete(STUDIES, NAMESPACE, "gang")
     wait_for(
-        lambda: not trial_jobs(kube_emulator, "gang")
-        and not trial_pods(kube_emulator, "gang")
-        and not kube_emulator.api.list("services", NAMESPACE),
+        lambda: (
+            not trial_jobs(kube_emulator, "gang")
+            and not trial_pods(kube_emulator, "gang")
+            and not kube_emulator.api.list("services", NAMESPACE)
+        ),
         30,
         "the Jobs, Services and pods outlived their Study",
     )
@@ -105,9 +110,12 @@ def test_a_lost_rank_1_fails_the_whole_trial_and_it_is_retried_with_the_same_par
 
         def rank_1_running() -> dict[str, Any] | None:
             return next(
-                (p for p in trial_pods(kube_emulator, "lose")
-                 if (p["metadata"].get("annotations") or {}).get(INDEX) == "1"
-                 and (p.get("status") or {}).get("phase") == "Running"),
+                (
+                    p
+                    for p in trial_pods(kube_emulator, "lose")
+                    if (p["metadata"].get("annotations") or {}).get(INDEX) == "1"
+                    and (p.get("status") or {}).get("phase") == "Running"
+                ),
                 None,
             )
 
@@ -134,8 +142,10 @@ def test_rank_0_pruned_ends_the_trial_and_stops_the_other_pod(
     try:
         run(kube_emulator, controller, body)
         wait_for(
-            lambda: all((p.get("status") or {}).get("phase") in ("Succeeded", "Failed")
-                        for p in trial_pods(kube_emulator, "prune")),
+            lambda: all(
+                (p.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+                for p in trial_pods(kube_emulator, "prune")
+            ),
             30,
             "rank 1 kept running after rank 0 was pruned",
         )
@@ -199,8 +209,11 @@ def test_a_budget_of_exactly_two_hung_two_pod_trials_bills_every_pod_and_never_o
                     frozen.add(uid)
             return study_status(kube_emulator, "hung").get("phase") in ("Succeeded", "Failed")
 
-        wait_for(watch.sampling(hang_running_pods_until_the_study_ends), 200,
-                 "the study did not end\n" + controller.log()[-3000:])
+        wait_for(
+            watch.sampling(hang_running_pods_until_the_study_ends),
+            200,
+            "the study did not end\n" + controller.log()[-3000:],
+        )
     finally:
         controller.stop()
     watch.sample()
@@ -214,7 +227,8 @@ def test_a_budget_of_exactly_two_hung_two_pod_trials_bills_every_pod_and_never_o
     print(
         f"two-pod trials, exact budget: limit {limit} GPU-s (2 trials x 2 pods x {WORST_CASE_S}), settled "
         f"{settled} GPU-s, per pod {[pod_gpu_seconds(p) for p in pods]} GPU-s, overspend {watch.overspend} "
-        f"over {watch.samples} samples, trials {len(trials)}, pods {len(pods)}, accounting error per pod {errors} s"
+        f"over {watch.samples} samples, trials {len(trials)}, pods {len(pods)}, "
+        f"accounting error per pod {errors} s"
     )
     assert len(trials) == 2 and len(pods) == 4 == len(frozen)
     assert study_status(kube_emulator, "hung")["stopReason"] == "BudgetExhausted"

@@ -6,15 +6,14 @@ import os
 from typing import Any
 
 import pytest
+import yaml
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from controller.spec import SpecInvalid, parse_study_text
 from tests.support.specs import study_document
-from trial_worker.contract import Assignment, PythonObjective, MetricDirection, Rendezvous
+from trial_worker.contract import Assignment, MetricDirection, PythonObjective, Rendezvous
 from trial_worker.distributed import FollowerTrial, current_rendezvous, rendezvous_environment
-
-import yaml
 
 
 def spec_of(**trial: Any) -> Any:

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .network import PodNetwork
 from . import podenv
 from .errors import ApiError
+from .network import PodNetwork
 from .store import POD_KEY, Store, now_iso
 from .watching import DELETED, Event
 
