@@ -106,7 +106,7 @@ def _run_as_follower(assignment: Assignment, started: float) -> TrialReport:
     finally:
         watchdog.cancel()
     if outcome.exit_code in _RANK_ZEROS_CONCERN:
-        outcome = Outcome(TrialState.COMPLETE, ExitCode.TOLD, message=outcome.message)
+        outcome = Outcome(TrialState.COMPLETE, ExitCode.TOLD, message="rank 0 tells the values")
     return _report(assignment, outcome.state.name, outcome.exit_code, outcome.message, started)
 
 
@@ -242,7 +242,7 @@ def _record_gpu_model(trial: optuna.trial.BaseTrial) -> None:
         trial.set_user_attr(ATTR_GPU_MODEL, model)
 
 
-def _import_objective(entry: str, workdir: str | None) -> Callable[[optuna.Trial], Any]:
+def _import_objective(entry: str, workdir: str | None) -> Callable[[optuna.trial.BaseTrial], Any]:
     module_name, function_name = entry.split(":", 1)
     root = workdir or os.getcwd()
     if root not in sys.path:
