@@ -132,7 +132,8 @@ class Executor:
                 continue
             unsettled[outcome.trial_number] -= 1
             # A multi-node trial's reservation covers all its pods: kept until the last is billed.
-            last = unsettled[outcome.trial_number] == 0 and all_pods_done(view, outcome.trial_number)
+            nodes = runtime.spec.trial.nodes
+            last = unsettled[outcome.trial_number] == 0 and all_pods_done(view, outcome.trial_number, nodes)
             self._record_finished(runtime, outcome, pod, now, report, running, release=last)
 
     def _record_finished(
