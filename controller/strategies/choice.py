@@ -99,7 +99,7 @@ def affordable_trials(spec: StudySpec, cost: TrialCost, spent: Spent | None = No
         limits["gpuHours"] = spent.trials_started + _whole(left / (spec.trial.gpus_held * seconds))
     if budget.cpuHours is not None:
         left = budget.cpuHours * 3600 - spent.cpu_seconds
-        limits["cpuHours"] = spent.trials_started + _whole(left / (spec.trial.cpus * seconds))
+        limits["cpuHours"] = spent.trials_started + _whole(left / (spec.trial.cpus_held * seconds))
     if budget.deadline is not None:
         left = budget.deadline - spent.elapsed_s
         limits["deadline"] = spent.trials_started + _whole(left / seconds) * spec.parallelism

@@ -134,3 +134,18 @@ def test_a_follower_stops_when_rank_0_ended_the_trial(monkeypatch: pytest.Monkey
     trial = FollowerTrial(stored(x=1.0), lambda: stored(next(states), x=1.0))
     assert not trial.should_prune()
     assert trial.should_prune()
+
+
+def test_plan_counts_a_trials_gpus_and_cpus_as_nodes_times_each() -> None:
+    from controller.strategies.choice import TrialCost, affordable_trials
+
+    def affordable(nodes: int) -> dict[str, int]:
+        document = study_document(
+            trial={"python": "m:f", "nodes": nodes, "gpus": 2, "cpus": 1, "maxDuration": "1h"},
+            budget={"gpuHours": 16, "cpuHours": 8, "maxTrials": None},
+        )
+        spec = parse_study_text(yaml.safe_dump(document)).spec
+        return affordable_trials(spec, TrialCost(3600.0, "maxDuration")).limits
+
+    assert affordable(1) == {"gpuHours": 8, "cpuHours": 8}
+    assert affordable(2) == {"gpuHours": 4, "cpuHours": 4}
