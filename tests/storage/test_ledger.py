@@ -65,8 +65,11 @@ def test_the_pods_of_a_multi_node_trial_keep_its_room_until_the_last_is_billed(l
     ledger.set_study_limits("s", gpu_seconds=200, cpu_seconds=None)
     assert ledger.reserve("s/0", "s", 0, Charge(gpu_seconds=200))  # two pods of 100 each, worst case
     assert ledger.settle("rank-0", "s/0", Charge(gpu_seconds=60), 60.0, release=False).gpu_seconds == 60
-    # Rank 1 still runs: the room stays reserved, no other trial gets it.
+    # Rank 1 still runs: the room stays reserved, no other trial gets it, and what rank 0 used
+    # counts once (settled 60, still reserved 140).
     assert ledger.open_reservations("s") == {"s/0": 0}
+    totals = ledger.totals("s")
+    assert (totals.settled.gpu_seconds, totals.reserved.gpu_seconds) == (60, 140)
     assert not ledger.reserve("s/1", "s", 1, Charge(gpu_seconds=100))
     assert ledger.settle("rank-1", "s/0", Charge(gpu_seconds=100), 100.0).gpu_seconds == 100
     assert ledger.open_reservations("s") == {}
