@@ -4,7 +4,7 @@ Each process trains on its shard of a synthetic regression task; gradients are a
 DistributedDataParallel, the validation loss is all-reduced, and global rank 0 prints
 ``val_loss=<value> step=<epoch>`` lines, which tunefleet reads (and the pruner sees).
 
-Run it alone on one machine with ``torchrun --nnodes=1 --nproc-per-node=2 examples/torchrun/train.py``,
+Run it alone on one machine with ``torchrun --nproc-per-node=2 -m examples.torchrun.train --lr 0.01``,
 or as trials of ``examples/torchrun/study.yaml`` (two nodes per trial, ``tunefleet run`` starts
 them on 127.0.0.1).
 """
