@@ -271,7 +271,7 @@ class TrialReport(_Frozen):
 NODE_RANK_ENV = "TUNEFLEET_NODE_RANK"
 NODES_ENV = "TUNEFLEET_NNODES"
 DEFAULT_MASTER_PORT = 29500
-# What the pod's index-0 hostname resolves through: the Indexed Job's completion index.
+# The annotation in which an Indexed Job's pod carries its index (each pod's rank is read from it).
 JOB_COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 
