@@ -18,6 +18,7 @@ from tests.cluster.controller_harness import (
     ControllerProcess,
     finished,
     load_trials,
+    optuna_key,
     prepare_cluster,
     study_manifest,
     study_status,
@@ -94,7 +95,7 @@ def test_two_ranks_all_reduce_over_gloo_on_the_cluster_and_everything_goes_with_
     ledger = Ledger(postgres_url)
     try:
         wait_for(lambda: all(ledger.settlement(uid) is not None for uid in seen), 30, "a pod was not billed")
-        assert ledger.open_reservations(f"{NAMESPACE}/gang") == {}
+        assert ledger.open_reservations(optuna_key(postgres_url, "gang")) == {}
     finally:
         ledger.close()
 
@@ -192,7 +193,7 @@ def test_a_rank_that_cannot_be_scheduled_ends_the_trial_unschedulable_and_releas
     assert stuck["status"] == "True" and stuck["reason"] == "unschedulable"
     ledger = Ledger(postgres_url)
     try:
-        assert ledger.open_reservations(f"{NAMESPACE}/stuck") == {}
+        assert ledger.open_reservations(optuna_key(postgres_url, "stuck")) == {}
     finally:
         ledger.close()
 
@@ -207,6 +208,8 @@ def test_a_budget_of_exactly_two_hung_two_pod_trials_bills_every_pod_and_never_o
     )
     body["spec"]["trial"].update(nodes=2, gpus=1)
     body["spec"]["budget"]["gpuHours"] = limit / 3600
+    # Every trial hangs and fails: the GPU budget, not the failure budget, must end the study.
+    body["spec"]["budget"]["maxFailedTrials"] = 8
     controller = ControllerProcess(kube_emulator, postgres_url, tmp_path).start()
     watch = BudgetWatch(postgres_url, limit, study="hung")
     frozen: set[str] = set()
@@ -235,8 +238,8 @@ def test_a_budget_of_exactly_two_hung_two_pod_trials_bills_every_pod_and_never_o
     left = {p["metadata"]["uid"]: p for p in trial_pods(kube_emulator, "hung")}
     trials = load_trials(postgres_url, "hung")
     with Ledger(postgres_url) as ledger:
-        settled = ledger.totals(f"{NAMESPACE}/hung").settled.gpu_seconds
-        open_reservations = ledger.open_reservations(f"{NAMESPACE}/hung")
+        settled = ledger.totals(optuna_key(postgres_url, "hung")).settled.gpu_seconds
+        open_reservations = ledger.open_reservations(optuna_key(postgres_url, "hung"))
         billed = {uid: ledger.settlement(uid) for uid in frozen}
     per_pod = {uid: charge.gpu_seconds if charge else None for uid, charge in billed.items()}
     errors = [per_pod[uid] - pod_gpu_seconds(pod) for uid, pod in left.items()]  # type: ignore[operator]
