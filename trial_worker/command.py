@@ -84,7 +84,7 @@ def _stop(process: subprocess.Popen[str], grace_s: float) -> None:
 
 
 def run_command(
-    trial: optuna.Trial,
+    trial: optuna.trial.BaseTrial,
     argv: list[str],
     objective_metrics: list[str],
     extra_metrics: list[str],

@@ -172,6 +172,11 @@ class Assignment(_Frozen):
         description="The trial waits (WAITING) for this worker, which claims it when it starts, so "
         "its start time is when it ran, not when it was asked.",
     )
+    rendezvous: Rendezvous | None = Field(
+        default=None,
+        description="Local runs of a trial of several nodes: this process's rank and where the "
+        "ranks meet. On the cluster the pod's environment says it (Rendezvous.from_env).",
+    )
     segment: SegmentAssignment | None = Field(
         default=None, description="Population-based training: the segment this trial trains."
     )
@@ -295,3 +300,78 @@ class TrialReport(_Frozen):
     exit_code: int
     reason: str | None = None
     duration_s: float
+
+
+# -- trials that span several nodes ------------------------------------------------------------
+# A trial of ``nodes`` pods (or local processes) meets at rank 0's address, the way torchrun and
+# torch.distributed's ``env://`` rendezvous expect. Only rank 0 writes to the study.
+
+NODE_RANK_ENV = "TUNEFLEET_NODE_RANK"
+NODES_ENV = "TUNEFLEET_NNODES"
+DEFAULT_MASTER_PORT = 29500
+# The annotation in which an Indexed Job's pod carries its index (each pod's rank is read from it).
+JOB_COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+
+
+class Rendezvous(_Frozen):
+    """Where the ranks of one trial meet, and which rank this process is."""
+
+    nodes: int = Field(ge=1)
+    node_rank: int = Field(ge=0)
+    master_addr: str = Field(min_length=1)
+    master_port: int = Field(default=DEFAULT_MASTER_PORT, gt=0, lt=65536)
+
+    @property
+    def leads(self) -> bool:
+        """Rank 0: the one voice of the trial in the study."""
+        return self.node_rank == 0
+
+    def environment(self) -> dict[str, str]:
+        """The variables torch.distributed (``env://``) and torchrun (``PET_*``) read.
+
+        One process per node: ``WORLD_SIZE`` is ``nodes`` and ``RANK`` the node's rank; torchrun
+        overrides both for the processes it starts (``--nproc-per-node``).
+        """
+        static = rendezvous_static_env(self.nodes, self.master_addr, self.master_port)
+        return {**static, **rendezvous_rank_env(str(self.node_rank))}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Rendezvous | None:
+        """The rendezvous a pod's environment describes (set by its Job), or None for one node."""
+        env = os.environ if environ is None else environ
+        nodes = env.get(NODES_ENV)
+        if nodes is None or int(nodes) <= 1:
+            return None
+        return cls(
+            nodes=int(nodes),
+            node_rank=int(env[NODE_RANK_ENV]),
+            master_addr=env["MASTER_ADDR"],
+            master_port=int(env.get("MASTER_PORT", DEFAULT_MASTER_PORT)),
+        )
+
+
+def rendezvous_static_env(nodes: int, master_addr: str, master_port: int) -> dict[str, str]:
+    """What every rank of a trial shares."""
+    return {
+        NODES_ENV: str(nodes),
+        "MASTER_ADDR": master_addr,
+        "MASTER_PORT": str(master_port),
+        "WORLD_SIZE": str(nodes),
+        "NNODES": str(nodes),
+        "LOCAL_RANK": "0",
+        "LOCAL_WORLD_SIZE": "1",
+        "PET_NNODES": str(nodes),
+        "PET_MASTER_ADDR": master_addr,
+        "PET_MASTER_PORT": str(master_port),
+    }
+
+
+RANK_ENV_NAMES = (NODE_RANK_ENV, "RANK", "NODE_RANK", "PET_NODE_RANK")
+
+
+def rendezvous_rank_env(rank: str) -> dict[str, str]:
+    """What differs per rank (on the cluster each is the pod's completion index)."""
+    return dict.fromkeys(RANK_ENV_NAMES, rank)
+
+
+Assignment.model_rebuild()  # it names Rendezvous, declared after it

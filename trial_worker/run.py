@@ -32,6 +32,7 @@ from trial_worker.contract import (
     ExitCode,
     TrialReport,
 )
+from trial_worker.distributed import current_rendezvous, follower_trial, rendezvous_environment
 from trial_worker.pruners import build_pruner
 from trial_worker.seeding import gpu_model, seed_everything
 from trial_worker.storage import claim_trial, load_trial, with_retries
@@ -51,8 +52,15 @@ class Outcome:
 
 
 def run_assignment(assignment: Assignment) -> TrialReport:
-    """Run the assigned trial to an outcome stored in the study; never raises for trial errors."""
+    """Run the assigned trial to an outcome stored in the study; never raises for trial errors.
+
+    In a trial of several nodes, every rank runs the objective; only rank 0 stores anything.
+    """
     started = time.monotonic()
+    rendezvous = current_rendezvous(assignment)
+    if rendezvous is not None and not rendezvous.leads:
+        with rendezvous_environment(rendezvous):
+            return _run_as_follower(assignment, started)
     if assignment.queued:
         try:
             claimed = with_retries(lambda: claim_trial(assignment))
@@ -75,7 +83,8 @@ def run_assignment(assignment: Assignment) -> TrialReport:
         watchdog = _Watchdog(assignment, study, trial)
         watchdog.start()
         try:
-            outcome = _run_with_checkpoints(assignment, trial)
+            with rendezvous_environment(rendezvous):
+                outcome = _run_with_checkpoints(assignment, trial)
         finally:
             watchdog.cancel()
     if outcome.state == TrialState.FAIL:
@@ -89,6 +98,37 @@ def run_assignment(assignment: Assignment) -> TrialReport:
             assignment, "FAIL", ExitCode.STORAGE_UNAVAILABLE, f"cannot store the outcome: {exc}", started
         )
     return _report(assignment, outcome.state.name, outcome.exit_code, outcome.message, started)
+
+
+def _run_as_follower(assignment: Assignment, started: float) -> TrialReport:
+    """A rank > 0: the same objective on a trial whose writes do nothing; its exit code says how
+    the objective ended (a failure fails the whole trial on the cluster), the study is not told."""
+    try:
+        study, trial, state = with_retries(lambda: load_trial(assignment, build_pruner(assignment.pruner)))
+    except Exception as exc:  # noqa: BLE001
+        return _report(assignment, "FAIL", ExitCode.STORAGE_UNAVAILABLE, f"cannot attach: {exc}", started)
+    if state != TrialState.RUNNING:
+        return _report(assignment, "FAIL", ExitCode.NOT_RUNNING, f"trial is {state.name}", started)
+    # rank 0 refuses the same trial and tells the study; this rank only refuses to run it
+    outcome = _incomplete(assignment, trial.params)
+    if outcome is None:
+        watchdog = _Watchdog(assignment, None, None)
+        watchdog.start()
+        try:
+            # no segment: a study of several-node trials cannot train a population (spec Rule)
+            outcome = _run_objective(assignment, follower_trial(study, trial), None)
+        finally:
+            watchdog.cancel()
+    if outcome.exit_code in _RANK_ZEROS_CONCERN:
+        outcome = Outcome(TrialState.COMPLETE, ExitCode.TOLD, message="rank 0 tells the values")
+    if outcome.state == TrialState.FAIL:
+        _say_why(assignment, outcome)
+    return _report(assignment, outcome.state.name, outcome.exit_code, outcome.message, started)
+
+
+# What a follower's objective returns or prints is not told, so these are no failure of its rank
+# (torchrun prints metrics from global rank 0 only, say): only rank 0's values count.
+_RANK_ZEROS_CONCERN = frozenset({ExitCode.INVALID_VALUE, ExitCode.NO_METRIC})
 
 
 def _say_why(assignment: Assignment, outcome: Outcome) -> None:
@@ -157,7 +197,7 @@ def _run_with_checkpoints(assignment: Assignment, trial: optuna.Trial) -> Outcom
 
 
 def _run_objective(
-    assignment: Assignment, trial: optuna.Trial, segment: checkpoints.Segment | None
+    assignment: Assignment, trial: optuna.trial.BaseTrial, segment: checkpoints.Segment | None
 ) -> Outcome:
     metric_names = [m.name for m in assignment.metrics]
     if isinstance(assignment.objective, CommandObjective):
@@ -214,6 +254,8 @@ def _run_objective(
             detail=_traceback_tail(),
         )
     bounds: dict[str, float] = {}
+    if not isinstance(trial, optuna.Trial):
+        return _checked(returned, len(metric_names), bounds)  # a follower: its values are not told
     stored = trial.storage.get_trial_system_attrs(trial._trial_id) if assignment.constraints else {}
     for name in assignment.constraints:
         # trial.set_constraint(name, v) (Optuna 5) or trial.set_user_attr(name, v) both work.
@@ -280,14 +322,14 @@ def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> None:
     )
 
 
-def _record_gpu_model(trial: optuna.Trial) -> None:
+def _record_gpu_model(trial: optuna.trial.BaseTrial) -> None:
     """Which GPU the objective ran on, for the reproducibility record (torch must be loaded)."""
     model = gpu_model()
     if model is not None:
         trial.set_user_attr(ATTR_GPU_MODEL, model)
 
 
-def _import_objective(entry: str, workdir: str | None) -> Callable[[optuna.Trial], Any]:
+def _import_objective(entry: str, workdir: str | None) -> Callable[[optuna.trial.BaseTrial], Any]:
     module_name, function_name = entry.split(":", 1)
     root = workdir or os.getcwd()
     if root not in sys.path:
@@ -304,9 +346,14 @@ def _traceback_tail() -> str:
 
 
 class _Watchdog:
-    """Ends the trial as FAIL maxDuration when it outlives its limit, then exits the process."""
+    """Ends the trial as FAIL maxDuration when it outlives its limit, then exits the process.
 
-    def __init__(self, assignment: Assignment, study: optuna.Study, trial: optuna.Trial) -> None:
+    A follower's (no study, no trial) only exits: rank 0's watchdog tells the study.
+    """
+
+    def __init__(
+        self, assignment: Assignment, study: optuna.Study | None, trial: optuna.Trial | None
+    ) -> None:
         self._timer = threading.Timer(assignment.max_duration_s, self._expire)
         self._timer.daemon = True
         self._study = study
@@ -325,7 +372,8 @@ class _Watchdog:
             TrialState.FAIL, ExitCode.MAX_DURATION, message=f"exceeded maxDuration ({self._limit} s)"
         )
         try:
-            _tell(self._study, self._trial, outcome)
+            if self._study is not None and self._trial is not None:
+                _tell(self._study, self._trial, outcome)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()

@@ -90,7 +90,8 @@ def pruning_savings(data: StudyData) -> PruningSavings:
 
 def _allocation(spec: dict[str, Any] | None) -> tuple[float, float]:
     trial = (spec or {}).get("trial") or {}
-    return float(trial.get("gpus", 0) or 0), float(trial.get("cpus", 1.0) or 1.0)
+    nodes = float(trial.get("nodes", 1) or 1)  # a trial of several pods holds each pod's allocation
+    return nodes * float(trial.get("gpus", 0) or 0), nodes * float(trial.get("cpus", 1.0) or 1.0)
 
 
 def _states(trials: list[FrozenTrial]) -> dict[str, int]:

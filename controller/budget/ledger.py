@@ -146,6 +146,15 @@ def _sum(column: sa.ColumnElement[int], *where: sa.ColumnElement[bool]) -> sa.Sc
     return total.where(*where).scalar_subquery()
 
 
+def _settled_against_open(
+    column: sa.ColumnElement[int], *open_where: sa.ColumnElement[bool]
+) -> sa.ScalarSelect[int]:
+    """What was settled against reservations still open: a multi-node trial keeps its reservation
+    open until its last pod is billed, so its room counts once (reserved minus already billed)."""
+    open_keys = sa.select(reservations.c.key).where(*open_where)
+    return _sum(column, settlements.c.reservation_key.in_(open_keys))
+
+
 class Ledger:
     """Reservations and settlements in the study database.
 
@@ -312,8 +321,13 @@ class Ledger:
         )
         return True
 
-    def settle(self, key: str, reservation_key: str, actual: Charge, wall_seconds: float) -> Charge:
+    def settle(
+        self, key: str, reservation_key: str, actual: Charge, wall_seconds: float, release: bool = True
+    ) -> Charge:
         """Charge ``actual`` against a reservation and release it, in one transaction.
+
+        ``release=False`` keeps the reservation open: a trial of several pods settles each, and
+        its room is released with the last.
 
         ``key`` is the pod UID (or a local attempt key): settling it again returns the first
         charge and changes nothing. A reservation's settlements never add up to more than it
@@ -330,6 +344,12 @@ class Ledger:
                 raise KeyError(f"no reservation {reservation_key!r} to settle")
             existing = conn.execute(sa.select(settlements).where(settlements.c.key == key)).first()
             if existing is not None:
+                if release and reservation.released_at is None:  # settled before, kept open then
+                    conn.execute(
+                        reservations.update()
+                        .where(reservations.c.key == reservation_key)
+                        .values(released_at=_utcnow())
+                    )
                 return Charge(existing.gpu_seconds, existing.cpu_seconds)
             already = conn.execute(
                 sa.select(
@@ -353,7 +373,7 @@ class Ledger:
                     reserved_at=reservation.created_at,
                 )
             )
-            if reservation.released_at is None:
+            if release and reservation.released_at is None:
                 conn.execute(
                     reservations.update()
                     .where(reservations.c.key == reservation_key)
@@ -449,15 +469,17 @@ class Ledger:
             sa.select(
                 _sum(settlements.c.gpu_seconds, settlements.c.study == study_key),
                 _sum(settlements.c.cpu_seconds, settlements.c.study == study_key),
-                _sum(reservations.c.gpu_seconds, *open_reservation),
-                _sum(reservations.c.cpu_seconds, *open_reservation),
+                _sum(reservations.c.gpu_seconds, *open_reservation)
+                - _settled_against_open(settlements.c.gpu_seconds, *open_reservation),
+                _sum(reservations.c.cpu_seconds, *open_reservation)
+                - _settled_against_open(settlements.c.cpu_seconds, *open_reservation),
                 sa.select(limits.c.gpu_seconds_limit).scalar_subquery(),
                 sa.select(limits.c.cpu_seconds_limit).scalar_subquery(),
             )
         ).one()
         return Totals(
             settled=Charge(int(row[0]), int(row[1])),
-            reserved=Charge(int(row[2]), int(row[3])),
+            reserved=Charge(max(0, int(row[2])), max(0, int(row[3]))),
             gpu_seconds_limit=None if row[4] is None else int(row[4]),
             cpu_seconds_limit=None if row[5] is None else int(row[5]),
         )
@@ -497,9 +519,13 @@ class Ledger:
         row = conn.execute(
             sa.select(
                 _sum(settlements.c.gpu_seconds, *settled_in),
-                _sum(reservations.c.gpu_seconds, *reserved_in),
+                _sum(reservations.c.gpu_seconds, *reserved_in)
+                - _settled_against_open(settlements.c.gpu_seconds, *reserved_in),
                 _sum(settlements.c.gpu_seconds, *settled_in, settlements.c.study == study),
-                _sum(reservations.c.gpu_seconds, *reserved_in, reservations.c.study == study),
+                _sum(reservations.c.gpu_seconds, *reserved_in, reservations.c.study == study)
+                - _settled_against_open(
+                    settlements.c.gpu_seconds, *reserved_in, reservations.c.study == study
+                ),
             )
         ).one()
         return NamespaceTotals(

@@ -227,11 +227,12 @@ class KubeApi:
         return base64.b64decode(raw).decode()
 
     def ensure_object(self, manifest: dict[str, Any]) -> None:
-        """Create a namespaced ServiceAccount, Secret or ConfigMap; replace Secret/ConfigMap data."""
+        """Create a namespaced ServiceAccount, Service, Secret or ConfigMap; replace Secret/ConfigMap data."""
         kind = manifest["kind"]
         meta = manifest["metadata"]
         calls: dict[str, tuple[Callable[..., Any], Callable[..., Any] | None]] = {
             "ServiceAccount": (self.core.create_namespaced_service_account, None),
+            "Service": (self.core.create_namespaced_service, None),  # a multi-node trial's, headless
             "Secret": (self.core.create_namespaced_secret, self.core.patch_namespaced_secret),
             "ConfigMap": (self.core.create_namespaced_config_map, self.core.patch_namespaced_config_map),
         }

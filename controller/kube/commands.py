@@ -20,6 +20,7 @@ from controller.kube.manifests import (
     trial_job,
     trial_service_account,
 )
+from controller.multinode.manifests import job_companions
 from trial_worker.contract import (
     DB_PASSWORD_ENV,
     PrunerConfig,
@@ -128,7 +129,8 @@ def render_objects(
     seed = trial_seed(spec.strategy.seed or 0, trial_number)
     settings = trial_settings_from_env()
     assignment = build_assignment(spec, ref, trial_number, seed, split_password(storage_url)[0], pruner)
-    objects = [trial_job(spec, ref, assignment, settings)]
+    job = trial_job(spec, ref, assignment, settings)
+    objects = [job, *job_companions(job, spec)]
     if include_namespace_objects:
         objects.append(trial_service_account(ref.namespace, settings))
         objects.append(db_credentials_secret(ref.namespace, "<mirrored from the database Secret>", settings))

@@ -15,6 +15,7 @@ The order is what keeps the books right across crashes:
 from __future__ import annotations
 
 import datetime
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -43,6 +44,8 @@ from controller.kube.manifests import (
 )
 from controller.kube.observe import ClusterView, PodOutcome
 from controller.kube.provenance import pod_provenance, record_provenance
+from controller.multinode.manifests import job_companions, speaks_for_trial
+from controller.multinode.observe import all_pods_done
 from controller.planner import Plan
 from controller.spec import StudySpec
 from controller.studies.asking import (
@@ -79,8 +82,8 @@ class StudyRuntime:
     def worst_case(self) -> Charge:
         trial = self.spec.trial
         return worst_case(
-            trial.gpus,
-            trial.cpus,
+            trial.gpus_held,
+            trial.cpus_held,
             trial.maxDuration + DEADLINE_GRACE_SECONDS + KUBELET_REACTION_SECONDS,
             termination_grace(self.spec),
         )
@@ -130,11 +133,16 @@ class Executor:
             self.kube.delete_job(runtime.ref.namespace, job_name(runtime.ref.name, outcome.trial_number))
         # Where a trial had two pods (a replacement started while the first was terminating),
         # the cause (preemption, node loss) wins over the SIGTERM its Job's end sent the other.
+        unsettled = Counter(o.trial_number for o in view.finished if o.uid in by_uid)
         for outcome in sorted(view.finished, key=_cause_first):
             pod = by_uid.get(outcome.uid)
             if pod is None:
                 continue
-            self._record_finished(runtime, outcome, pod, now, report, running)
+            unsettled[outcome.trial_number] -= 1
+            # A multi-node trial's reservation covers all its pods: kept until the last is billed.
+            nodes = runtime.spec.trial.nodes
+            last = unsettled[outcome.trial_number] == 0 and all_pods_done(view, outcome.trial_number, nodes)
+            self._record_finished(runtime, outcome, pod, now, report, running, release=last)
 
     def _record_finished(
         self,
@@ -144,25 +152,35 @@ class Executor:
         now: datetime.datetime,
         report: ExecutionReport,
         running: frozenset[int] | None,
+        release: bool = True,
     ) -> None:
         number = outcome.trial_number
+        voice = speaks_for_trial(pod)  # False for ranks > 0 of a multi-node trial
         if outcome.reason is not None:
-            if not self._fail(runtime, number, outcome.reason, outcome.detail, report, running):
+            if not self._fail(runtime, number, outcome.reason, outcome.detail, report, running) and voice:
                 # The worker stored the failure itself; the event still tells it.
                 report.failed.append((number, outcome.reason, outcome.detail or ""))
-        else:
+        elif voice:
             # Succeeded means the worker told its outcome; a trial still RUNNING lost that report.
             detail = "the pod succeeded but the trial's outcome was not stored"
             self._fail(runtime, number, "lost", detail, report, running)
         # Image, digest and node for reproducibility.json: known only once the container ran.
         record_provenance(runtime.study, number, pod_provenance(pod))
         crash_point("before-settle")  # test hook, see controller/crashpoints.py
-        self.settle_pod(runtime.spec, runtime.ref, pod, now)
+        self.settle_pod(runtime.spec, runtime.ref, pod, now, release=release or runtime.spec.trial.nodes == 1)
         self.kube.remove_accounting_finalizer(pod)
         report.settled += 1
 
-    def settle_pod(self, spec: StudySpec, ref: StudyRef, pod: dict[str, Any], now: datetime.datetime) -> None:
-        """Charge the pod's allocation against its trial's reservation (idempotent by pod UID)."""
+    def settle_pod(
+        self,
+        spec: StudySpec,
+        ref: StudyRef,
+        pod: dict[str, Any],
+        now: datetime.datetime,
+        release: bool = True,
+    ) -> None:
+        """Charge the pod's allocation against its trial's reservation (idempotent by pod UID);
+        ``release`` the reservation's remaining room (not while other pods of the trial may run)."""
         number = int(pod["metadata"]["labels"].get("tunefleet.dev/trial", -1))
         key = reservation_key(ref, number)
         reservation = self.ledger.reservation(key)
@@ -172,7 +190,7 @@ class Executor:
         charge, seconds = pod_charge(
             pod, spec.trial.gpus, now, termination_grace(spec), reservation.amount, cpus=spec.trial.cpus
         )
-        self.ledger.settle(pod["metadata"]["uid"], key, charge, seconds)
+        self.ledger.settle(pod["metadata"]["uid"], key, charge, seconds, release=release)
 
     def _fail(
         self,
@@ -327,6 +345,8 @@ class Executor:
         job = trial_job(
             runtime.spec, ref, assignment, runtime.settings, attempt=int(user_attrs.get(ATTR_ATTEMPT, 0))
         )
+        for companion in job_companions(job, runtime.spec):  # a multi-node trial's Service
+            self.kube.ensure_object(companion)
         if self.kube.create_job(ref.namespace, job):
             report.created.append(number)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.kube.checkpoints import mount_checkpoints
+from controller.multinode.manifests import spread_over_nodes
 from controller.spec import StudySpec
 from trial_worker.contract import (
     ASSIGNMENT_ENV,
@@ -204,7 +205,7 @@ def trial_job(
         metadata["labels"][KUEUE_QUEUE_LABEL] = spec.trial.queueName
     if study.uid:
         metadata["ownerReferences"] = owner_references(study)
-    return {
+    job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": metadata,
@@ -216,6 +217,7 @@ def trial_job(
             "template": trial_pod_template(spec, labels, assignment, settings),
         },
     }
+    return spread_over_nodes(job, spec, TRIAL_CONTAINER)  # trial.nodes > 1: an Indexed Job
 
 
 def trial_pod_template(

@@ -22,6 +22,7 @@ from controller.budget.accounting import worst_case
 from controller.budget.ledger import PROVISIONAL_TRIAL, Charge, Ledger, provisional_key
 from controller.budget.slots import CUDA_VISIBLE_DEVICES, GpuSlots
 from controller.budget.views import study_budget_view
+from controller.local.gang import STOP_GRACE_S, LocalGang, local_rendezvous
 from controller.local.progress import StudyProgress
 from controller.local.workers import LocalWorker, WorkerEvent
 from controller.planner import BudgetView, Observation, Plan, StopReason, TrialView, decide, summarize
@@ -136,6 +137,8 @@ class LocalRunner:
         self._workers: dict[int, LocalWorker] = {}
         self._idle: list[LocalWorker] = []
         self._inflight: dict[int, _InFlight] = {}
+        self._gangs: dict[int, LocalGang] = {}  # ranks 1.. of multi-node trials, by trial number
+        self._stopping: list[LocalGang] = []  # those of trials rank 0 ended, given time to exit
         self._next_worker_id = 0
         self._interrupted = False
         self._recent_durations: deque[float] = deque(maxlen=20)
@@ -295,6 +298,8 @@ class LocalRunner:
     def _prefetching(self) -> bool:
         if self.parallelism < 2 or self.spec.trial.isolation != "warm" or len(self._recent_durations) < 3:
             return False
+        if self.spec.trial.nodes > 1:
+            return False  # a queued trial's other ranks would start before rank 0 claims it
         return self._start_s > PREFETCH_SHARE * statistics.median(self._recent_durations)
 
     def _spent(self) -> Spent:
@@ -306,10 +311,11 @@ class LocalRunner:
 
     def _worst_case(self) -> Charge:
         trial = self.spec.trial
-        return worst_case(trial.gpus, trial.cpus, trial.maxDuration, LOCAL_GRACE_S)
+        return worst_case(trial.gpus_held, trial.cpus_held, trial.maxDuration, LOCAL_GRACE_S)
 
     def _charge(self, seconds: float) -> Charge:
-        return Charge.for_run(self.spec.trial.gpus, self.spec.trial.cpus, seconds)
+        """Every rank of a multi-node trial holds its slot for the trial's wall time."""
+        return Charge.for_run(self.spec.trial.gpus_held, self.spec.trial.cpus_held, seconds)
 
     # -- acting -------------------------------------------------------------------------------
 
@@ -371,6 +377,8 @@ class LocalRunner:
 
     def _can_queue_behind(self, worker: LocalWorker) -> bool:
         busy = worker.trial_number is not None  # (an idle worker retired at a stop has none)
+        if self.spec.trial.nodes > 1:
+            return False  # its other ranks would start before it could claim the trial
         return self.spec.trial.isolation == "warm" and busy and not worker.has_queued and not worker.exited
 
     def _take_worker(self) -> tuple[LocalWorker, bool] | None:
@@ -390,6 +398,15 @@ class LocalRunner:
         started = time.monotonic() if worker.trial_number is None else None
         worker.assign(assignment)
         self._inflight[assignment.trial_number] = _InFlight(worker, assignment, reservation_key, started)
+        if assignment.rendezvous is not None:
+            self._gangs[assignment.trial_number] = LocalGang(
+                assignment,
+                worker.worker_id,
+                self._events,
+                self.log_dir,
+                self.options.workdir,
+                self._worker_env,
+            )
 
     def _kill_at(self, flight: _InFlight) -> float:
         """When a running trial outlived maxDuration and its grace; never for a queued one."""
@@ -422,6 +439,7 @@ class LocalRunner:
             workdir=self.options.workdir,
             log_path=str((self.log_dir / f"trial-{trial.number}.log").resolve()),
             queued=queued,
+            rendezvous=local_rendezvous(entry.nodes) if entry.nodes > 1 else None,
             segment=self._segment(trial),
         )
 
@@ -448,10 +466,14 @@ class LocalRunner:
             self._events,
             self.log_dir / f"worker-{worker_id}.log",
             self.options.workdir,
-            {"TUNEFLEET_LOG_FORMAT": "json", **self._take_gpu_slot(worker_id)},
+            {**self._worker_env, **self._take_gpu_slot(worker_id)},
         )
         self._workers[worker_id] = worker
         return worker
+
+    @property
+    def _worker_env(self) -> dict[str, str]:
+        return {"TUNEFLEET_LOG_FORMAT": "json"}
 
     def _take_gpu_slot(self, worker_id: int) -> dict[str, str]:
         if self._gpu_slots is None:
@@ -489,6 +511,9 @@ class LocalRunner:
 
     def _handle(self, study: optuna.Study, event: WorkerEvent) -> None:
         worker = self._workers.get(event.worker_id)
+        if event.rank is not None:
+            self._rank_ended(study, event)
+            return
         if event.report is not None:
             self._finish_reported(study, event.report, worker)
             return
@@ -509,6 +534,24 @@ class LocalRunner:
             fail_trial(study, number, reason, f"worker process exited with code {code}")
             self._close(flight, time.monotonic())
 
+    def _rank_ended(self, study: optuna.Study, event: WorkerEvent) -> None:
+        """A rank > 0 ended. A failed one ends the whole trial, as a pod failure policy fails the
+        whole Job; one that stopped by itself (done, pruned, or the trial was over) changes nothing."""
+        number = event.trial_number
+        flight = self._inflight.get(number) if number is not None else None
+        code = event.exit_code if event.exit_code is not None else -1
+        if flight is None or flight.worker.worker_id != event.worker_id:
+            return  # the trial already ended (its late rank was stopped)
+        if code in (ExitCode.TOLD, ExitCode.NOT_RUNNING):
+            return
+        assert number is not None
+        del self._inflight[number]
+        flight.worker.kill()
+        self._forget_worker(flight.worker)
+        reason = "killed" if code < 0 else _reason_for_exit(code)
+        fail_trial(study, number, reason, f"rank {event.rank} exited with code {code}")
+        self._close(flight, time.monotonic())
+
     def _requeue(self, flight: _InFlight) -> None:
         """A queued trial whose worker is gone goes to another: it is still WAITING, never ran."""
         del self._inflight[flight.trial_number]
@@ -522,6 +565,10 @@ class LocalRunner:
     def _finish_reported(self, study: optuna.Study, report: TrialReport, worker: LocalWorker | None) -> None:
         now = time.monotonic()
         flight = self._inflight.pop(report.trial_number, None)
+        gang = self._gangs.pop(report.trial_number, None)
+        if gang is not None:
+            gang.stop(STOP_GRACE_S)  # rank 0 ended the trial: the others finish or are stopped
+            self._stopping.append(gang)
         if flight is not None:
             if report.exit_code == ExitCode.STORAGE_UNAVAILABLE:
                 fail_trial(study, report.trial_number, "storageUnavailable", report.reason)
@@ -558,6 +605,9 @@ class LocalRunner:
     def _close(self, flight: _InFlight, now: float, reported_s: float = 0.0) -> None:
         """Charge a trial for the wall time it held its slot (from its start to its report, or to
         now), or release the reservation of one that never started."""
+        gang = self._gangs.pop(flight.trial_number, None)
+        if gang is not None:
+            gang.stop()
         if flight.started is None:
             self._ledger.release(flight.reservation_key)
             return
@@ -569,6 +619,8 @@ class LocalRunner:
     def _kill_all(self) -> None:
         for worker in list(self._workers.values()):
             worker.kill()
+        for gang in self._gangs.values():
+            gang.stop()
 
     def _shutdown(self) -> None:
         for worker in list(self._workers.values()):
@@ -578,6 +630,11 @@ class LocalRunner:
                 worker.kill()
         self._workers.clear()
         self._idle.clear()
+        for gang in list(self._gangs.values()):
+            gang.stop()
+        for gang in self._stopping:  # no rank outlives the run
+            gang.wait(STOP_GRACE_S)
+            gang.stop()
 
 
 def _best_of(spec: StudySpec, trials: list[FrozenTrial]) -> FrozenTrial | None:

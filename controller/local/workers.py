@@ -21,11 +21,17 @@ REPORT_FD_ENV = "TUNEFLEET_REPORT_FD"
 
 @dataclass(frozen=True)
 class WorkerEvent:
-    """A worker reported a trial, or its process ended (``exit_code`` set, ``report`` None)."""
+    """A worker reported a trial, or its process ended (``exit_code`` set, ``report`` None).
+
+    With ``rank`` set, it was not the worker but rank ``rank`` of the multi-node trial the worker
+    runs as rank 0 (controller.local.gang) that ended.
+    """
 
     worker_id: int
     report: TrialReport | None = None
     exit_code: int | None = None
+    rank: int | None = None
+    trial_number: int | None = None  # the trial that rank belonged to
 
 
 class LocalWorker:

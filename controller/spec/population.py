@@ -134,6 +134,14 @@ PBT_NO_TERMINATOR = Rule(
         "!self.strategy.terminator"
     ),
 )
+PBT_ONE_NODE = Rule(
+    "pbt-one-node",
+    field="trial.nodes",
+    message="pbt trains each segment on one node: its checkpoint is loaded, saved and handed to the "
+    "next segment by a single process, so a segment of several nodes would train ranks without it; "
+    "set trial.nodes to 1, or use another sampler",
+    cel=f"!{POPULATION_BASED_CEL} || !has(self.trial.nodes) || self.trial.nodes == 1",
+)
 POPULATION_RULES: Rules = (
     PBT_MUTABLE_NEEDS_PBT,
     PBT_NEEDS_A_MUTABLE_PARAMETER,
@@ -147,6 +155,7 @@ POPULATION_RULES: Rules = (
     PBT_NO_WARM_START,
     PBT_NO_CONFIRM,
     PBT_NO_TERMINATOR,
+    PBT_ONE_NODE,
 )
 
 def is_population_based(spec: StudySpec) -> bool:
@@ -201,3 +210,5 @@ def check_population(spec: StudySpec) -> None:
         raise PBT_NO_CONFIRM.error()
     if spec.strategy.terminator:
         raise PBT_NO_TERMINATOR.error()
+    if spec.trial.nodes > 1:
+        raise PBT_ONE_NODE.error()

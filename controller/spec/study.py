@@ -22,6 +22,13 @@ from controller.spec.conditions import (
     check_fixed_params,
 )
 from controller.spec.durations import Duration
+from controller.spec.nodes import (
+    MAX_NODES,
+    NODES_FIT_GPU_BUDGET,
+    NODES_OWN_POD_NAMES,
+    check_fits_gpu_budget,
+    check_pod_identity,
+)
 from controller.spec.params import (
     CategoricalParam,
     Choice,
@@ -240,7 +247,7 @@ PYTHON_OR_COMMAND = Rule(
 class Trial(SpecModel):
     """What one trial runs and with which resources."""
 
-    spec_rules: ClassVar[Rules] = (PYTHON_OR_COMMAND,)
+    spec_rules: ClassVar[Rules] = (PYTHON_OR_COMMAND, NODES_OWN_POD_NAMES)
 
     python: str | None = Field(
         default=None,
@@ -255,6 +262,13 @@ class Trial(SpecModel):
     )
     image: str | None = None
     gpus: int = Field(default=0, ge=0, le=64)
+    nodes: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_NODES,
+        description="Pods per trial, each with `gpus` GPUs: above 1, an Indexed Job whose pods get "
+        "the torch.distributed rendezvous environment; rank 0 reports to the study.",
+    )
     cpus: float = Field(default=1.0, gt=0, le=512)
     memory: str | None = Field(default=None, pattern=QUANTITY_PATTERN)
     maxDuration: Duration = 3600
@@ -269,10 +283,20 @@ class Trial(SpecModel):
         default_factory=dict, description="PodTemplateSpec fields merged into each trial pod."
     )
 
+    @property
+    def gpus_held(self) -> int:
+        """The GPUs one trial holds: ``nodes`` pods of ``gpus`` each (what budgets count)."""
+        return self.nodes * self.gpus
+
+    @property
+    def cpus_held(self) -> float:
+        return self.nodes * self.cpus
+
     @model_validator(mode="after")
     def _one_entry(self) -> Trial:
         if (self.python is None) == (self.command is None):
             raise PYTHON_OR_COMMAND.error()
+        check_pod_identity(self.nodes, self.template)
         return self
 
 
@@ -439,6 +463,7 @@ class StudySpec(SpecModel):
         MULTI_OBJECTIVE_SAMPLER,
         PRUNER_SINGLE_METRIC,
         TERMINATOR_SINGLE_METRIC,
+        NODES_FIT_GPU_BUDGET,
         *POPULATION_RULES,
         CONDITION_NOT_ON_ITSELF,
         CONDITION_NAMES_A_PARAMETER,
@@ -498,6 +523,8 @@ class StudySpec(SpecModel):
         if self.budget.patience is not None and len(self.objective.metrics) > 1:
             raise PATIENCE_SINGLE_METRIC.error()
         _check_strategy_fits_objective(self)
+        trial = self.trial
+        check_fits_gpu_budget(trial.nodes, trial.gpus, trial.maxDuration, self.budget.gpuHours)
         return self
 
     @property

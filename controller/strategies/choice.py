@@ -94,12 +94,12 @@ def affordable_trials(spec: StudySpec, cost: TrialCost, spent: Spent | None = No
     limits: dict[str, int] = {}
     if budget.maxTrials is not None:
         limits["maxTrials"] = budget.maxTrials
-    if budget.gpuHours is not None and spec.trial.gpus > 0:
+    if budget.gpuHours is not None and spec.trial.gpus_held > 0:
         left = budget.gpuHours * 3600 - spent.gpu_seconds
-        limits["gpuHours"] = spent.trials_started + _whole(left / (spec.trial.gpus * seconds))
+        limits["gpuHours"] = spent.trials_started + _whole(left / (spec.trial.gpus_held * seconds))
     if budget.cpuHours is not None:
         left = budget.cpuHours * 3600 - spent.cpu_seconds
-        limits["cpuHours"] = spent.trials_started + _whole(left / (spec.trial.cpus * seconds))
+        limits["cpuHours"] = spent.trials_started + _whole(left / (spec.trial.cpus_held * seconds))
     if budget.deadline is not None:
         left = budget.deadline - spent.elapsed_s
         limits["deadline"] = spent.trials_started + _whole(left / seconds) * spec.parallelism

@@ -49,6 +49,7 @@ NEEDED_IN_STUDY_NAMESPACES = {
     *(("", "configmaps", verb) for verb in ("get", "create", "update", "patch")),
     ("", "serviceaccounts", "get"),
     ("", "serviceaccounts", "create"),
+    ("", "services", "create"),  # trial.nodes > 1: a headless Service per trial
     ("", "secrets", "create"),
 }
 NEEDED_CLUSTER_WIDE = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}

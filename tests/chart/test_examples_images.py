@@ -92,11 +92,16 @@ def ignored(path: Path) -> bool:
 
 
 def entry_of(trial: dict[str, Any]) -> tuple[str, str | None]:
-    """(module, function) a trial runs: ``python: mod:fn``, or ``command: [python, -m, mod, ...]``."""
+    """(module, function) a trial runs: ``python: mod:fn``, ``command: [python, -m, mod, ...]``, or
+    ``command: [torchrun, <options>, -m, mod, ...]`` (a trial that spans several nodes)."""
     if trial.get("python"):
         module, _, function = trial["python"].partition(":")
         return module, function
     command = trial["command"]
+    if command[:1] == ["torchrun"] and "-m" in command:
+        module = command[command.index("-m") + 1]
+        assert not module.startswith("-"), f"torchrun -m names a module of the image: {command}"
+        return module, None
     assert command[:2] == ["python", "-m"], f"a command example runs a module of the image: {command}"
     return command[2], None
 

@@ -61,6 +61,31 @@ def test_pods_of_one_reservation_never_together_exceed_it(ledger: Ledger) -> Non
     assert ledger.totals("s").settled.gpu_seconds == 100
 
 
+def test_the_pods_of_a_multi_node_trial_keep_its_room_until_the_last_is_billed(ledger: Ledger) -> None:
+    ledger.set_study_limits("s", gpu_seconds=200, cpu_seconds=None)
+    assert ledger.reserve("s/0", "s", 0, Charge(gpu_seconds=200))  # two pods of 100 each, worst case
+    assert ledger.settle("rank-0", "s/0", Charge(gpu_seconds=60), 60.0, release=False).gpu_seconds == 60
+    # Rank 1 still runs: the room stays reserved, no other trial gets it, and what rank 0 used
+    # counts once (settled 60, still reserved 140).
+    assert ledger.open_reservations("s") == {"s/0": 0}
+    totals = ledger.totals("s")
+    assert (totals.settled.gpu_seconds, totals.reserved.gpu_seconds) == (60, 140)
+    assert not ledger.reserve("s/1", "s", 1, Charge(gpu_seconds=100))
+    assert ledger.settle("rank-1", "s/0", Charge(gpu_seconds=100), 100.0).gpu_seconds == 100
+    assert ledger.open_reservations("s") == {}
+    assert ledger.totals("s").settled.gpu_seconds == 160
+    assert ledger.reserve("s/1", "s", 1, Charge(gpu_seconds=40))
+
+
+def test_settling_a_pod_again_as_the_last_releases_what_it_kept_open(ledger: Ledger) -> None:
+    assert ledger.reserve("s/0", "s", 0, Charge(gpu_seconds=100))
+    ledger.settle("rank-1", "s/0", Charge(gpu_seconds=10), 10.0, release=False)
+    # A controller restarted between settling and releasing settles the same pod again.
+    assert ledger.settle("rank-1", "s/0", Charge(gpu_seconds=10), 10.0).gpu_seconds == 10
+    assert ledger.open_reservations("s") == {}
+    assert ledger.totals("s").settled.gpu_seconds == 10
+
+
 def test_a_released_reservation_frees_its_room(ledger: Ledger) -> None:
     ledger.set_study_limits("s", gpu_seconds=100, cpu_seconds=None)
     assert ledger.reserve("s/0", "s", 0, Charge(gpu_seconds=100))

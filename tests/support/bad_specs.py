@@ -237,6 +237,25 @@ RULE_EXAMPLES = [
         {"spec.strategy.sampler": "auto", "spec.strategy.settings": {"n_startup_trials": 5}},
         at_admission=False,
     ),
+    study("zero-nodes", "spec.trial.nodes", {"spec.trial.nodes": 0}),
+    study("too-many-nodes", "spec.trial.nodes", {"spec.trial.nodes": 65}),
+    study(
+        "nodes-with-a-template-subdomain",
+        "spec.trial.template",
+        {"spec.trial.nodes": 2, "spec.trial.template": {"spec": {"subdomain": "mine"}}},
+        at_admission=False,
+    ),
+    study(
+        "nodes-beyond-the-gpu-budget",
+        "spec.trial.nodes",
+        {
+            "spec.trial.nodes": 4,
+            "spec.trial.gpus": 8,
+            "spec.trial.maxDuration": "2h",
+            "spec.budget.gpuHours": 40,
+        },
+        at_admission=False,
+    ),
     study(
         "tracking-uri-with-credentials",
         "spec.tracking.mlflow.trackingUri",
@@ -269,6 +288,7 @@ RULE_EXAMPLES = [
     study("pbt-with-warm-start", "spec.warmStart", {**PBT, "spec.warmStart": {"fromStudy": "earlier"}}),
     study("pbt-with-confirmation-runs", "spec.confirm", {**PBT, "spec.confirm": {"topK": 2}}),
     study("pbt-with-the-terminator", "spec.strategy.terminator", {**PBT, "spec.strategy.terminator": True}),
+    study("pbt-on-two-nodes", "spec.trial.nodes", {**PBT, "spec.trial.nodes": 2}),
     study(
         "checkpoints-outside-the-volume",
         "spec.checkpoints.path",

@@ -5,6 +5,14 @@ It follows the real controller where a trial controller can observe it: pods nam
 are omitted while zero, `backoffLimit`, `activeDeadlineSeconds`, `ttlSecondsAfterFinished`,
 and the conditions of Kubernetes 1.31 (SuccessCriteriaMet/Complete, FailureTarget/Failed).
 Replacement pods are created at once (no exponential back-off).
+
+Indexed Jobs (`completionMode: Indexed`): one pod per index not yet succeeded, named
+`<job>-<index>-<5 chars>`, with the index as annotation and label
+`batch.kubernetes.io/job-completion-index`, `hostname: <job>-<index>` and `JOB_COMPLETION_INDEX`
+in each container's env; `successPolicy` rules with `succeededIndexes` (and `succeededCount`) end
+the Job `Complete` and delete its remaining pods, as Kubernetes 1.33 does. `podFailurePolicy` is
+read for `FailJob` rules only (exit codes and pod conditions): a matching failed pod fails the
+Job (reason `PodFailurePolicy`); `backoffLimit` covers the rest.
 """
 
 from __future__ import annotations
@@ -25,6 +33,45 @@ from .watching import Event
 logger = logging.getLogger(__name__)
 
 _FINISHED = ("Complete", "Failed")
+INDEX_KEY = "batch.kubernetes.io/job-completion-index"
+
+
+def _index_of(pod: dict[str, Any]) -> int | None:
+    raw = (pod["metadata"].get("annotations") or {}).get(INDEX_KEY)
+    return int(raw) if raw is not None else None
+
+
+def _indexes(text: str) -> set[int]:
+    """`succeededIndexes` as Kubernetes writes it: "0", "1-3,5"."""
+    found: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        low, _, high = part.partition("-")
+        found.update(range(int(low), int(high or low) + 1))
+    return found
+
+
+def _fails_the_job(spec: dict[str, Any], pod: dict[str, Any]) -> bool:
+    """Whether a failed pod matches a `FailJob` rule of the Job's podFailurePolicy."""
+    status = pod.get("status") or {}
+    for rule in (spec.get("podFailurePolicy") or {}).get("rules") or []:
+        if rule.get("action") != "FailJob":
+            continue
+        for wanted in rule.get("onPodConditions") or []:
+            if any(c.get("type") == wanted.get("type") and c.get("status") == wanted.get("status", "True")
+                   for c in status.get("conditions") or []):
+                return True
+        codes = rule.get("onExitCodes")
+        if codes:
+            for container in status.get("containerStatuses") or []:
+                if codes.get("containerName") not in (None, container.get("name")):
+                    continue
+                code = ((container.get("state") or {}).get("terminated") or {}).get("exitCode")
+                if code is None:
+                    continue
+                listed = code in codes.get("values") or []
+                if listed == (codes.get("operator") == "In"):
+                    return True
+    return False
 
 
 def parse_time(value: str | None) -> float | None:
@@ -119,6 +166,7 @@ class JobController:
                        for r in p["metadata"].get("ownerReferences") or [])]
         counted = self._counted.setdefault(uid, set())
         active, to_release = [], []
+        policy_failure = False
         for pod in pods:
             pod_uid, phase = pod["metadata"]["uid"], (pod.get("status") or {}).get("phase")
             deleting = bool(pod["metadata"].get("deletionTimestamp"))
@@ -128,6 +176,12 @@ class JobController:
                     counted.add(pod_uid)
                     field = "succeeded" if phase == "Succeeded" else "failed"
                     status[field] = status.get(field, 0) + 1
+                    index = _index_of(pod)
+                    if phase == "Succeeded" and index is not None:
+                        done = _indexes(status.get("completedIndexes") or "") | {index}
+                        status["completedIndexes"] = ",".join(str(i) for i in sorted(done))
+                    if phase == "Failed" and _fails_the_job(spec, pod):
+                        policy_failure = True
                 to_release.append(pod)
             elif not deleting:
                 active.append(pod)
@@ -136,7 +190,7 @@ class JobController:
         if job["metadata"].get("deletionTimestamp"):
             finished = True
         if not finished:
-            finished = self._progress(job, spec, status, active)
+            finished = self._progress(job, spec, status, active, policy_failure)
         status["active"] = len(active)
         status["ready"] = sum(1 for p in active
                               if (p.get("status") or {}).get("phase") == "Running")
@@ -157,7 +211,7 @@ class JobController:
             self._schedule_ttl(job, status)
 
     def _progress(self, job: dict[str, Any], spec: dict[str, Any], status: dict[str, Any],
-                  active: list[dict[str, Any]]) -> bool:
+                  active: list[dict[str, Any]], policy_failure: bool = False) -> bool:
         """Create pods, or finish the Job; returns whether it has finished."""
         meta = job["metadata"]
         if spec.get("suspend"):
@@ -167,40 +221,75 @@ class JobController:
         deadline = spec.get("activeDeadlineSeconds")
         started = parse_time(status["startTime"]) or time.time()
         reason: tuple[str, str] | None = None
-        if status.get("succeeded", 0) >= completions:
+        met = self._success_policy_met(spec, status)
+        if status.get("succeeded", 0) >= completions or met:
+            why = ("SuccessPolicy", "Matched rules at index 0") if met else (
+                "CompletionsReached", "Reached expected number of succeeded pods")
             status["completionTime"] = now_iso()
             status["conditions"] = (status.get("conditions") or []) + [
-                _condition("SuccessCriteriaMet", "CompletionsReached",
-                           "Reached expected number of succeeded pods"),
-                _condition("Complete", "CompletionsReached",
-                           "Reached expected number of succeeded pods")]
+                _condition("SuccessCriteriaMet", *why), _condition("Complete", *why)]
+            self._delete_pods(meta, active)  # the success policy's lingering pods
             return True
-        if status.get("failed", 0) > int(spec.get("backoffLimit", 6)):
+        if policy_failure:
+            reason = ("PodFailurePolicy", "Container trial for pod failed with a FailJob rule")
+        elif status.get("failed", 0) > int(spec.get("backoffLimit", 6)):
             reason = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
         elif deadline is not None and time.time() >= started + int(deadline):
             reason = ("DeadlineExceeded", "Job was active longer than specified deadline")
         if reason is not None:
             status["conditions"] = (status.get("conditions") or []) + [
                 _condition("FailureTarget", *reason), _condition("Failed", *reason)]
-            for pod in active:
-                with contextlib.suppress(ApiError):
-                    self.store.delete(self._pod_rt, meta["namespace"], pod["metadata"]["name"])
-            active.clear()
+            self._delete_pods(meta, active)
             return True
         if deadline is not None:
             self._set_timer(meta["uid"], started + int(deadline), meta["namespace"], meta["name"])
+        if spec.get("completionMode") == "Indexed":
+            done = _indexes(status.get("completedIndexes") or "")
+            running = {_index_of(p) for p in active}
+            missing = [i for i in range(completions) if i not in done and i not in running]
+            for index in missing[: max(0, int(spec.get("parallelism") or 1) - len(active))]:
+                active.append(self._create_pod(job, index))
+            return False
         wanted = min(int(spec.get("parallelism") or 1), completions - status.get("succeeded", 0))
         for _ in range(wanted - len(active)):
             active.append(self._create_pod(job))
         return False
 
-    def _create_pod(self, job: dict[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def _success_policy_met(spec: dict[str, Any], status: dict[str, Any]) -> bool:
+        done = _indexes(status.get("completedIndexes") or "")
+        for rule in (spec.get("successPolicy") or {}).get("rules") or []:
+            wanted = _indexes(rule["succeededIndexes"]) if "succeededIndexes" in rule else None
+            hits = done if wanted is None else done & wanted
+            if "succeededCount" in rule:
+                if len(hits) >= int(rule["succeededCount"]):
+                    return True
+            elif wanted is not None and wanted <= done:
+                return True
+        return False
+
+    def _delete_pods(self, meta: dict[str, Any], active: list[dict[str, Any]]) -> None:
+        for pod in active:
+            with contextlib.suppress(ApiError):
+                self.store.delete(self._pod_rt, meta["namespace"], pod["metadata"]["name"])
+        active.clear()
+
+    def _create_pod(self, job: dict[str, Any], index: int | None = None) -> dict[str, Any]:
         meta = job["metadata"]
         template = copy.deepcopy((job.get("spec") or {}).get("template") or {})
         pod_meta = template.get("metadata") or {}
         pod_meta.pop("name", None)
+        prefix = meta["name"] if index is None else f"{meta['name']}-{index}"
+        if index is not None:
+            pod_meta["annotations"] = {**(pod_meta.get("annotations") or {}), INDEX_KEY: str(index)}
+            pod_meta["labels"] = {**(pod_meta.get("labels") or {}), INDEX_KEY: str(index)}
+            pod_spec = template.setdefault("spec", {})
+            pod_spec["hostname"] = prefix
+            for container in pod_spec.get("containers") or []:
+                container["env"] = [*(container.get("env") or []),
+                                    {"name": "JOB_COMPLETION_INDEX", "value": str(index)}]
         pod_meta.update(
-            generateName=f"{meta['name']}-",
+            generateName=f"{prefix}-",
             namespace=meta["namespace"],
             finalizers=[*(pod_meta.get("finalizers") or []), JOB_TRACKING_FINALIZER],
             ownerReferences=[{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],

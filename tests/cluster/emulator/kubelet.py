@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from . import podenv
 from .errors import ApiError
+from .network import PodNetwork
 from .store import POD_KEY, Store, now_iso
 from .watching import DELETED, Event
 
@@ -82,6 +83,7 @@ class PodRunner:
         self.image_pull_backoff_s = image_pull_backoff_s
         self.config_retry_s = config_retry_s
         self._pod_rt = store.type_for_key(POD_KEY)
+        self.network = PodNetwork(store)
         self._runs: dict[str, PodRun] = {}
         self._logs: dict[tuple[str, str], Path] = {}
         self._blocked: SchedulingPredicate | None = None
@@ -338,6 +340,7 @@ class PodRunner:
             container = ((pod.get("spec") or {}).get("containers") or [{}])[0]
             try:
                 env = podenv.container_env(self.store, pod, container, self._base_env(pod))
+                env = self.network.resolve(pod, env)  # pod DNS names of headless Services
             except podenv.ContainerConfigError as exc:
                 self._waiting(run, pod, "CreateContainerConfigError", str(exc))
                 await asyncio.sleep(self.config_retry_s)
