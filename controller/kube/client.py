@@ -242,8 +242,39 @@ class KubeApi:
         except ApiException as error:
             if status_code(error) != 409:
                 raise
-            if replace is not None:
+            if kind == "Service":
+                self._replace_service_of_another_owner(manifest)
+            elif replace is not None:
                 patch = {k: v for k, v in manifest.items() if k in ("data", "stringData")}
                 replace(
                     meta["name"], meta["namespace"], patch, _content_type=MERGE_PATCH, _preload_content=False
                 )
+
+    def _replace_service_of_another_owner(self, manifest: dict[str, Any]) -> None:
+        """A trial's Service of that name exists: keep it if it is ours, else replace it.
+
+        A Study deleted and applied again under its name numbers its trials from 0 again; an old
+        trial Service may outlive its Study until garbage collection, which would then delete the
+        one the new trial's ranks need to find each other.
+        """
+        meta = manifest["metadata"]
+        name, namespace = meta["name"], meta["namespace"]
+        try:
+            existing = _body(self.core.read_namespaced_service(name, namespace, _preload_content=False))
+        except ApiException as error:
+            if status_code(error) != 404:
+                raise
+            existing = None  # gone meanwhile
+        if existing is not None:
+            if _owner_uids(existing) == _owner_uids(manifest):
+                return
+            try:
+                self.core.delete_namespaced_service(name, namespace, _preload_content=False)
+            except ApiException as error:
+                if status_code(error) != 404:
+                    raise
+        self.core.create_namespaced_service(namespace, manifest, _preload_content=False)
+
+
+def _owner_uids(obj: dict[str, Any]) -> set[str]:
+    return {str(ref.get("uid")) for ref in (obj.get("metadata") or {}).get("ownerReferences") or []}

@@ -50,6 +50,8 @@ NEEDED_IN_STUDY_NAMESPACES = {
     ("", "serviceaccounts", "get"),
     ("", "serviceaccounts", "create"),
     ("", "services", "create"),  # trial.nodes > 1: a headless Service per trial
+    ("", "services", "get"),  # ... and one left by a deleted Study of the same name replaced
+    ("", "services", "delete"),
     ("", "secrets", "create"),
 }
 NEEDED_CLUSTER_WIDE = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}

@@ -65,6 +65,18 @@ def test_two_ranks_all_reduce_over_gloo_on_the_cluster_and_everything_goes_with_
 ) -> None:
     pytest.importorskip("torch", reason="needs the examples extra (torch CPU build)")
     prepare_cluster(kube_emulator)
+    # Left by an earlier Study "gang", deleted; garbage collection has not come for it yet.
+    stale_owner = {"apiVersion": "tunefleet.dev/v1alpha1", "kind": "Study", "name": "gang", "uid": "gone"}
+    kube_emulator.api.create(
+        "services",
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "gang-t0", "namespace": NAMESPACE, "ownerReferences": [stale_owner]},
+            "spec": {"clusterIP": "None", "selector": {"app": "nothing"}, "ports": [{"port": 29500}]},
+        },
+        NAMESPACE,
+    )
     controller = ControllerProcess(kube_emulator, postgres_url, tmp_path).start()
     try:
         body = two_node_study("gang", "allreduce", max_trials=2, parallelism=2)
@@ -86,7 +98,7 @@ def test_two_ranks_all_reduce_over_gloo_on_the_cluster_and_everything_goes_with_
     jobs = trial_jobs(kube_emulator, "gang")
     assert {j["spec"]["completionMode"] for j in jobs} == {"Indexed"}
     services = [kube_emulator.api.get("services", NAMESPACE, f"gang-t{n}") for n in (0, 1)]
-    for obj in [*jobs, *services]:
+    for obj in [*jobs, *services]:  # the stale Service was replaced, not adopted
         assert obj["metadata"]["ownerReferences"][0]["uid"] == study["metadata"]["uid"]
     assert sorted(seen.values()) == [("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")]
     # A rank stopped by the success policy was billed and let go (its pod may be gone already).
