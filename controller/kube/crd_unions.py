@@ -120,7 +120,7 @@ def _variant_rules(
         own = variant.get("properties", {})
         needed = {name for name in variant.get("required", []) if name != discriminator}
         is_tag = f"self.{discriminator} == '{tag}'"
-        for name in needed - set(merged.get("required", [])):
+        for name in sorted(needed - set(merged.get("required", []))):
             if not cel_visible(own[name]):
                 unchecked.append(f"{tag}: {name} is required")
                 continue
