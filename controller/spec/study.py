@@ -100,6 +100,12 @@ class Objective(SpecModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     goal: float | None = Field(default=None, description="Stop once the best value reaches this.")
+    steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="How many intermediate steps (e.g. epochs) a trial reports with trial.report; "
+        "Hyperband, ASHA and auto use it from the first trial.",
+    )
     constraints: list[MetricName] = Field(
         default_factory=list,
         max_length=MAX_METRICS,
@@ -167,6 +173,11 @@ class Strategy(SpecModel):
     )
     terminator: bool = Field(
         default=False, description="Also stop when Optuna's terminator judges the study converged."
+    )
+    costAware: bool | None = Field(
+        default=None,
+        description="Prefer the configuration with the highest expected improvement per second "
+        "(TPE, one metric). Unset: auto turns it on when measured trial costs vary widely.",
     )
 
     @model_validator(mode="after")
@@ -364,6 +375,16 @@ PRUNER_SINGLE_METRIC = Rule(
         f" && {_SEVERAL})"
     ),
 )
+COST_AWARE_NEEDS_TPE = Rule(
+    "strategy-cost-aware-needs-tpe",
+    field="strategy.costAware",
+    message="costAware needs sampler tpe or auto and a single metric",
+    cel=(
+        "!(has(self.strategy) && has(self.strategy.costAware) && self.strategy.costAware"
+        " && ((has(self.strategy.sampler) && !(self.strategy.sampler in ['auto', 'tpe']))"
+        f" || {_SEVERAL}))"
+    ),
+)
 TERMINATOR_SINGLE_METRIC = Rule(
     "strategy-terminator-single-metric",
     field="strategy.terminator",
@@ -383,6 +404,7 @@ class StudySpec(SpecModel):
         MULTI_OBJECTIVE_SAMPLER,
         PRUNER_SINGLE_METRIC,
         TERMINATOR_SINGLE_METRIC,
+        COST_AWARE_NEEDS_TPE,
         CONDITION_NOT_ON_ITSELF,
         CONDITION_NAMES_A_PARAMETER,
         CONDITION_VALUE_IS_A_CHOICE,
@@ -461,6 +483,8 @@ def _check_strategy_fits_objective(spec: StudySpec) -> None:
         raise PRUNER_SINGLE_METRIC.error()
     if several and strategy.terminator:
         raise TERMINATOR_SINGLE_METRIC.error()
+    if strategy.costAware and (several or strategy.sampler not in ("auto", "tpe")):
+        raise COST_AWARE_NEEDS_TPE.error()
     if strategy.sampler == "grid":
         from controller.strategies.grid import MAX_GRID_POINTS, product_size
 

@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 
 from controller.spec import StudySpec
+from controller.strategies.cost_aware import CostAwareTPESampler
 from controller.strategies.grid import ConfigurationGridSampler, grid_values
 from controller.strategies.settings import sampler_options
 
@@ -21,7 +22,7 @@ MULTI_OBJECTIVE_SAMPLERS = ("random", "grid", "tpe", "motpe", "gp", "qmc", "nsga
 SINGLE_OBJECTIVE_ONLY = ("cmaes",)
 MULTI_OBJECTIVE_ONLY = ("motpe", "nsga2", "nsga3")
 
-__all__ = ["build_sampler", "grid_values", "sampler_defaults"]
+__all__ = ["build_sampler", "carry_randomness", "grid_values", "sampler_defaults"]
 
 
 def sampler_defaults(name: str, spec: StudySpec) -> dict[str, Any]:
@@ -36,11 +37,14 @@ def sampler_defaults(name: str, spec: StudySpec) -> dict[str, Any]:
     return {}
 
 
-def build_sampler(name: str, spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
+def build_sampler(
+    name: str, spec: StudySpec, seed: int, cost_aware: bool = False
+) -> optuna.samplers.BaseSampler:
     """The sampler called ``name`` with ``spec.strategy.settings`` passed to its constructor.
 
     Settings only apply to the sampler they were written for: after ``auto`` they are empty
-    (the spec refuses settings without a sampler name).
+    (the spec refuses settings without a sampler name). ``cost_aware`` makes TPE pick by
+    expected improvement per second (:mod:`controller.strategies.cost_aware`).
     """
     if name == "grid":
         return ConfigurationGridSampler(spec.searchSpace, seed=seed)
@@ -51,6 +55,8 @@ def build_sampler(name: str, spec: StudySpec, seed: int) -> optuna.samplers.Base
     with warnings.catch_warnings():
         # multivariate/group TPE, QMC and the NSGA samplers are still marked experimental.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "tpe" and cost_aware:
+            return CostAwareTPESampler(steps=spec.objective.steps, **options)
         if name in ("tpe", "motpe"):
             return optuna.samplers.TPESampler(**options)
         if name == "gp":
@@ -64,3 +70,24 @@ def build_sampler(name: str, spec: StudySpec, seed: int) -> optuna.samplers.Base
         if name == "nsga3":
             return optuna.samplers.NSGAIIISampler(**options)
     raise ValueError(f"unknown sampler {name!r}")
+
+
+def carry_randomness(
+    old: optuna.samplers.BaseSampler, new: optuna.samplers.BaseSampler
+) -> optuna.samplers.BaseSampler:
+    """``new`` drawing on from ``old``'s random state, when both are random or TPE samplers.
+
+    A revision builds a new sampler from the study seed; without this its random draws would
+    start over, and a TPE still in its random start-up phase would propose the very
+    configurations the replaced sampler already ran.
+    """
+    kinds = (optuna.samplers.RandomSampler, optuna.samplers.TPESampler)
+    if not (isinstance(old, kinds) and isinstance(new, kinds)):
+        return new
+    rng = old._rng
+    if isinstance(new, optuna.samplers.TPESampler):
+        new._rng = rng
+        new._random_sampler = old if isinstance(old, optuna.samplers.RandomSampler) else old._random_sampler
+    else:
+        new._rng = rng
+    return new

@@ -215,6 +215,21 @@ RULE_EXAMPLES = [
         {"spec.objective.metrics": TWO_METRICS, "spec.strategy.terminator": True},
     ),
     study(
+        "cost-aware-with-random",
+        "spec.strategy.costAware",
+        {"spec.strategy.costAware": True},
+    ),
+    study(
+        "cost-aware-with-two-metrics",
+        "spec.strategy.costAware",
+        {
+            "spec.objective.metrics": TWO_METRICS,
+            "spec.strategy.sampler": "tpe",
+            "spec.strategy.costAware": True,
+        },
+    ),
+    study("zero-steps", "spec.objective.steps", {"spec.objective.steps": 0}),
+    study(
         "bad-parameter-name",
         "spec.searchSpace",
         {

@@ -1,0 +1,260 @@
+"""Cost-aware search without storage: the cost model on synthetic costs, TPE by expected
+improvement per second, and a seeded study that still repeats exactly.
+
+Trials are simulated on a virtual clock: the sampler proposes a configuration (``study.ask``), the
+test computes its value and its cost in seconds, and adds the finished trial with those seconds
+as its duration, so nothing here depends on how fast this machine is.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from controller.spec import parse_study_text
+from controller.strategies import Spent
+from controller.strategies.cost_aware import CostAwareTPESampler, log_expected_improvement
+from controller.strategies.costs import CostModel, full_trial_seconds, measured_seconds, spread
+from controller.strategies.live import ATTR_REVISIONS, LiveStrategy
+from tests.support.specs import study_document
+
+START = datetime.datetime(2026, 1, 1)
+SPACE = {
+    "x": FloatDistribution(0.0, 1.0),
+    "y": FloatDistribution(0.0, 1.0),
+    "size": FloatDistribution(0.0, 1.0),
+}
+Params = dict[str, Any]
+
+
+def finished(
+    number: int,
+    params: Params,
+    seconds: float,
+    value: float = 0.0,
+    *,
+    pruned_at: int | None = None,
+    space: dict[str, Any] = SPACE,
+) -> FrozenTrial:
+    """A finished trial that took ``seconds`` (pruned after step ``pruned_at``, if given)."""
+    steps = {step: value for step in range((pruned_at if pruned_at is not None else 9) + 1)}
+    return FrozenTrial(
+        number=number,
+        state=TrialState.PRUNED if pruned_at is not None else TrialState.COMPLETE,
+        value=None if pruned_at is not None else value,
+        values=None,
+        datetime_start=START,
+        datetime_complete=START + datetime.timedelta(seconds=seconds),
+        params=params,
+        distributions={name: space[name] for name in params},
+        user_attrs={},
+        system_attrs={},
+        intermediate_values=steps,
+        trial_id=number,
+    )
+
+
+def quality(params: Params) -> float:
+    """Maximized; ``size`` does not matter, only where (x, y) lands."""
+    return -((params["x"] - 0.7) ** 2 + (params["y"] - 0.3) ** 2)
+
+
+def cost(params: Params) -> float:
+    """From 1 s to 100 s, set by ``size`` alone."""
+    return float(math.exp(math.log(100.0) * params["size"]))
+
+
+def simulate(
+    sampler: optuna.samplers.BaseSampler, trials: int, seconds: Callable[[Params], float] = cost
+) -> list[tuple[Params, float, float]]:
+    """(params, value, clock when it finished) for each trial, run one after another."""
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    clock = 0.0
+    history: list[tuple[Params, float, float]] = []
+    for _ in range(trials):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            asked = study.ask(SPACE)
+        params = dict(asked.params)
+        study.tell(asked, state=TrialState.FAIL)  # only the simulated copy below counts
+        took = seconds(params)
+        clock += took
+        value = quality(params)
+        trial = finished(0, params, took, value)
+        study.add_trial(trial)
+        history.append((params, value, clock))
+    return history
+
+
+def time_to(history: list[tuple[Params, float, float]], threshold: float) -> float:
+    return next((clock for _, value, clock in history if value >= threshold), math.inf)
+
+
+def tpe(seed: int, cost_aware: bool) -> optuna.samplers.BaseSampler:
+    options: dict[str, Any] = {"seed": seed, "multivariate": True, "n_startup_trials": 10}
+    return CostAwareTPESampler(**options) if cost_aware else optuna.samplers.TPESampler(**options)
+
+
+# -- the cost model ----------------------------------------------------------------------------
+
+
+def test_the_model_ranks_configurations_by_a_multiplicative_cost() -> None:
+    space = {
+        "width": IntDistribution(8, 512, log=True),
+        "depth": IntDistribution(1, 4),
+        "batch": CategoricalDistribution([16, 64, 256]),
+    }
+
+    def seconds(width: int, depth: int, batch: int) -> float:
+        return 1e-4 * width**2 * depth * (1.0 + 64 / batch)
+
+    grid = [(w, d, b) for w in (8, 32, 128, 512) for d in (1, 2, 4) for b in (16, 64, 256)]
+    trials = [
+        finished(n, {"width": w, "depth": d, "batch": b}, seconds(w, d, b), space=space)
+        for n, (w, d, b) in enumerate(grid[::2])
+    ]
+    model = CostModel.fit(trials, space)
+    assert model is not None
+    for w, d, b in grid[1::2]:  # configurations it never saw
+        predicted = model.predict_seconds({"width": w, "depth": d, "batch": b})
+        assert seconds(w, d, b) / 3 <= predicted <= seconds(w, d, b) * 3, (w, d, b)
+    cheap = model.predict_seconds({"width": 16, "depth": 1, "batch": 256})
+    costly = model.predict_seconds({"width": 400, "depth": 4, "batch": 16})
+    assert costly > 100 * cheap
+
+
+def test_a_pruned_trial_costs_what_running_every_step_would() -> None:
+    params = {"x": 0.5, "y": 0.5, "size": 0.5}
+    pruned = finished(0, params, 2.0, pruned_at=1)  # 2 of 10 steps in 2 s
+    assert full_trial_seconds(pruned, steps=10) == pytest.approx(10.0)
+    assert full_trial_seconds(pruned, steps=None) == pytest.approx(2.0)
+    complete = finished(1, params, 7.0)  # reported steps 0..9
+    assert measured_seconds([pruned, complete], declared_steps=None) == pytest.approx([10.0, 7.0])
+
+
+def test_uniform_or_too_few_costs_give_no_model() -> None:
+    def trial(number: int, seconds: float) -> FrozenTrial:
+        return finished(number, {"x": number / 20, "y": 0.5, "size": number / 20}, seconds)
+
+    assert CostModel.fit([trial(n, 10.0 + 0.1 * n) for n in range(20)], SPACE) is None  # uniform
+    assert CostModel.fit([trial(n, 2.0**n) for n in range(9)], SPACE) is None  # too few
+    assert CostModel.fit([trial(n, 2.0**n) for n in range(10)], SPACE) is not None
+    assert spread([1.0] * 5) == 1.0
+
+
+def test_expected_improvement_follows_the_density_ratio() -> None:
+    ratios = [-3.0, 0.0, 3.0]
+    improvements = log_expected_improvement(np.asarray(ratios), 0.1)
+    assert list(improvements) == sorted(improvements)
+    assert improvements[-1] < math.log(1 / 0.1)  # bounded by 1/γ
+
+
+# -- cost-aware TPE ----------------------------------------------------------------------------
+
+
+def test_a_cheap_good_region_is_found_first() -> None:
+    """Good configurations exist at every cost; cost-aware TPE reaches them in less time."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    threshold = -0.005
+    plain, aware = [], []
+    for seed in range(4):
+        plain.append(time_to(simulate(tpe(seed, cost_aware=False), 60), threshold))
+        aware.append(time_to(simulate(tpe(seed, cost_aware=True), 60), threshold))
+    assert sorted(aware)[1] + sorted(aware)[2] < sorted(plain)[1] + sorted(plain)[2], (aware, plain)
+    assert sum(aware) < 0.9 * sum(plain), (aware, plain)
+
+
+def test_with_uniform_costs_the_choice_is_tpe_s_own() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    uniform = lambda params: 10.0 + params["size"]  # noqa: E731 - within a factor of 2
+    plain = simulate(tpe(3, cost_aware=False), 25, uniform)
+    aware = simulate(tpe(3, cost_aware=True), 25, uniform)
+    assert [p for p, _, _ in aware] == [p for p, _, _ in plain]
+
+
+def test_a_seeded_cost_aware_study_repeats_exactly() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    first = simulate(tpe(11, cost_aware=True), 25)
+    second = simulate(tpe(11, cost_aware=True), 25)
+    assert [p for p, _, _ in first] == [p for p, _, _ in second]
+    assert len({tuple(sorted(p.items())) for p, _, _ in first}) == 25
+
+
+# -- auto, revised as trials finish ---------------------------------------------------------------
+
+
+def live_study(spec_changes: dict[str, Any]) -> tuple[LiveStrategy, optuna.Study]:
+    document = study_document(**spec_changes, trial={"python": "m:f", "maxDuration": "10s"})
+    document["spec"]["searchSpace"] = {
+        "x": {"type": "float", "low": 0.0, "high": 1.0},
+        "y": {"type": "float", "low": 0.0, "high": 1.0},
+        "size": {"type": "float", "low": 0.0, "high": 1.0},
+    }
+    spec = parse_study_text(yaml.safe_dump(document)).spec
+    strategy = LiveStrategy(spec, seed=4)  # trials are simulated: maxDuration only keeps GP out
+    study = optuna.create_study(direction="maximize", sampler=strategy.build_sampler())
+    return strategy, study
+
+
+def add_finished(study: optuna.Study, count: int, seconds: Callable[[Params], float]) -> None:
+    for _ in range(count):
+        asked = study.ask(SPACE)
+        params = dict(asked.params)
+        study.tell(asked, state=TrialState.FAIL)
+        study.add_trial(finished(0, params, seconds(params), quality(params)))
+
+
+def test_auto_turns_cost_aware_on_from_measured_costs_keeping_the_random_stream() -> None:
+    strategy, study = live_study(
+        {
+            "strategy": {"sampler": "auto", "pruner": "none"},
+            "budget": {"deadline": "1h", "maxTrials": 500},
+            "parallelism": 1,
+        }
+    )
+    assert not strategy.choice.cost_aware and type(study.sampler).__name__ == "TPESampler"
+    add_finished(study, 9, cost)
+    strategy.refresh(study, study.trials, Spent(elapsed_s=100))
+    assert not strategy.choice.cost_aware  # 9 measured: not yet
+    before = [t.params for t in study.trials if t.state == TrialState.COMPLETE]
+    add_finished(study, 1, cost)
+    assert strategy.refresh(study, study.trials, Spent(elapsed_s=100))
+    assert strategy.choice.cost_aware and isinstance(study.sampler, CostAwareTPESampler)
+    assert study.user_attrs[ATTR_REVISIONS][-1]["costAware"] is True
+    # Still in TPE's random start-up: the rebuilt sampler goes on drawing, it does not start over.
+    add_finished(study, 3, cost)
+    after = [t.params for t in study.trials if t.state == TrialState.COMPLETE][10:]
+    assert not any(params in before for params in after)
+
+
+def test_auto_leaves_uniform_costs_and_ample_budgets_alone() -> None:
+    strategy, study = live_study(
+        {
+            "strategy": {"sampler": "auto", "pruner": "none"},
+            "budget": {"deadline": "1h", "maxTrials": 500},
+            "parallelism": 1,
+        }
+    )
+    add_finished(study, 12, lambda params: 5.0 + params["size"])  # uniform
+    strategy.refresh(study, study.trials, Spent(elapsed_s=100))
+    assert not strategy.choice.cost_aware
+    strategy, study = live_study(
+        {
+            "strategy": {"sampler": "auto", "pruner": "none"},
+            "budget": {"deadline": "30d", "maxTrials": 500},
+            "parallelism": 1,
+        }
+    )
+    add_finished(study, 12, cost)  # 30 days afford thousands of the slowest
+    strategy.refresh(study, study.trials, Spent(elapsed_s=100))
+    assert not strategy.choice.cost_aware
