@@ -12,6 +12,8 @@ import datetime
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,11 +23,16 @@ import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from controller import cli
+from controller.analysis.data import StudyData
+from controller.analysis.report import render_report
+from controller.analysis.summary import summarize_study
 from controller.spec import parse_study_text
 from controller.strategies import Spent
 from controller.strategies.cost_aware import CostAwareTPESampler, log_expected_improvement
 from controller.strategies.costs import CostModel, full_trial_seconds, measured_seconds, spread
 from controller.strategies.live import ATTR_REVISIONS, LiveStrategy
+from controller.studies.record import ATTR_STRATEGY
 from tests.support.specs import study_document
 
 START = datetime.datetime(2026, 1, 1)
@@ -258,3 +265,42 @@ def test_auto_leaves_uniform_costs_and_ample_budgets_alone() -> None:
     add_finished(study, 12, cost)  # 30 days afford thousands of the slowest
     strategy.refresh(study, study.trials, Spent(elapsed_s=100))
     assert not strategy.choice.cost_aware
+
+
+# -- what tunefleet plan and the report say ------------------------------------------------------
+
+
+def test_plan_says_when_cost_aware_search_is_on_or_will_be_decided(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def plan(strategy: dict[str, Any]) -> str:
+        document = study_document(strategy=strategy, trial={"python": "m:f", "maxDuration": "60s"})
+        path = tmp_path / "study.yaml"
+        path.write_text(yaml.safe_dump(document), encoding="utf-8")
+        assert cli.main(["plan", str(path)]) == 0
+        return capsys.readouterr().out
+
+    named = plan({"sampler": "tpe", "pruner": "none", "costAware": True})
+    assert "sampler: tpe (cost-aware: expected improvement per second)" in named
+    assert "named in strategy.costAware" in named
+    auto = plan({"sampler": "auto", "pruner": "auto"})
+    assert "(cost-aware" not in auto and "cost-aware search: decided once 10 trials finish" in auto
+    assert "(cost-aware" not in plan({"sampler": "tpe", "pruner": "none"})
+
+
+def test_the_report_names_the_strategy_in_use_at_the_end() -> None:
+    first = {"sampler": "tpe", "pruner": "hyperband", "costAware": False, "reasons": ["started"]}
+    revised = {**first, "costAware": True, "reasons": ["cost-aware search: trial costs vary x40"]}
+    data = StudyData(
+        name="s",
+        metrics=["loss"],
+        directions=["minimize"],
+        user_attrs={ATTR_STRATEGY: first, ATTR_REVISIONS: [revised]},
+        trials=[],
+    )
+    html = render_report(data, summarize_study(data), None, None, [], "test")
+    assert "sampler tpe (cost-aware: expected improvement per second), pruner hyperband" in html
+    assert "cost-aware search: trial costs vary x40" in html
+    data = replace(data, user_attrs={ATTR_STRATEGY: first})
+    html = render_report(data, summarize_study(data), None, None, [], "test")
+    assert "sampler tpe, pruner hyperband" in html and "(cost-aware" not in html
