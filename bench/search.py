@@ -98,7 +98,8 @@ METHODS = [
         "tunefleet",
         "tpe",
         "hyperband",
-        strategy={"settings": {"multivariate": True, "group": False, "constant_liar": True}},
+        # TPESampler's own defaults, in place of tunefleet's (multivariate, group, constant liar).
+        strategy={"settings": {"multivariate": False, "group": False, "constant_liar": False}},
         objective={"steps": EPOCHS},
         default=False,
     ),
