@@ -296,20 +296,34 @@ def test_cost_aware_tpe_runs_to_completion_with_several_workers(storage_url: str
     assert recorded["sampler"] == "tpe" and recorded["costAware"] is True
 
 
+def costlier_in_x(trial: optuna.Trial) -> float:
+    """Costs ~0.01 s at x = 0 and ~10 s at x = 1: a wide spread even with a second of overhead."""
+    x = trial.suggest_float("x", 0.0, 1.0)
+    y = trial.suggest_float("y", 0.0, 1.0)
+    time.sleep(0.01 * 1000.0**x)
+    return (x - 0.2) ** 2 + (y - 0.6) ** 2
+
+
 def test_auto_turns_cost_aware_search_on_when_measured_costs_vary_widely(
     storage_url: str, tmp_path: Path
 ) -> None:
-    # 43 CPU-seconds afford far fewer than 100 trials of the slow end (~0.7 s): tight.
+    # 20 trials (auto prefers random below 20) and 216 CPU-seconds: ~6 trials at the worst case
+    # (30 s, room for a slow start on a loaded machine), so TPE from the start. Measured, auto keeps
+    # TPE while what is left affords 10+ more trials of the mean cost, and calls the budget tight
+    # while it affords fewer than 90 of the slow tenth: with trials of ~1.5 s (mean) and ~4 s
+    # (slow tenth) both hold for what is left between ~15 and ~300 CPU-seconds, and still do when
+    # load makes every trial seconds longer.
     document = xy_document(
         strategy={"sampler": "auto", "pruner": "none"},
-        budget={"maxTrials": 16, "cpuHours": 0.012},
+        budget={"maxTrials": 20, "cpuHours": 0.06},
         parallelism=3,
-        trial={"python": f"{HERE}:costly_in_x", "maxDuration": "2s"},
+        python=f"{HERE}:costlier_in_x",  # xy_document sets trial.python
+        trial={"maxDuration": "30s"},
     )
     result = run_study(document, storage_url, tmp_path)
     assert result.stop_reason is StopReason.MAX_TRIALS
     study = optuna.load_study(study_name="test-study", storage=storage_url)
     assert study.user_attrs["tunefleet.strategy"]["costAware"] is False  # nothing measured yet
     revisions = study.user_attrs[ATTR_REVISIONS]
-    assert revisions[-1]["sampler"] == "tpe" and revisions[-1]["costAware"] is True
+    assert revisions[-1]["sampler"] == "tpe" and revisions[-1]["costAware"] is True, revisions
     assert "expected improvement per second" in " ".join(revisions[-1]["reasons"])
