@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 #
-# Two images from one file:
+# Three images from one file:
 #   docker build --target controller -t ghcr.io/tunefleet/tunefleet:0.1.0 .
 #   docker build --target worker -t ghcr.io/tunefleet/tunefleet-worker:0.1.0 .
+#   docker build --target examples -t ghcr.io/tunefleet/tunefleet-examples:0.1.0 .
 # A GPU worker image starts from a CUDA runtime base instead of python:3.11-slim:
 #   docker build --target worker \
 #     --build-arg WORKER_BASE=nvidia/cuda:12.4.1-runtime-ubuntu22.04 \
@@ -83,3 +84,26 @@ RUN pip install --upgrade pip \
 WORKDIR /workspace
 USER 65532:65532
 ENTRYPOINT ["tunefleet-worker"]
+
+# ---- examples: the worker plus the examples package and what its objectives import ----------------
+# The image the Studies in examples/ name. PyPI's torch wheel carries its CUDA libraries, so the same
+# image trains on a GPU node (the node provides the driver) and on CPU.
+FROM worker AS examples-builder
+USER 0:0
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY controller ./controller
+COPY trial_worker ./trial_worker
+RUN pip install ".[worker,examples]"
+
+FROM worker AS examples
+ARG VERSION
+LABEL org.opencontainers.image.source="https://github.com/tunefleet/tunefleet" \
+      org.opencontainers.image.title="tunefleet-examples" \
+      org.opencontainers.image.description="tunefleet trial worker with the examples package, torch and scikit-learn" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}"
+COPY --from=examples-builder /opt/venv /opt/venv
+COPY examples /opt/tunefleet-examples/examples
+ENV PYTHONPATH=/opt/tunefleet-examples
+USER 65532:65532

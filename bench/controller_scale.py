@@ -41,7 +41,7 @@ from controller.kube.crd import build_crds
 from tests.cluster.emulator import KubeEmulator
 from tests.cluster.emulator.store import JOB_KEY, POD_KEY
 from tests.support.postgres import remove_server, start_server
-from trial_worker.contract import ASSIGNMENT_ENV, Assignment, storage_url_with_password
+from trial_worker.contract import ASSIGNMENT_ENV, Assignment, connection_url
 
 NAMESPACE = "bench"
 VENV_BIN = Path(sys.executable).parent
@@ -152,7 +152,7 @@ def main() -> int:
 
     def tell(assignment: Assignment) -> None:
         with storage_lock:
-            storage = storages.get("s") or optuna.storages.RDBStorage(storage_url_with_password(url))
+            storage = storages.get("s") or optuna.storages.RDBStorage(connection_url(url))
             storages["s"] = storage
         study_id = storage.get_study_id_from_name(assignment.study_name)
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, assignment.trial_number)

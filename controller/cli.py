@@ -38,8 +38,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     # to load, and a study's budget is counted from the start of this process.
     from controller.local.progress import describe_summary
     from controller.local.runner import LocalRunner, RunOptions
+    from controller.tracking import with_mlflow
 
-    manifest = _load(args.spec)
+    manifest = with_mlflow(_load(args.spec), args.mlflow)
     workdir = str(Path(args.workdir).resolve()) if args.workdir else str(Path.cwd())
     options = RunOptions(
         storage_url=args.storage,
@@ -51,6 +52,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = runner.run()
     print(f"study {result.study_name}: {result.stop_reason.value} after {result.elapsed_s:.1f} s")
     print(f"  {describe_summary(result.summary)}")
+    if result.failure is not None:
+        print(f"tunefleet: {result.failure}", file=sys.stderr)
     metrics = manifest.spec.objective.metric_names
     if result.best is not None:
         values = ", ".join(f"{m}={v:.6g}" for m, v in zip(metrics, result.best.values, strict=True))
@@ -67,8 +70,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         export = write_export(result.storage_url, result.study_name, Path(args.out))
         for line in describe_export(export):
             print(f"  {line}")
+    if runner.tracking_url:
+        print(f"  mlflow: {runner.tracking_url}")
     print(f"  storage: {runner.storage_url}  (rerun to resume; trial logs in {runner.log_dir})")
-    return EXIT_OK
+    return EXIT_ERROR if result.failure is not None else EXIT_OK
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -126,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", help="storage URL (default: an SQLite file under .tunefleet/)")
     run.add_argument("--parallel", type=_positive_int, help="trials at once (default: spec.parallelism)")
     run.add_argument("--out", help="write the export (best_config, trials.csv, ...) to this directory")
+    run.add_argument(
+        "--mlflow", metavar="URI", help="mirror the study to this MLflow server (spec.tracking.mlflow)"
+    )
     run.add_argument("--workdir", help="directory the objective runs in and imports from (default: .)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     run.set_defaults(handler=cmd_run)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.mlflow_server import MlflowServer
 from tests.support.postgres import PostgresServer, remove_server, start_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +38,18 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
     finally:
         remove_server(server)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server() -> Iterator[MlflowServer]:
+    """One real MLflow tracking server for the session (started by the first test that asks)."""
+    from tests.support.mlflow_server import start_server as start_mlflow
+
+    server = start_mlflow()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture

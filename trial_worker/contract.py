@@ -7,8 +7,10 @@ alone, so the worker stays light and the two sides cannot drift apart.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from enum import IntEnum
 from typing import Annotated, Any, Literal
+from urllib.parse import quote, unquote
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,6 +35,13 @@ ATTR_GPU_MODEL = "tunefleet.gpu_model"  # the GPU model torch saw in the trial, 
 ATTR_QUEUED = "tunefleet.queued"  # WAITING until its warm worker claims it (local prefetch)
 ATTR_PINNED_STEPS = "tunefleet.pruner_steps"  # study attr: a trial's step count, for Hyperband/ASHA
 
+# Population-based training: where a segment finds its checkpoints on a pod (the volume's mount).
+CHECKPOINT_ROOT_ENV = "TUNEFLEET_CHECKPOINT_ROOT"
+# Placeholders a command-mode segment may use besides its parameters (also passed as env).
+SEGMENT_PLACEHOLDERS = ("checkpoint.load", "checkpoint.save", "segment.start", "segment.end", "member")
+# A command that cannot read its checkpoint exits with this code (sysexits' EX_IOERR).
+CHECKPOINT_UNREADABLE_EXIT = 74
+
 
 class ExitCode(IntEnum):
     """The worker's exit status, one per outcome, so a pod's exit code alone tells what happened.
@@ -50,6 +59,9 @@ class ExitCode(IntEnum):
     STORAGE_UNAVAILABLE = 8  # the study storage could not be reached; the trial is retried
     OBJECTIVE_NOT_FOUND = 9  # the python entry could not be imported
     NOT_RUNNING = 10  # the trial was already finished by someone else; nothing was run
+    CHECKPOINT_UNAVAILABLE = 11  # a PBT segment's checkpoint to resume from is missing or unreadable
+    CHECKPOINT_NOT_SAVED = 12  # a PBT segment ended without saving its checkpoint
+    INCOMPLETE = 13  # the trial lacks parameters it needs: refused, nothing was run
 
     @property
     def reason(self) -> str:
@@ -72,6 +84,9 @@ _REASONS = {
     ExitCode.STORAGE_UNAVAILABLE: "storageUnavailable",
     ExitCode.OBJECTIVE_NOT_FOUND: "objectiveNotFound",
     ExitCode.NOT_RUNNING: "notRunning",
+    ExitCode.CHECKPOINT_UNAVAILABLE: "checkpointUnavailable",
+    ExitCode.CHECKPOINT_NOT_SAVED: "checkpointNotSaved",
+    ExitCode.INCOMPLETE: "incomplete",
 }
 
 
@@ -108,6 +123,23 @@ class PrunerConfig(_Frozen):
     settings: dict[str, Any] = Field(default_factory=dict)
 
 
+class SegmentAssignment(_Frozen):
+    """A population-based training segment: which steps to train, from which checkpoint, to where.
+
+    ``load`` and ``save`` are directories relative to ``root``; ``root`` None means the directory
+    in ``TUNEFLEET_CHECKPOINT_ROOT`` (on a cluster, where the checkpoint volume is mounted).
+    """
+
+    member: int = Field(ge=0)
+    index: int = Field(ge=0, description="The member's segment count before this one.")
+    start_step: int = Field(ge=0)
+    end_step: int = Field(ge=1, description="The step after the last one to train.")
+    parent: int | None = Field(default=None, description="The member whose checkpoint is loaded.")
+    load: str | None = Field(default=None, description="The checkpoint to resume from (None: fresh).")
+    save: str
+    root: str | None = None
+
+
 class Assignment(_Frozen):
     """One trial for one worker.
 
@@ -130,10 +162,18 @@ class Assignment(_Frozen):
     log_path: str | None = Field(
         default=None, description="Local runs: the file that receives this trial's output."
     )
+    active_params: list[str] | None = Field(
+        default=None,
+        description="The declared parameters that apply to this trial: the worker refuses to run "
+        "one that lacks any of them. None: every {{placeholder}} of a command needs a value.",
+    )
     queued: bool = Field(
         default=False,
         description="The trial waits (WAITING) for this worker, which claims it when it starts, so "
         "its start time is when it ran, not when it was asked.",
+    )
+    segment: SegmentAssignment | None = Field(
+        default=None, description="Population-based training: the segment this trial trains."
     )
 
     def to_env(self) -> dict[str, str]:
@@ -148,36 +188,103 @@ class Assignment(_Frozen):
         return cls.model_validate_json(raw)
 
 
-def storage_url_with_password(url: str, environ: dict[str, str] | None = None) -> str:
-    """Add the password from ``TUNEFLEET_DB_PASSWORD`` to a URL that carries none."""
+# -- the storage URL ---------------------------------------------------------------------------
+# Every database connection of tunefleet (controller, worker, export, local runs) opens the URL
+# that ``connection_url`` returns, so every spelling of a PostgreSQL URL reaches the driver we
+# ship. SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, which we do not install.
+
+POSTGRES_DRIVER = "postgresql+psycopg2"
+# ``postgres://`` is libpq's and Heroku's spelling; SQLAlchemy refuses it outright.
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+class StorageUrlError(ValueError):
+    """A storage URL tunefleet cannot open; the message names the URL (password hidden)."""
+
+
+def normalize_storage_url(url: str) -> str:
+    """The URL in the form tunefleet's packages open, the password (if any) kept.
+
+    Any PostgreSQL spelling (``postgresql://``, ``postgres://``, ``postgresql+psycopg://``,
+    ``postgresql+asyncpg://``, ...) becomes ``postgresql+psycopg2://``; user and password are
+    percent-encoded exactly once, so a password with ``@``, ``/``, ``:`` or ``%`` survives.
+    SQLite URLs are returned unchanged.
+
+    Raises:
+        StorageUrlError: the URL has no scheme, or a database tunefleet does not ship a driver for.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme:
+        raise StorageUrlError(
+            f"storage URL {redact_url(url)!r} has no scheme: use postgresql://USER@HOST:PORT/DB "
+            "or sqlite:///PATH"
+        )
+    dialect = scheme.split("+", 1)[0].lower()
+    if dialect == "sqlite":
+        return url
+    if dialect not in _POSTGRES_SCHEMES:
+        raise StorageUrlError(
+            f"storage URL {redact_url(url)!r}: database {dialect!r} is not supported; "
+            "tunefleet stores studies in PostgreSQL (postgresql://...) or SQLite (sqlite:///...)"
+        )
+    user, password, location = _split_userinfo(rest)
+    if user is None:
+        return f"{POSTGRES_DRIVER}://{location}"
+    userinfo = quote(unquote(user), safe="")
+    if password is not None:
+        userinfo += ":" + quote(unquote(password), safe="")
+    return f"{POSTGRES_DRIVER}://{userinfo}@{location}"
+
+
+def connection_url(url: str, environ: Mapping[str, str] | None = None) -> str:
+    """The URL to open: normalized, plus the password in ``TUNEFLEET_DB_PASSWORD`` when the URL
+    names a user but carries no password (on the cluster the password lives in a Secret)."""
+    normalized = normalize_storage_url(url)
     env = os.environ if environ is None else environ
     password = env.get(DB_PASSWORD_ENV)
-    if not password or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    authority, sep, tail = rest.partition("/")
-    if "@" not in authority:
-        return url
-    userinfo, host = authority.rsplit("@", 1)
-    if ":" in userinfo:
-        return url
-    from urllib.parse import quote
+    if not password or normalized.startswith("sqlite"):
+        return normalized
+    scheme, _, rest = normalized.partition("://")
+    user, inline, location = _split_userinfo(rest)
+    if user is None or inline is not None:
+        return normalized
+    return f"{scheme}://{user}:{quote(password, safe='')}@{location}"
 
-    return f"{scheme}://{userinfo}:{quote(password, safe='')}@{host}{sep}{tail}"
+
+def split_password(url: str) -> tuple[str, str | None]:
+    """The URL without its password, and the password (decoded; None when it had none)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.split("+", 1)[0].lower() == "sqlite":
+        return url, None
+    user, password, location = _split_userinfo(rest)
+    if user is None or password is None:
+        return url, None
+    return f"{scheme}://{user}@{location}", unquote(password)
 
 
 def redact_url(url: str) -> str:
     """The URL with any password replaced, for logs and messages."""
-    if "://" not in url:
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.split("+", 1)[0].lower() == "sqlite":
         return url
-    scheme, rest = url.split("://", 1)
-    authority, sep, tail = rest.partition("/")
-    if "@" in authority:
-        userinfo, host = authority.rsplit("@", 1)
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":***"
-        authority = f"{userinfo}@{host}"
-    return f"{scheme}://{authority}{sep}{tail}"
+    user, password, location = _split_userinfo(rest)
+    if user is None or password is None:
+        return url
+    return f"{scheme}://{user}:***@{location}"
+
+
+def _split_userinfo(rest: str) -> tuple[str | None, str | None, str]:
+    """``user[:password]@host...`` -> (user, password, host...), each part as written.
+
+    The user info ends at the *last* ``@``, so a password pasted without percent-encoding still
+    parses even when it holds ``@``, ``/``, ``?`` or ``#`` (an ``@`` after the host must be
+    encoded instead).
+    """
+    userinfo, at, location = rest.rpartition("@")
+    if not at:
+        return None, None, rest
+    user, colon, password = userinfo.partition(":")
+    return user, (password if colon else None), location
 
 
 class TrialReport(_Frozen):

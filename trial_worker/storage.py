@@ -9,14 +9,14 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import TrialState
 
-from trial_worker.contract import Assignment, storage_url_with_password
+from trial_worker.contract import Assignment, connection_url
 
 _storages: dict[str, BaseStorage] = {}
 
 
 def open_storage(url: str) -> BaseStorage:
     """One storage per URL per process: a warm worker reuses its connection pool."""
-    full_url = storage_url_with_password(url)
+    full_url = connection_url(url)
     if full_url not in _storages:
         engine_kwargs: dict[str, Any]
         if full_url.startswith("sqlite"):

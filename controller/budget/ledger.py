@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from controller.budget.accounting import Charge
 from controller.budget.periods import Period, as_naive_utc, check_period, next_period_start, period_start
 from controller.budget.schema import SCHEMA_VERSION, budgets, migrate, reservations, settlements
-from trial_worker.contract import storage_url_with_password
+from trial_worker.contract import connection_url
 
 __all__ = [
     "PROVISIONAL_TRIAL",
@@ -150,14 +150,14 @@ class Ledger:
     """Reservations and settlements in the study database.
 
     Args:
-        url: the study storage URL (``postgresql+psycopg2://...`` or ``sqlite:///file``); a
-            password in ``TUNEFLEET_DB_PASSWORD`` is added as the worker does.
+        url: the study storage URL (any PostgreSQL spelling, or ``sqlite:///file``); it is
+            opened as ``trial_worker.contract.connection_url`` says, as the worker does.
         pool_size: PostgreSQL connections kept open; a caller that shares the ledger between
             N threads passes N, or every checkout past the pool opens a new connection.
     """
 
     def __init__(self, url: str, pool_size: int = 2) -> None:
-        full_url = storage_url_with_password(url)
+        full_url = connection_url(url)
         if full_url.startswith("sqlite"):
             self._engine: Engine = sa.create_engine(
                 full_url, connect_args={"timeout": 120, "check_same_thread": False}
@@ -169,6 +169,10 @@ class Ledger:
             )
         with self._transaction() as conn:
             self.migrated_from = migrate(conn)
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
 
     def close(self) -> None:
         self._engine.dispose()

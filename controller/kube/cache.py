@@ -24,10 +24,14 @@ from typing import Any, cast
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
+from controller.credentials import SecretUnreadable
 from controller.kube.client import KubeApi, _body, status_code
 from controller.kube.manifests import ACCOUNTING_FINALIZER, STUDY_LABEL, TRIAL_LABEL
 
 LIST_RESYNC_ENV = "TUNEFLEET_LIST_RESYNC_S"
+# How stale a Secret's value may be: the window in which new trial pods still get a rotated-away
+# password (and are retried as storageUnavailable).
+SECRET_REREAD_S = 10.0
 
 
 def full_resync_seconds(environ: Mapping[str, str] = os.environ) -> float:
@@ -218,21 +222,28 @@ class IndexedKubeApi(KubeApi):
     def __init__(self, api_client: kubernetes.client.ApiClient, index: ClusterIndex) -> None:
         super().__init__(api_client)
         self.index = index
-        self._secrets: dict[tuple[str, str, str], tuple[float, str | None]] = {}
+        self._secrets: dict[tuple[str, str, str], tuple[float, str | SecretUnreadable]] = {}
         self._secrets_lock = threading.Lock()
 
-    def read_secret_value(self, namespace: str, name: str, key: str) -> str | None:
-        """The database password is looked up on every reconcile: read it once per resync period
-        (a rotated password reaches the study namespaces within that)."""
+    def read_secret_value(self, namespace: str, name: str, key: str) -> str:
+        """The database password is looked up on every reconcile: read it at most once per
+        ``SECRET_REREAD_S`` (or per resync period, if shorter); a rotated password, or a Secret
+        made readable, counts within that."""
         now = self.index.clock()
         with self._secrets_lock:
             known = self._secrets.get((namespace, name, key))
-        if known is not None and now - known[0] < self.index.full_resync_s:
-            return known[1]
-        value = super().read_secret_value(namespace, name, key)
-        with self._secrets_lock:
-            self._secrets[(namespace, name, key)] = (now, value)
-        return value
+        if known is None or now - known[0] >= min(SECRET_REREAD_S, self.index.full_resync_s):
+            outcome: str | SecretUnreadable
+            try:
+                outcome = super().read_secret_value(namespace, name, key)
+            except SecretUnreadable as problem:
+                outcome = problem
+            known = (now, outcome)
+            with self._secrets_lock:
+                self._secrets[(namespace, name, key)] = known
+        if isinstance(known[1], SecretUnreadable):
+            raise known[1]
+        return known[1]
 
     def list_jobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         study = study_of_selector(selector)

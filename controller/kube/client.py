@@ -6,7 +6,6 @@ dicts like the manifests it builds, and skips the client's slow model deserializ
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import uuid
@@ -14,14 +13,18 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import kubernetes
+import structlog
 from kubernetes.client.exceptions import ApiException
 
+from controller.credentials import SecretUnreadable
 from controller.kube.manifests import ACCOUNTING_FINALIZER, GROUP, VERSION
 
+log = structlog.get_logger("tunefleet.controller")
 STUDY_PLURAL = "studies"
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 COMPONENT = "tunefleet-controller"
+log = structlog.get_logger("tunefleet.controller")
 
 
 def load_api_client(kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
@@ -40,6 +43,14 @@ def _body(response: Any) -> Any:
 
 def status_code(error: ApiException) -> int:
     return int(error.status or 0)
+
+
+def _reason(error: ApiException) -> str:
+    """The API server's message from the Status body (who may not do what), else the HTTP reason."""
+    try:
+        return str(json.loads(error.body or "{}").get("message") or error.reason or "")
+    except (ValueError, AttributeError):
+        return str(error.reason or "")
 
 
 class KubeApi:
@@ -116,6 +127,22 @@ class KubeApi:
                 return None
             raise
 
+    def read_pod_log_tail(self, namespace: str, name: str, lines: int) -> str | None:
+        """The last ``lines`` of a pod's log; None when it has none (never started, gone)."""
+        try:
+            response: Any = self.core.read_namespaced_pod_log(
+                name, namespace, tail_lines=lines, _preload_content=False
+            )
+        except ApiException as error:
+            # Best effort: a log the node cannot serve (400: the container never started; 404: gone;
+            # 5xx: the kubelet is unreachable) leaves the message without it, never fails a reconcile.
+            if status_code(error) == 403:
+                log.warning("may not read trial pod logs (pods/log get)", namespace=namespace, pod=name)
+            elif status_code(error) not in (400, 404):
+                log.info("no trial pod log", namespace=namespace, pod=name, status=status_code(error))
+            return None
+        return str(response.data.decode(errors="replace"))
+
     # -- the Study ----------------------------------------------------------------------------
 
     def read_study(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -174,22 +201,30 @@ class KubeApi:
             "lastTimestamp": now,
             "count": 1,
         }
-        with contextlib.suppress(ApiException):  # events are best effort, never fail a reconcile
+        try:
             self.core.create_namespaced_event(meta["namespace"], cast(Any, event), _preload_content=False)
+        except ApiException as error:  # events are best effort, never fail a reconcile
+            if status_code(error) == 403:  # but a missing grant is said, not swallowed
+                log.error("cannot post an Event: forbidden", reason=reason, detail=_reason(error))
 
     # -- per-namespace prerequisites ----------------------------------------------------------
 
-    def read_secret_value(self, namespace: str, name: str, key: str) -> str | None:
+    def read_secret_value(self, namespace: str, name: str, key: str) -> str:
+        """One key of a Secret, decoded; raises SecretUnreadable (403, 404 or no such key)."""
         import base64
 
         try:
             secret = _body(self.core.read_namespaced_secret(name, namespace, _preload_content=False))
         except ApiException as error:
-            if status_code(error) in (403, 404):  # absent, or RBAC does not let us read it
-                return None
+            if status_code(error) == 403:
+                raise SecretUnreadable(namespace, name, key, "SecretForbidden", _reason(error)) from None
+            if status_code(error) == 404:
+                raise SecretUnreadable(namespace, name, key, "SecretNotFound") from None
             raise
         raw = (secret.get("data") or {}).get(key)
-        return base64.b64decode(raw).decode() if raw is not None else None
+        if raw is None:
+            raise SecretUnreadable(namespace, name, key, "SecretKeyMissing")
+        return base64.b64decode(raw).decode()
 
     def ensure_object(self, manifest: dict[str, Any]) -> None:
         """Create a namespaced ServiceAccount, Secret or ConfigMap; replace Secret/ConfigMap data."""

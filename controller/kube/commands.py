@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
-from urllib.parse import unquote
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -20,7 +20,16 @@ from controller.kube.manifests import (
     trial_job,
     trial_service_account,
 )
-from trial_worker.contract import DB_PASSWORD_ENV, PrunerConfig
+from trial_worker.contract import (
+    DB_PASSWORD_ENV,
+    PrunerConfig,
+    StorageUrlError,
+    normalize_storage_url,
+    split_password,
+)
+
+if TYPE_CHECKING:
+    from controller.kube.reconciler import ControllerConfig
 
 STORAGE_URL_ENV = "TUNEFLEET_STORAGE_URL"
 DB_SECRET_ENV = "TUNEFLEET_DB_SECRET"
@@ -29,55 +38,55 @@ TRIAL_IMAGE_ENV = "TUNEFLEET_TRIAL_IMAGE"
 RENDER_STORAGE_URL = "postgresql+psycopg2://tunefleet@tunefleet-postgresql:5432/tunefleet"
 
 
-def split_password(url: str) -> tuple[str, str | None]:
-    """The URL without its password, and the password (None when it had none)."""
-    if "://" not in url:
-        return url, None
-    scheme, rest = url.split("://", 1)
-    authority, sep, tail = rest.partition("/")
-    if "@" not in authority:
-        return url, None
-    userinfo, host = authority.rsplit("@", 1)
-    if ":" not in userinfo:
-        return url, None
-    user, password = userinfo.split(":", 1)
-    return f"{scheme}://{user}@{host}{sep}{tail}", unquote(password)
-
-
-def trial_settings_from_env() -> TrialPodSettings:
+def trial_settings_from_env(environ: Mapping[str, str] = os.environ) -> TrialPodSettings:
     return TrialPodSettings(
-        service_account=os.environ.get(TRIAL_SERVICE_ACCOUNT_ENV) or TRIAL_SERVICE_ACCOUNT,
-        default_image=os.environ.get(TRIAL_IMAGE_ENV) or DEFAULT_TRIAL_IMAGE,
+        service_account=environ.get(TRIAL_SERVICE_ACCOUNT_ENV) or TRIAL_SERVICE_ACCOUNT,
+        default_image=environ.get(TRIAL_IMAGE_ENV) or DEFAULT_TRIAL_IMAGE,
     )
 
 
 # -- tunefleet controller ----------------------------------------------------------------------
 
 
-def cmd_controller(args: argparse.Namespace) -> int:
-    from controller.kube.operator import OperatorOptions, run
+def controller_config(environ: Mapping[str, str]) -> ControllerConfig:
+    """The controller's settings from the environment the chart's Deployment sets.
+
+    Raises:
+        StorageUrlError: ``TUNEFLEET_STORAGE_URL`` is missing or names no database we can open.
+    """
     from controller.kube.reconciler import ControllerConfig
 
-    raw_url = os.environ.get(STORAGE_URL_ENV)
+    raw_url = environ.get(STORAGE_URL_ENV)
     if not raw_url:
-        print(f"tunefleet controller: set {STORAGE_URL_ENV} to the study database URL", file=sys.stderr)
-        return 2
-    url, inline_password = split_password(raw_url)
-    password = os.environ.get(DB_PASSWORD_ENV) or inline_password
-    if password:
-        os.environ[DB_PASSWORD_ENV] = password  # the controller's own connections add it back
-    config = ControllerConfig(
+        raise StorageUrlError(f"set {STORAGE_URL_ENV} to the study database URL")
+    try:
+        url, inline_password = split_password(normalize_storage_url(raw_url))
+    except StorageUrlError as error:
+        raise StorageUrlError(f"{STORAGE_URL_ENV}: {error}") from None
+    return ControllerConfig(
         storage_url=url,
-        db_password=password,
-        db_secret=os.environ.get(DB_SECRET_ENV) or None,
-        controller_namespace=os.environ.get("TUNEFLEET_POD_NAMESPACE")
-        or os.environ.get("POD_NAMESPACE")
+        db_password=environ.get(DB_PASSWORD_ENV) or inline_password,
+        db_secret=environ.get(DB_SECRET_ENV) or None,
+        controller_namespace=environ.get("TUNEFLEET_POD_NAMESPACE")
+        or environ.get("POD_NAMESPACE")
         or _own_namespace(),
-        trial_settings=trial_settings_from_env(),
-        unschedulable_timeout_s=float(os.environ.get("TUNEFLEET_UNSCHEDULABLE_TIMEOUT_S", 600)),
-        image_pull_timeout_s=float(os.environ.get("TUNEFLEET_IMAGE_PULL_TIMEOUT_S", 300)),
-        resync_s=float(os.environ.get("TUNEFLEET_RESYNC_S", 5)),
+        trial_settings=trial_settings_from_env(environ),
+        unschedulable_timeout_s=float(environ.get("TUNEFLEET_UNSCHEDULABLE_TIMEOUT_S", 600)),
+        image_pull_timeout_s=float(environ.get("TUNEFLEET_IMAGE_PULL_TIMEOUT_S", 300)),
+        resync_s=float(environ.get("TUNEFLEET_RESYNC_S", 5)),
     )
+
+
+def cmd_controller(args: argparse.Namespace) -> int:
+    from controller.kube.operator import OperatorOptions, run
+
+    try:
+        config = controller_config(os.environ)
+    except StorageUrlError as error:
+        print(f"tunefleet controller: {error}", file=sys.stderr)
+        return 2
+    if config.db_password:
+        os.environ[DB_PASSWORD_ENV] = config.db_password  # the controller's own connections add it back
     options = OperatorOptions(
         config=config,
         namespaces=args.namespace or (),
@@ -130,7 +139,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from controller.spec import load_study_file
 
     manifest = load_study_file(args.spec)
-    url = args.storage or os.environ.get(STORAGE_URL_ENV) or RENDER_STORAGE_URL
+    url = normalize_storage_url(args.storage or os.environ.get(STORAGE_URL_ENV) or RENDER_STORAGE_URL)
     objects = render_objects(manifest, args.namespace, args.trial, url, args.all)
     sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False, explicit_start=True))
     return 0

@@ -23,12 +23,13 @@ from typing import Any
 import kopf
 import structlog
 from aiohttp import web
+from kubernetes.client.exceptions import ApiException
 
 from controller.kube.budgets import BudgetKeeper
 from controller.kube.cache import ClusterIndex, IndexedKubeApi
 from controller.kube.client import load_api_client
 from controller.kube.leadership import RENEW_SECONDS, Leadership
-from controller.kube.manifests import ACCOUNTING_FINALIZER, GROUP, STUDY_LABEL, VERSION
+from controller.kube.manifests import ACCOUNTING_FINALIZER, GROUP, STUDY_LABEL, STUDY_UID_LABEL, VERSION
 from controller.kube.observe import LOST_AFTER_DELETION_S
 from controller.kube.reconciler import ControllerConfig, Reconciler
 
@@ -86,7 +87,10 @@ class Operator:
         self._background: list[asyncio.Task[None]] = []
         self._health: web.AppRunner | None = None
         self._metrics: Any = None
-        self._reconcile_log = open(options.reconcile_log, "a") if options.reconcile_log else None  # noqa: SIM115
+        # Line-buffered: a bench or test reads it while the controller runs.
+        self._reconcile_log = (
+            open(options.reconcile_log, "a", buffering=1) if options.reconcile_log else None  # noqa: SIM115
+        )
         self._log_lock = threading.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -94,12 +98,14 @@ class Operator:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(RECONCILE_THREADS, "reconcile"))
-        if self.options.health_port:
+        if self.options.health_port and self._health is None:  # kopf may retry a failed start
             await self._serve_health(self.options.health_port)
-        self.reconciler = await asyncio.to_thread(Reconciler, self.options.config, self.kube)
+        self.reconciler = await self._open_reconciler()
         if self.options.metrics_port:
             self._metrics = await asyncio.to_thread(self._serve_metrics, self.options.metrics_port)
             self.reconciler.metrics = self._metrics
+            if self._metrics is not None:
+                self._metrics.registry.register(self.reconciler.tracking.collector())
         self._background.append(asyncio.create_task(self._lead()))
         self._background.append(asyncio.create_task(self._sweep_orphans()))
         self._background.append(asyncio.create_task(self._keep_budgets()))
@@ -110,6 +116,19 @@ class Operator:
             peering=self.options.peering or "standalone",
             identity=self.leadership.identity,
         )
+
+    async def _open_reconciler(self, attempts: int = 5) -> Reconciler:
+        """Replicas started together on a new database race to create its tables; the loser tries
+        again at once (the tables are there now) instead of waiting for kopf's retry."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return await asyncio.to_thread(Reconciler, self.options.config, self.kube)
+            except Exception as error:
+                if attempt == attempts:
+                    raise
+                log.warning("opening the database failed; retrying", error=repr(error)[:300], attempt=attempt)
+                await asyncio.sleep(attempt)
+        raise AssertionError("unreachable")
 
     async def stop(self) -> None:
         self.stopping = True
@@ -135,12 +154,19 @@ class Operator:
         key = (meta["namespace"], meta["name"])
         current = self.studies.get(key)
         if event_type == "DELETED":
-            if current is not None:
+            if current is not None and _uid(current.body) == _uid(body):
+                current.body = body
                 current.deleted = True
                 current.wake.set()
             else:
-                self._spawn_cleanup(key, None)
+                self._spawn_cleanup(key, body)
             return
+        if current is not None and _uid(current.body) != _uid(body):
+            # A new object under the name of a deleted one whose DELETED event has not come yet:
+            # that one's task ends and cleans up after it; the new object gets a task of its own.
+            current.deleted = True
+            current.wake.set()
+            current = None
         if current is None:
             current = _StudyTask(body=body, generation=meta.get("generation"))
             self.studies[key] = current
@@ -197,18 +223,21 @@ class Operator:
             except Exception as error:  # noqa: BLE001 - a failed reconcile is retried, never fatal
                 failures += 1
                 delay = min(MAX_BACKOFF_S, 0.5 * 2**failures)
-                log.warning(
-                    "reconcile failed; retrying",
+                # A 403 is a missing grant, not a blip: an error that names what was refused.
+                forbidden = isinstance(error, ApiException) and error.status == 403
+                (log.error if forbidden else log.warning)(
+                    "reconcile forbidden by RBAC; retrying" if forbidden else "reconcile failed; retrying",
                     study=f"{key[0]}/{key[1]}",
                     error=repr(error)[:500],
                     retry_in_s=delay,
                 )
             self._record(time.perf_counter() - began, waited)
-        self.studies.pop(key, None)
+        if self.studies.get(key) is study:
+            self.studies.pop(key)
         if not self.stopping:
-            self._spawn_cleanup(key, study)
+            self._spawn_cleanup(key, study.body)
 
-    def _spawn_cleanup(self, key: tuple[str, str], study: _StudyTask | None) -> None:
+    def _spawn_cleanup(self, key: tuple[str, str], body: dict[str, Any] | None) -> None:
         if self.stopping or not self.leadership.is_leader or self.reconciler is None:
             return
         reconciler = self.reconciler
@@ -217,7 +246,7 @@ class Operator:
             for attempt in range(5):
                 try:
                     self.index.forget(*key)  # clean up from fresh lists
-                    await asyncio.to_thread(reconciler.study_deleted, *key)
+                    await asyncio.to_thread(reconciler.study_deleted, *key, body)
                     self.index.forget(*key)
                     log.info("study deleted: jobs removed, running trials failed", study=f"{key[0]}/{key[1]}")
                     return
@@ -263,14 +292,22 @@ class Operator:
             if self.leadership.is_leader and self.reconciler is not None:
                 try:
                     pods = await asyncio.to_thread(self._list_trial_pods)
-                    orphans = {
-                        (p["metadata"]["namespace"], p["metadata"]["labels"][STUDY_LABEL])
+                    held = {
+                        (p["metadata"]["namespace"], p["metadata"]["labels"][STUDY_LABEL],
+                         p["metadata"]["labels"].get(STUDY_UID_LABEL))
                         for p in pods
                         if ACCOUNTING_FINALIZER in (p["metadata"].get("finalizers") or [])
-                    } - set(self.studies)
-                    for key in orphans:
-                        if await asyncio.to_thread(self.kube.read_study, *key) is None:
-                            self._spawn_cleanup(key, None)
+                    }
+                    for namespace, name, uid in held:
+                        task = self.studies.get((namespace, name))
+                        if task is not None and uid in (None, _uid(task.body)):
+                            continue
+                        live = await asyncio.to_thread(self.kube.read_study, namespace, name)
+                        if live is not None and uid in (None, _uid(live)):
+                            continue
+                        # Gone, or replaced by a new object of the same name: clean up after it.
+                        gone = {"metadata": {"namespace": namespace, "name": name, "uid": uid}}
+                        self._spawn_cleanup((namespace, name), gone if uid else None)
                 except Exception as error:  # noqa: BLE001
                     log.warning("orphan sweep failed", error=repr(error))
             await asyncio.sleep(ORPHAN_SWEEP_S)
@@ -378,6 +415,10 @@ def build_registry(operator: Operator) -> kopf.OperatorRegistry:
             operator.poke(meta.get("namespace", ""), study)
 
     return registry
+
+
+def _uid(body: dict[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("uid") or "")
 
 
 def _parse_selector(text: str) -> dict[str, str]:

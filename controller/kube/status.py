@@ -18,6 +18,9 @@ from controller.spec import StudySpec
 CONDITION_TYPES = (
     "Ready", "Running", "Succeeded", "Failed", "Invalid", "Suspended", "PodsStuck", "BudgetWaiting"
 )
+# Where the trial pods' database password comes from, or which Secret could not be read and why;
+# set by the reconciler beside the types above (``replace_conditions``).
+CREDENTIALS = "StorageCredentials"
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,8 @@ def phase_for(plan: Plan | None, summary: StudySummary | None, invalid: bool) ->
     if plan is None or summary is None:
         return "Pending"
     if plan.finished:
-        return "Succeeded" if summary.complete > 0 else "Failed"
+        failed = plan.stop is StopReason.FAILURE_BUDGET or summary.complete == 0
+        return "Failed" if failed else "Succeeded"
     if plan.suspended:
         return "Suspended"
     if summary.running == 0 and summary.finished == 0 and plan.start_new == 0 and not plan.retry:
@@ -66,8 +70,12 @@ def conditions_for(
     not_ready: tuple[str, str] | None = None,
     stuck: tuple[str, str] | None = None,
     budget_waiting: tuple[str, str] | None = None,
+    failure: str | None = None,
 ) -> list[Condition]:
-    """Every condition type, True or False, each with a reason and a message."""
+    """Every condition type, True or False, each with a reason and a message.
+
+    ``failure`` words why failed trials stopped the study (the Failed condition's message).
+    """
     stop = plan.stop.value if plan is not None and plan.stop is not None else None
     finished = plan is not None and plan.finished
     conditions = [
@@ -113,7 +121,9 @@ def conditions_for(
             "Failed",
             finished and phase == "Failed",
             stop or "NotFinished",
-            f"the study ended ({stop}) without a completed trial" if finished and phase == "Failed" else "",
+            (failure or f"the study ended ({stop}) without a completed trial")
+            if finished and phase == "Failed"
+            else "",
         )
     )
     if stuck is not None:
@@ -234,3 +244,23 @@ def invalid_status(
         "observedGeneration": generation,
         "conditions": render_conditions(conditions, previous, now),
     }
+
+
+def replace_conditions(
+    rendered: Sequence[Mapping[str, Any]],
+    updates: Sequence[Condition],
+    previous: Sequence[Mapping[str, Any]],
+    now: str,
+) -> list[dict[str, Any]]:
+    """``rendered`` with the conditions of the ``updates``' types replaced or added."""
+    fresh = render_conditions(updates, previous, now)
+    types = {c["type"] for c in fresh}
+    return [dict(c) for c in rendered if c.get("type") not in types] + fresh
+
+
+def credentials_blocked_status(
+    reason: str, message: str, previous: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """No trial may start until a Secret can be read: only the conditions change."""
+    updates = [Condition("Ready", False, reason, message), Condition(CREDENTIALS, False, reason, message)]
+    return {"conditions": replace_conditions(previous, updates, previous, now_iso())}

@@ -4,8 +4,8 @@ Before any trial finishes, ``auto`` works from ``trial.expectedDuration`` (or th
 ``maxDuration``). Each time more trials have finished, the cost per trial is measured again, the
 affordable trials recomputed from what is left of the budget, and ``auto`` re-resolved: a study
 that looked like 6 worst-case trials (random) can turn out to afford 300 (TPE). A revision swaps
-the sampler of the asking process (never into or out of ``grid``, whose bookkeeping needs it from
-the start), changes the pruner of the trials started next, and is appended to the study's
+the sampler of the asking process (never into or out of ``grid`` or ``pbt``, whose bookkeeping
+needs them from the start), changes the pruner of the trials started next, and is appended to the study's
 ``tunefleet.strategy_revisions``. The process that asks trials (the local runner, the operator)
 owns one instance per study.
 """
@@ -31,7 +31,7 @@ from controller.strategies.choice import (
 from controller.strategies.convergence import terminator_converged
 from controller.strategies.costs import measured_seconds
 from controller.strategies.pruning import pin_steps, pruner_config, reports_intermediate_values
-from controller.strategies.samplers import build_sampler, carry_randomness
+from controller.strategies.samplers import build_sampler
 from controller.strategies.warmstart import IMPORTED_REASON
 from trial_worker.contract import ATTR_REASON, PrunerConfig
 
@@ -90,8 +90,8 @@ class LiveStrategy:
 
     def _adopt(self, study: optuna.Study, revised: StrategyChoice, finished: int) -> bool:
         sampler = revised.sampler
-        if "grid" in (sampler, self.choice.sampler):
-            sampler = self.choice.sampler
+        if {"grid", "pbt"} & {sampler, self.choice.sampler}:
+            sampler = self.choice.sampler  # their bookkeeping needs them from the first trial
         cost_aware = revised.cost_aware and sampler == revised.sampler
         changed_sampler = sampler != self.choice.sampler or cost_aware != self.choice.cost_aware
         changed_pruner = revised.pruner != self.choice.pruner
@@ -101,8 +101,9 @@ class LiveStrategy:
             sampler, revised.pruner, revised.reasons, revised.affordable_trials, cost_aware
         )
         if changed_sampler:
-            rebuilt = build_sampler(sampler, self.spec, self.seed, cost_aware)
-            study.sampler = carry_randomness(study.sampler, rebuilt)
+            # No random stream to carry over: the asking side reseeds the sampler from (study
+            # seed, trial number) before each trial, so the rebuilt one proposes nothing again.
+            study.sampler = build_sampler(sampler, self.spec, self.seed, cost_aware)
         if changed_pruner:
             self.pruner = pruner_config(self.spec, revised.pruner)
             pin_steps(study, study.get_trials(deepcopy=False), self.pruner, self.spec.objective.steps)

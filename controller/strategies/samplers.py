@@ -22,7 +22,7 @@ MULTI_OBJECTIVE_SAMPLERS = ("random", "grid", "tpe", "motpe", "gp", "qmc", "nsga
 SINGLE_OBJECTIVE_ONLY = ("cmaes",)
 MULTI_OBJECTIVE_ONLY = ("motpe", "nsga2", "nsga3")
 
-__all__ = ["build_sampler", "carry_randomness", "grid_values", "sampler_defaults"]
+__all__ = ["build_sampler", "grid_values", "sampler_defaults"]
 
 
 def sampler_defaults(name: str, spec: StudySpec) -> dict[str, Any]:
@@ -48,6 +48,10 @@ def build_sampler(
     """
     if name == "grid":
         return ConfigurationGridSampler(spec.searchSpace, seed=seed)
+    if name == "pbt":
+        # The planner chooses every segment's parameters (controller.planner.population); the
+        # study's sampler is never asked, so its settings are PBT's, not a sampler's.
+        return optuna.samplers.RandomSampler(seed=seed)
     explicit = spec.strategy.settings if spec.strategy.sampler == name else {}
     options = {**sampler_defaults(name, spec), **sampler_options(name, explicit), "seed": seed}
     if name == "random":
@@ -71,23 +75,3 @@ def build_sampler(
             return optuna.samplers.NSGAIIISampler(**options)
     raise ValueError(f"unknown sampler {name!r}")
 
-
-def carry_randomness(
-    old: optuna.samplers.BaseSampler, new: optuna.samplers.BaseSampler
-) -> optuna.samplers.BaseSampler:
-    """``new`` drawing on from ``old``'s random state, when both are random or TPE samplers.
-
-    A revision builds a new sampler from the study seed; without this its random draws would
-    start over, and a TPE still in its random start-up phase would propose the very
-    configurations the replaced sampler already ran.
-    """
-    kinds = (optuna.samplers.RandomSampler, optuna.samplers.TPESampler)
-    if not (isinstance(old, kinds) and isinstance(new, kinds)):
-        return new
-    rng = old._rng
-    if isinstance(new, optuna.samplers.TPESampler):
-        new._rng = rng
-        new._random_sampler = old if isinstance(old, optuna.samplers.RandomSampler) else old._random_sampler
-    else:
-        new._rng = rng
-    return new

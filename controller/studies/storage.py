@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
 
-from trial_worker.contract import redact_url, storage_url_with_password
+from trial_worker.contract import connection_url, normalize_storage_url, redact_url
 
 DEFAULT_STORAGE_DIR = ".tunefleet"
 STORAGE_URL_ENV = "TUNEFLEET_STORAGE_URL"
@@ -29,13 +29,18 @@ def default_storage_url(study_name: str, base_dir: str | Path = DEFAULT_STORAGE_
 
 
 def resolve_storage_url(explicit: str | None, spec_url: str | None, study_name: str) -> str:
-    """The flag wins, then ``TUNEFLEET_STORAGE_URL``, then ``spec.storage.url``, then embedded."""
-    return explicit or os.environ.get(STORAGE_URL_ENV) or spec_url or default_storage_url(study_name)
+    """The flag wins, then ``TUNEFLEET_STORAGE_URL``, then ``spec.storage.url``, then embedded;
+    any PostgreSQL spelling comes back in the driver we ship (``normalize_storage_url``)."""
+    url = explicit or os.environ.get(STORAGE_URL_ENV) or spec_url or default_storage_url(study_name)
+    return normalize_storage_url(url)
 
 
 def open_storage(url: str, pool_size: int = 2) -> RDBStorage:
     """An Optuna RDB storage with pooling suited to a long-running controller."""
-    full_url = storage_url_with_password(url)
+    try:
+        full_url = connection_url(url)
+    except ValueError as exc:
+        raise StorageUnavailable(str(exc)) from exc
     engine_kwargs: dict[str, Any]
     if full_url.startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": 60}}

@@ -15,16 +15,19 @@ from tests.chart.chart_support import (
     TRIAL_SERVICE_ACCOUNT,
     Manifest,
     controller_deployment,
+    env_of,
     find,
     one,
     pod_spec,
 )
+from tests.support.rbac import Authorizer, Request, Subject
 
 pytestmark = pytest.mark.chart
 
 Objects = Callable[[str], list[Manifest]]
 Rule = dict[str, list[str]]
 CONTROLLER_ROLE = f"{RELEASE}-tunefleet-controller"
+CONTROLLER = Subject.service_account(RELEASE_NAMESPACE, f"{RELEASE}-tunefleet-controller")
 
 # (apiGroup, resource, verb) the controller needs in every namespace it serves.
 NEEDED_IN_STUDY_NAMESPACES = {
@@ -40,6 +43,7 @@ NEEDED_IN_STUDY_NAMESPACES = {
     ),
     *(("batch", "jobs", verb) for verb in ("get", "list", "watch", "create", "delete", "patch")),
     *(("", "pods", verb) for verb in ("get", "list", "watch", "patch", "update", "delete")),
+    ("", "pods/log", "get"),  # the first failed trial's log, when failures stop a study
     ("", "events", "create"),
     ("events.k8s.io", "events", "create"),
     *(("", "configmaps", verb) for verb in ("get", "create", "update", "patch")),
@@ -83,9 +87,11 @@ def test_secrets_are_read_only_by_name_and_never_listed(scenario_objects: Object
                 continue
             assert rule["apiGroups"] == [""] and rule["resources"] == ["secrets"]
             assert not {"list", "watch", "deletecollection", "delete"} & set(rule["verbs"]), rule
-            if set(rule["verbs"]) - {"create"}:
-                # get/update/patch reach only the credentials Secret the controller mirrors.
+            if set(rule["verbs"]) - {"create", "get"}:
+                # update/patch reach only the credentials Secret the controller mirrors.
                 assert rule["resourceNames"] == [TRIAL_SECRET], rule
+            if "get" in rule["verbs"]:
+                assert rule.get("resourceNames"), rule  # reads by name only
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
@@ -102,7 +108,8 @@ def test_cluster_wide_mode_grants_the_controller_what_it_needs(scenario_objects:
     granted = grants(cluster_role["rules"])
     assert granted >= NEEDED_IN_STUDY_NAMESPACES | NEEDED_CLUSTER_WIDE
     assert ("", "secrets", "get") in grants(cluster_role["rules"], with_names=True)
-    assert find(objects, "Role") == []
+    # The only Role: reading the database Secret in the release namespace.
+    assert [r["metadata"]["name"] for r in find(objects, "Role")] == [f"{CONTROLLER_ROLE}-database"]
     binding = one(objects, "ClusterRoleBinding", CONTROLLER_ROLE)
     controller_account = pod_spec(controller_deployment(objects))["serviceAccountName"]
     assert binding["subjects"] == [
@@ -155,3 +162,49 @@ def test_rbac_can_be_left_to_the_platform_team(render: Callable[..., list[Manife
     assert not [
         o for o in objects if o["kind"] in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")
     ]
+
+
+@pytest.mark.parametrize(
+    ("scenario", "study_namespace"),
+    [("default", "team-x"), ("external-database", "team-x"), ("watch-namespaces", "team-a")],
+)
+def test_the_controller_reads_exactly_the_secrets_it_uses(
+    scenario_objects: Objects, render: Callable[..., list[Manifest]], scenario: str, study_namespace: str
+) -> None:
+    """The database Secret TUNEFLEET_DB_SECRET names (a rotated password), the mirrored
+    credentials, and spec.storage.secretRef names the values list; nothing else, never a list."""
+    values = {**SCENARIOS[scenario], "rbac": {"storageSecretNames": ["team-db"]}}
+    for objects, may_use_team_db in ((scenario_objects(scenario), False), (render(values), True)):
+        container = pod_spec(controller_deployment(objects))["containers"][0]
+        db_secret = env_of(container)["TUNEFLEET_DB_SECRET"]
+        authorizer = Authorizer(objects)
+
+        def may(verb: str, namespace: str, name: str | None, authorizer: Authorizer = authorizer) -> bool:
+            return authorizer.allows(CONTROLLER, Request(verb, "", "secrets", namespace, name))
+
+        assert may("get", RELEASE_NAMESPACE, db_secret)
+        assert not may("get", RELEASE_NAMESPACE, "someone-elses")
+        assert not may("get", study_namespace, db_secret)
+        for verb in ("get", "update", "patch"):
+            assert may(verb, study_namespace, TRIAL_SECRET)
+        assert may("create", study_namespace, None)
+        assert may("get", study_namespace, "team-db") is may_use_team_db
+        assert not may("update", study_namespace, "team-db")
+        assert not may("get", study_namespace, "someone-elses")
+        for namespace in (RELEASE_NAMESPACE, study_namespace):
+            assert not may("list", namespace, None) and not may("watch", namespace, None)
+
+
+def test_mlflow_credential_secrets_are_readable_by_name_only_when_named(
+    render: Callable[..., list[Manifest]],
+) -> None:
+    named = one(render({"rbac": {"trackingSecretNames": ["mlflow-login"]}}), "ClusterRole", CONTROLLER_ROLE)
+    tracking_rules = [r for r in named["rules"] if r.get("resourceNames") == ["mlflow-login"]]
+    assert tracking_rules == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["mlflow-login"], "verbs": ["get"]}
+    ]
+    default = one(render({}), "ClusterRole", CONTROLLER_ROLE)
+    readable = {
+        name for r in default["rules"] if "secrets" in r["resources"] for name in r.get("resourceNames", [])
+    }
+    assert readable == {TRIAL_SECRET}

@@ -274,12 +274,8 @@ def test_dashboard_reads_the_same_database(scenario_objects: Objects) -> None:
     container = only_container(deployment)
     assert container["image"].startswith("ghcr.io/optuna/optuna-dashboard:")
     (url,) = container["args"]
-    assert url == BUNDLED_URL.replace(
-        "postgresql://tunefleet@", "postgresql+psycopg2://tunefleet:$(TUNEFLEET_DB_PASSWORD)@"
-    )
-    assert env_of(container)["TUNEFLEET_DB_PASSWORD"] == {
-        "secretKeyRef": {"name": POSTGRES, "key": "password"}
-    }
+    assert url == BUNDLED_URL.replace("postgresql://", "postgresql+psycopg2://")
+    assert env_of(container)["PGPASSWORD"] == {"secretKeyRef": {"name": POSTGRES, "key": "password"}}
     assert_hardened(pod_spec(deployment), container, 65532)
     service = one(objects, "Service", f"{RELEASE}-tunefleet-dashboard")
     assert service["spec"]["ports"][0]["targetPort"] == "http"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,9 +15,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
+import sqlalchemy as sa
 
 from controller.kube.crd import build_crds
-from tests.cluster.emulator import KubeEmulator
+from tests.cluster.emulator import ApiError, KubeEmulator
+from tests.support.chart_install import DB_SECRET, database_values, render_chart
 
 T = TypeVar("T")
 VENV_BIN = Path(sys.executable).parent
@@ -22,6 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "team-a"
 DB_PASSWORD = "not-a-real-secret-7f3a"
 STUDIES = "studies.tunefleet.dev"
+NOT_INHERITED = ("TUNEFLEET_", "MLFLOW_TRACKING_")
 
 
 # Short, so deleted trial pods go quickly; the budget reserves it as the pod's grace.
@@ -67,7 +73,16 @@ def study_manifest(
 
 
 class ControllerProcess:
-    """``tunefleet controller`` as a child process, with its log in ``log_path``."""
+    """``tunefleet controller`` as a child process, as the chart's Deployment would run it.
+
+    The chart is rendered for the test's database (``externalDatabase``) and its objects the
+    controller relies on are stored in the emulator (release namespace, ServiceAccount, RBAC,
+    peering object, the database Secret); the process gets the Deployment's arguments and
+    environment, and a token of the chart's controller ServiceAccount, so the emulator authorizes
+    every request against the chart's RBAC. ``env`` goes in through the chart's
+    ``controller.extraEnv``; ``"--peering", NAME`` renders the chart with two replicas;
+    ``chart_values`` are merged over the rest. Output goes to ``log_path``.
+    """
 
     def __init__(
         self,
@@ -78,39 +93,74 @@ class ControllerProcess:
         env: dict[str, str] | None = None,
         name: str = "controller",
         health_port: int = 0,
+        metrics_port: int = 0,
+        chart_values: dict[str, Any] | None = None,
     ) -> None:
         self.kube = kube
-        self.args = list(args) or ["--standalone"]
         self.log_path = work_dir / f"{name}.log"
-        self.env = {
-            **os.environ,
-            **kube.env(),
-            "TUNEFLEET_STORAGE_URL": storage_url,
-            "TUNEFLEET_DB_PASSWORD": DB_PASSWORD,
-            "TUNEFLEET_RESYNC_S": "2",
-            "TUNEFLEET_LOG_FORMAT": "json",
-            "TUNEFLEET_POD_NAMESPACE": "tunefleet-system",
-            **(env or {}),
+        self.kubeconfig_path = work_dir / f"{name}.kubeconfig"
+        self.health_port = health_port or free_port()
+        self.metrics_port = metrics_port or free_port()
+        extra_env = {"TUNEFLEET_RESYNC_S": "2", **(env or {})}
+        values: dict[str, Any] = {
+            **database_values(storage_url),
+            "controller": {
+                "healthPort": self.health_port,
+                "metricsPort": self.metrics_port,
+                "extraEnv": [{"name": k, "value": v} for k, v in extra_env.items()],
+            },
         }
+        if args:
+            if list(args[:1]) != ["--peering"] or len(args) != 2:
+                raise ValueError(f"the chart runs --standalone or --peering NAME, not {args}")
+            values |= {"replicaCount": 2, "peering": {"name": args[1]}}
+        self.chart = render_chart(values | (chart_values or {}))
         self.process: subprocess.Popen[bytes] | None = None
-        self.health_port = health_port
+
+    def install(self) -> None:
+        """What ``helm install`` would have created that the controller relies on (idempotent)."""
+        api = self.kube.api
+        with contextlib.suppress(ApiError):
+            api.create_namespace(self.chart.namespace)
+        objects = [
+            *self.chart.service_accounts,
+            *self.chart.rbac,
+            *self.chart.of_kind("ClusterKopfPeering", "KopfPeering"),
+            {"apiVersion": "v1", "kind": "Secret",
+             "metadata": {"name": DB_SECRET, "namespace": self.chart.namespace},
+             "data": {"password": base64.b64encode(DB_PASSWORD.encode()).decode()}},
+        ]
+        for manifest in objects:  # created, or replaced as `helm upgrade` would
+            resource, namespace = _resource_name(manifest), manifest["metadata"].get("namespace")
+            try:
+                api.create(resource, manifest, namespace)
+            except ApiError as error:
+                if error.code != 409:
+                    raise
+                rt = api.store.find_type(resource)
+                api.store.replace(rt, namespace, manifest["metadata"]["name"], manifest)
+
+    def environment(self) -> dict[str, str]:
+        """The Deployment's env as the kubelet resolves it, plus what any local process needs."""
+        namespace, account = self.chart.controller_service_account
+        kubeconfig = self.kube.service_account_kubeconfig(namespace, account, self.kubeconfig_path)
+        # A pod inherits nothing from the test process: no tunefleet setting, no MLflow login.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(NOT_INHERITED)}
+        return {
+            **inherited,
+            **self.chart.controller_env({DB_SECRET: {"password": DB_PASSWORD}}),
+            "KUBECONFIG": str(kubeconfig),
+        }
 
     def start(self) -> ControllerProcess:
-        command = [
-            str(VENV_BIN / "tunefleet"),
-            "controller",
-            *self.args,
-            "--health-port",
-            str(self.health_port),
-            "--metrics-port",
-            "0",
-        ]
+        self.install()
+        env = self.environment()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                command,
+                [str(VENV_BIN / "tunefleet"), *self.chart.controller_args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self.env,
+                env=env,
                 cwd=str(REPO_ROOT),
                 start_new_session=True,
             )
@@ -132,6 +182,31 @@ class ControllerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def _resource_name(manifest: dict[str, Any]) -> str:
+    """``kubectl``'s name for the manifest's resource, e.g. ``clusterroles.rbac.authorization.k8s.io``."""
+    group = manifest["apiVersion"].rpartition("/")[0]
+    plural = {"ServiceAccount": "serviceaccounts", "Secret": "secrets", "Role": "roles",
+              "ClusterRole": "clusterroles", "RoleBinding": "rolebindings",
+              "ClusterRoleBinding": "clusterrolebindings", "ClusterKopfPeering": "clusterkopfpeerings",
+              "KopfPeering": "kopfpeerings"}[manifest["kind"]]
+    return f"{plural}.{group}" if group else plural
+
+
+_handed_out: set[int] = set()
+
+
+def free_port() -> int:
+    """A free port never handed out before in this process: controllers started together each get
+    their own health and metrics ports, though none is bound until its process starts."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def wait_for(predicate: Callable[[], T], timeout: float, message: str, interval: float = 0.2) -> T:
@@ -174,8 +249,30 @@ def running_pod(kube: KubeEmulator, name: str) -> dict[str, Any] | None:
     return None
 
 
+_engines: dict[str, sa.engine.Engine] = {}
+
+
+def optuna_key(storage_url: str, name: str) -> str:
+    """The Optuna study (and ledger key) of the Study ``name``: ``team-a/<name>/<uid>``, of the
+    object applied last if there were several; ``team-a/<name>`` while none exists yet."""
+    engine = _engines.get(storage_url)
+    if engine is None:
+        engine = _engines[storage_url] = sa.create_engine(storage_url, poolclass=sa.pool.NullPool)
+    prefix = f"{NAMESPACE}/{name}"
+    query = sa.text(
+        "SELECT study_name FROM studies WHERE study_name = :name OR study_name LIKE :prefix "
+        "ORDER BY study_id DESC"
+    )
+    try:
+        with engine.connect() as connection:
+            found = connection.execute(query, {"name": prefix, "prefix": prefix + "/%"}).first()
+    except sa.exc.DatabaseError:
+        return prefix  # no Optuna tables yet
+    return str(found[0]) if found is not None else prefix
+
+
 def load_trials(storage_url: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    study = optuna.load_study(study_name=f"{NAMESPACE}/{name}", storage=storage_url)
+    study = optuna.load_study(study_name=optuna_key(storage_url, name), storage=storage_url)
     return study.get_trials(deepcopy=False)
 
 

@@ -9,7 +9,8 @@ from typing import Any
 import kubernetes
 import pytest
 
-from controller.kube.cache import ClusterIndex, IndexedKubeApi
+from controller.credentials import SecretUnreadable
+from controller.kube.cache import SECRET_REREAD_S, ClusterIndex, IndexedKubeApi
 from controller.kube.manifests import STUDY_LABEL, TRIAL_LABEL, study_selector
 from tests.cluster.emulator import KubeEmulator
 
@@ -88,7 +89,7 @@ def test_other_selectors_always_list(
     assert _lists(simulated_kube_emulator) == (0, 2)
 
 
-def test_the_database_password_is_read_once_per_resync(
+def test_the_database_password_is_reread_every_few_seconds(
     api: tuple[IndexedKubeApi, Clock], simulated_kube_emulator: KubeEmulator
 ) -> None:
     kube, clock = api
@@ -105,5 +106,21 @@ def test_the_database_password_is_read_once_per_resync(
     )
     assert kube.read_secret_value(NS, "db", "password") == "first"
     assert simulated_kube_emulator.request_counts[("get", "secrets")] == 1
-    clock.now += 60.0
+    clock.now += SECRET_REREAD_S
     assert kube.read_secret_value(NS, "db", "password") == "rotated"
+
+
+def test_a_missing_secret_is_an_error_read_again_later(
+    api: tuple[IndexedKubeApi, Clock], simulated_kube_emulator: KubeEmulator
+) -> None:
+    kube, clock = api
+    for _ in range(2):
+        with pytest.raises(SecretUnreadable) as missing:
+            kube.read_secret_value(NS, "db", "password")
+        assert missing.value.reason == "SecretNotFound"
+        assert f"Secret {NS}/db does not exist" in str(missing.value)
+    assert simulated_kube_emulator.request_counts[("get", "secrets")] == 1
+    simulated_kube_emulator.api.create("secrets", {"metadata": {"name": "db"}, "data": {"other": ""}}, NS)
+    clock.now += SECRET_REREAD_S
+    with pytest.raises(SecretUnreadable, match="has no key 'password'"):
+        kube.read_secret_value(NS, "db", "password")

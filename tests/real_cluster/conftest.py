@@ -1,7 +1,17 @@
 """The real-cluster tier: the controller's scenarios against the current kubeconfig.
 
-Skipped unless ``pytest --real-cluster``. Expects tunefleet installed with its chart (CRDs,
-controller, database); see docs/real-cluster.md. Each test gets a fresh namespace, deleted after.
+Skipped unless ``pytest --real-cluster``. The session installs tunefleet as its chart would
+(``harness.py``: CRDs, RBAC, ServiceAccounts, a PostgreSQL with a password, its Secret) and runs
+the controller as a local process with the chart's arguments and environment, as the chart's
+ServiceAccount; see docs/real-cluster.md. Each test gets a fresh namespace, deleted after.
+
+Fixtures:
+    tunefleet_install: the session's :class:`~tests.real_cluster.harness.TunefleetInstall`
+        (``.controller``, ``.database``, ``.chart``, ``rotate_password()``).
+    controller: the :class:`~tests.real_cluster.harness.LocalController`, running and ready when
+        the test starts (a test may ``kill()``, ``stop()`` or ``restart()`` it; the next test gets
+        it running again).
+    real_cluster: a :class:`RealCluster` on a fresh namespace, with the controller ready.
 """
 
 from __future__ import annotations
@@ -9,12 +19,16 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import kubernetes
+import optuna
 import pytest
 from kubernetes.client.exceptions import ApiException
+
+from tests.real_cluster.harness import LocalController, TunefleetInstall, install, kubeconfig_path
+from tests.support.postgres import PostgresServer
 
 GROUP, VERSION = "tunefleet.dev", "v1alpha1"
 IMAGE_ENV = "TUNEFLEET_E2E_IMAGE"
@@ -28,11 +42,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.real_cluster)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    report = yield
+    if report.when == "call":
+        item.stash[_FAILED] = report.failed
+    return report
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
 class RealCluster:
     """The official client on the current kubeconfig, scoped to one throwaway namespace."""
 
-    def __init__(self, api_client: kubernetes.client.ApiClient, namespace: str) -> None:
+    def __init__(
+        self, api_client: kubernetes.client.ApiClient, namespace: str, install: TunefleetInstall | None = None
+    ) -> None:
         self.namespace = namespace
+        self.install = install
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.batch = kubernetes.client.BatchV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
@@ -82,6 +110,20 @@ class RealCluster:
             self.core.list_namespaced_pod(self.namespace, label_selector=f"tunefleet.dev/study={name}").items
         )
 
+    def trials(self, name: str) -> list[optuna.trial.FrozenTrial]:
+        """The Study's Optuna trials, read from the database (what ``tunefleet export`` sees)."""
+        assert self.install is not None
+        status = self.status(name)
+        key = status.get("optunaStudy") or f"{self.namespace}/{name}"
+        study = optuna.load_study(study_name=key, storage=self.install.database.admin_url)
+        return study.get_trials(deepcopy=False)
+
+    def events(self, name: str) -> list[Any]:
+        """core/v1 Events about the Study, oldest first."""
+        selector = f"involvedObject.kind=Study,involvedObject.name={name}"
+        items = self.core.list_namespaced_event(self.namespace, field_selector=selector).items
+        return sorted(items, key=lambda e: e.metadata.creation_timestamp)
+
     def wait(self, predicate: Any, timeout: float, message: str) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -92,17 +134,45 @@ class RealCluster:
         raise AssertionError(f"timed out after {timeout:.0f} s: {message}")
 
 
+@pytest.fixture(scope="session")
+def tunefleet_install(
+    postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TunefleetInstall]:
+    """tunefleet installed for the session, the controller started and ready."""
+    admin = kubeconfig_path()
+    api_client = kubernetes.config.new_client_from_config(config_file=str(admin))
+    work_dir = tmp_path_factory.mktemp("tunefleet")
+    installed = install(api_client, admin, postgres_server, work_dir)
+    try:
+        installed.controller.start().wait_ready()
+        yield installed
+    finally:
+        installed.uninstall()
+        api_client.close()
+
+
 @pytest.fixture
-def real_cluster() -> Iterator[RealCluster]:
-    api_client = kubernetes.config.new_client_from_config()
+def controller(tunefleet_install: TunefleetInstall) -> LocalController:
+    """The controller, running and ready (restarted if an earlier test left it stopped)."""
+    tunefleet_install.controller.start().wait_ready()
+    return tunefleet_install.controller
+
+
+@pytest.fixture
+def real_cluster(
+    request: pytest.FixtureRequest, tunefleet_install: TunefleetInstall, controller: LocalController
+) -> Iterator[RealCluster]:
+    api_client = tunefleet_install.api_client
     namespace = f"tunefleet-e2e-{uuid.uuid4().hex[:8]}"
     core = kubernetes.client.CoreV1Api(api_client)
     core.create_namespace({"metadata": {"name": namespace}})
     try:
-        yield RealCluster(api_client, namespace)
+        yield RealCluster(api_client, namespace, tunefleet_install)
     finally:
+        if request.node.stash.get(_FAILED, False):
+            print(f"--- controller log ({controller.log_path}), last lines ---\n{controller.log_tail(60)}")
         core.delete_namespace(namespace)
-        api_client.close()
+
 
 
 def command_study(

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import optuna
@@ -14,6 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import REPO_ROOT
+from tests.support.postgres import PostgresServer
 from tests.support.specs import study_document, write_study
 
 pytestmark = pytest.mark.storage
@@ -140,3 +142,31 @@ def test_unreachable_storage_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "cannot open storage" in result.stderr and "127.0.0.1:1" in result.stderr
     assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_run_and_export_take_any_postgresql_url_and_a_password_from_the_environment(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """``postgresql://`` is what users and the chart write; SQLAlchemy 2.1 alone would want psycopg 3."""
+    role, password = f"tf_{uuid.uuid4().hex[:8]}", "p@ss:w/rd%?"
+    postgres_server.create_login(role, password)
+    database = postgres_server.create_database(owner=role).rsplit("/", 1)[1]
+    where = f"{role}@{postgres_server.host}:{postgres_server.port}/{database}"
+    spec = write_study(tmp_path / "study.yaml", study_document(budget={"maxTrials": 2}))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TUNEFLEET_DB_PASSWORD": password}
+    tunefleet = [sys.executable, "-m", "controller.cli"]
+    run = subprocess.run(
+        [*tunefleet, "run", str(spec), "--storage", f"postgresql://{where}", "-q",
+         "--workdir", str(REPO_ROOT)],
+        capture_output=True, text=True, cwd=tmp_path, env=env, check=False, timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "complete 2 · running 0 · pruned 0 · failed 0" in run.stdout, run.stdout
+    export = subprocess.run(
+        [*tunefleet, "export", "--storage", f"postgres://{where}", "--study", "test-study",
+         "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=tmp_path, env=env, check=False, timeout=120,
+    )
+    assert export.returncode == 0, export.stdout + export.stderr
+    assert (tmp_path / "out" / "best_config.json").exists()
+    assert password not in run.stdout + run.stderr + export.stdout + export.stderr

@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,17 +59,67 @@ class PostgresServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg2://{self.user}@{self.host}:{self.port}/{database}"
 
-    def create_database(self) -> str:
-        """A fresh, empty database; returns its URL."""
+    def create_database(self, owner: str | None = None, name: str | None = None) -> str:
+        """A fresh, empty database (owned by ``owner`` if given); returns its URL as the admin."""
+        name = name or "t_" + uuid.uuid4().hex[:12]
+        owned = f' OWNER "{owner}"' if owner else ""
+        self.execute(f'CREATE DATABASE "{name}"{owned}')
+        return self.url(name)
+
+    def execute(self, *statements: str, params: tuple[object, ...] = ()) -> None:
+        """Run statements as the admin on the ``postgres`` database (autocommit)."""
         import psycopg2
 
-        name = "t_" + uuid.uuid4().hex[:12]
         conn = psycopg2.connect(host=self.host, port=self.port, user=self.user, dbname="postgres")
         conn.autocommit = True
-        with conn.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{name}"')
-        conn.close()
-        return self.url(name)
+        try:
+            with conn.cursor() as cursor:
+                for statement in statements:
+                    cursor.execute(statement, params or None)
+        finally:
+            conn.close()
+
+    def create_login(self, role: str, password: str) -> None:
+        """A login role that must present ``password`` over TCP, as a real install's user does.
+
+        The rest of the server still trusts local connections (the admin needs none). On a server
+        the tests did not start (``TUNEFLEET_TEST_POSTGRES_URL``) the role is created, but whether
+        its password is checked is that server's business.
+        """
+        self.execute(f'CREATE ROLE "{role}" LOGIN PASSWORD %s', params=(password,))
+        if self.data_dir is None:
+            return
+        hba = self.data_dir / "pg_hba.conf"
+        rule = f"host all {role} 127.0.0.1/32 scram-sha-256\n"
+        hba.write_text(rule + hba.read_text())  # the first matching line wins
+        self.execute("SELECT pg_reload_conf()")
+        self._wait_until_password_required(role)
+
+    def _wait_until_password_required(self, role: str, timeout_s: float = 10.0) -> None:
+        """The postmaster reloads pg_hba.conf asynchronously: wait until it refuses ``role``
+        without a password."""
+        import psycopg2
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                psycopg2.connect(host=self.host, port=self.port, user=role, dbname="postgres").close()
+            except psycopg2.OperationalError as error:
+                if "password" in str(error):
+                    return
+                raise
+            if time.monotonic() > deadline:
+                raise PostgresUnavailable(f"the server still lets {role} in without a password")
+            time.sleep(0.05)
+
+    def set_password(self, role: str, password: str) -> None:
+        self.execute(f'ALTER ROLE "{role}" PASSWORD %s', params=(password,))
+
+    def terminate_connections(self, role: str) -> None:
+        """End every session of ``role``: its clients must reconnect (with the password of now)."""
+        self.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", params=(role,)
+        )
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
         command = [str(self._bin / args[0]), *args[1:]] if self._bin else list(args)

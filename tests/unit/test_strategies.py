@@ -291,6 +291,32 @@ def test_objective_steps_give_hyperband_from_the_first_trial() -> None:
     assert choice_for(200, reports=False, objective={**ONE_METRIC, "steps": 30}).pruner == "none"
 
 
+def test_objective_steps_with_mutable_parameters_mean_pbt_not_hyperband_nor_cost_aware() -> None:
+    """One field, two uses: with mutable parameters, auto reads objective.steps as each member's
+    training length (pbt, no pruner), not as Hyperband's rungs; cost-aware search stays off even
+    where measured costs would turn it on, and the spec refuses it named."""
+    space = {**CONTINUOUS, "lr": {"type": "float", "low": 1e-3, "high": 0.3, "log": True, "mutable": True}}
+    objective = {**ONE_METRIC, "steps": 30}
+    before_any_trial = [
+        worst_case_choice(5, searchSpace=space, objective=objective),
+        choice_for(200, searchSpace=space, objective=objective),
+    ]
+    for choice in before_any_trial:
+        assert (choice.sampler, choice.pruner, choice.cost_aware) == ("pbt", "none", False)
+    spec = spec_with(
+        strategy={"sampler": "auto", "pruner": "auto"},
+        searchSpace=space,
+        objective=objective,
+        budget={"maxTrials": 500},
+    )
+    costs = MeasuredCosts(spread=50.0, slow_seconds=30.0, slow_affordable=5, trials=40)
+    measured = choose_strategy(spec, affordable_trials(spec, TrialCost(10.0, "measured")), True, costs)
+    assert (measured.sampler, measured.pruner, measured.cost_aware) == ("pbt", "none", False)
+    named = {"sampler": "auto", "costAware": True}
+    errors = errors_of(strategy=named, searchSpace=space, objective=objective)
+    assert any("strategy.costAware" in e and "population-based training" in e for e in errors), errors
+
+
 # -- cost-aware search ------------------------------------------------------------------------
 
 

@@ -32,6 +32,7 @@ from controller.strategies import Spent
 from controller.strategies.cost_aware import CostAwareTPESampler, log_expected_improvement
 from controller.strategies.costs import CostModel, full_trial_seconds, measured_seconds, spread
 from controller.strategies.live import ATTR_REVISIONS, LiveStrategy
+from controller.strategies.reseeding import reseed_for_trial
 from controller.studies.record import ATTR_STRATEGY
 from tests.support.specs import study_document
 
@@ -82,13 +83,26 @@ def cost(params: Params) -> float:
 
 
 def simulate(
-    sampler: optuna.samplers.BaseSampler, trials: int, seconds: Callable[[Params], float] = cost
+    seed: int,
+    cost_aware: bool,
+    trials: int,
+    seconds: Callable[[Params], float] = cost,
+    *,
+    restart_every: int | None = None,
 ) -> list[tuple[Params, float, float]]:
-    """(params, value, clock when it finished) for each trial, run one after another."""
-    study = optuna.create_study(direction="maximize", sampler=sampler)
+    """(params, value, clock when it finished) for each trial, run one after another.
+
+    As the asking side does (:mod:`controller.studies.asking`), the sampler's random states are
+    reseeded from (study seed, trial number) before each trial; ``restart_every`` builds a new
+    sampler after that many trials, as a process that takes the study over does.
+    """
+    study = optuna.create_study(direction="maximize", sampler=tpe(seed, cost_aware))
     clock = 0.0
     history: list[tuple[Params, float, float]] = []
     for _ in range(trials):
+        if restart_every and study.trials and len(history) % restart_every == 0:
+            study.sampler = tpe(seed, cost_aware)
+        reseed_for_trial(study.sampler, seed, len(study.trials))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             asked = study.ask(SPACE)
@@ -175,8 +189,8 @@ def test_a_cheap_good_region_is_found_first() -> None:
     threshold = -0.005
     plain, aware = [], []
     for seed in range(4):
-        plain.append(time_to(simulate(tpe(seed, cost_aware=False), 60), threshold))
-        aware.append(time_to(simulate(tpe(seed, cost_aware=True), 60), threshold))
+        plain.append(time_to(simulate(seed, False, 60), threshold))
+        aware.append(time_to(simulate(seed, True, 60), threshold))
     assert sorted(aware)[1] + sorted(aware)[2] < sorted(plain)[1] + sorted(plain)[2], (aware, plain)
     assert sum(aware) < 0.9 * sum(plain), (aware, plain)
 
@@ -184,20 +198,33 @@ def test_a_cheap_good_region_is_found_first() -> None:
 def test_with_uniform_costs_the_choice_is_tpe_s_own() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     uniform = lambda params: 10.0 + params["size"]  # noqa: E731 - within a factor of 2
-    plain = simulate(tpe(3, cost_aware=False), 25, uniform)
-    aware = simulate(tpe(3, cost_aware=True), 25, uniform)
+    plain = simulate(3, False, 25, uniform)
+    aware = simulate(3, True, 25, uniform)
     assert [p for p, _, _ in aware] == [p for p, _, _ in plain]
 
 
 def test_a_seeded_cost_aware_study_repeats_exactly() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    first = simulate(tpe(11, cost_aware=True), 25)
-    second = simulate(tpe(11, cost_aware=True), 25)
+    first = simulate(11, True, 25)
+    second = simulate(11, True, 25)
     assert [p for p, _, _ in first] == [p for p, _, _ in second]
     assert len({tuple(sorted(p.items())) for p, _, _ in first}) == 25
 
 
+def test_a_cost_aware_study_taken_over_by_new_processes_asks_what_one_process_would() -> None:
+    """Restarts (a new sampler every 4 trials, through the random start-up and the cost-model
+    phase) neither replay a configuration nor change what is asked: draws follow the trial."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    uninterrupted = [p for p, _, _ in simulate(5, True, 25)]
+    restarted = [p for p, _, _ in simulate(5, True, 25, restart_every=4)]
+    assert restarted == uninterrupted
+    assert len({tuple(sorted(p.items())) for p in restarted}) == 25
+
+
 # -- auto, revised as trials finish ---------------------------------------------------------------
+
+
+LIVE_SEED = 4
 
 
 def live_study(spec_changes: dict[str, Any]) -> tuple[LiveStrategy, optuna.Study]:
@@ -208,20 +235,21 @@ def live_study(spec_changes: dict[str, Any]) -> tuple[LiveStrategy, optuna.Study
         "size": {"type": "float", "low": 0.0, "high": 1.0},
     }
     spec = parse_study_text(yaml.safe_dump(document)).spec
-    strategy = LiveStrategy(spec, seed=4)  # trials are simulated: maxDuration only keeps GP out
+    strategy = LiveStrategy(spec, seed=LIVE_SEED)  # trials are simulated: maxDuration only keeps GP out
     study = optuna.create_study(direction="maximize", sampler=strategy.build_sampler())
     return strategy, study
 
 
 def add_finished(study: optuna.Study, count: int, seconds: Callable[[Params], float]) -> None:
     for _ in range(count):
+        reseed_for_trial(study.sampler, LIVE_SEED, len(study.trials))  # as the asking side does
         asked = study.ask(SPACE)
         params = dict(asked.params)
         study.tell(asked, state=TrialState.FAIL)
         study.add_trial(finished(0, params, seconds(params), quality(params)))
 
 
-def test_auto_turns_cost_aware_on_from_measured_costs_keeping_the_random_stream() -> None:
+def test_auto_turns_cost_aware_on_from_measured_costs_without_asking_a_configuration_again() -> None:
     strategy, study = live_study(
         {
             "strategy": {"sampler": "auto", "pruner": "none"},
@@ -238,7 +266,7 @@ def test_auto_turns_cost_aware_on_from_measured_costs_keeping_the_random_stream(
     assert strategy.refresh(study, study.trials, Spent(elapsed_s=100))
     assert strategy.choice.cost_aware and isinstance(study.sampler, CostAwareTPESampler)
     assert study.user_attrs[ATTR_REVISIONS][-1]["costAware"] is True
-    # Still in TPE's random start-up: the rebuilt sampler goes on drawing, it does not start over.
+    # The rebuilt sampler draws for new trial numbers: nothing asked before is asked again.
     add_finished(study, 3, cost)
     after = [t.params for t in study.trials if t.state == TrialState.COMPLETE][10:]
     assert not any(params in before for params in after)

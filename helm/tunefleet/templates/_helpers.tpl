@@ -115,9 +115,18 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .Values.externalDatabase.host }}{{ .Values.externalDatabase.existingSecretPasswordKey }}{{ else }}password{{ end }}
 {{- end }}
 
-{{/* The storage URL without the password (the password travels as its own env var). */}}
+{{/*
+The database URL without the password (it travels as its own env var, so no character of it needs
+escaping): pass (dict "ctx" $ "scheme" "postgresql").
+*/}}
+{{- define "tunefleet.databaseUrl" -}}
+{{- $ctx := .ctx }}
+{{- printf "%s://%s@%s:%s/%s?sslmode=%s" .scheme (include "tunefleet.databaseUser" $ctx | urlquery) (include "tunefleet.databaseHost" $ctx) (include "tunefleet.databasePort" $ctx) (include "tunefleet.databaseName" $ctx) (include "tunefleet.databaseSslmode" $ctx) }}
+{{- end }}
+
+{{/* tunefleet's storage URL: tunefleet opens any PostgreSQL spelling with the driver it ships. */}}
 {{- define "tunefleet.storageUrl" -}}
-{{- printf "postgresql://%s@%s:%s/%s?sslmode=%s" (include "tunefleet.databaseUser" . | urlquery) (include "tunefleet.databaseHost" .) (include "tunefleet.databasePort" .) (include "tunefleet.databaseName" .) (include "tunefleet.databaseSslmode" .) }}
+{{- include "tunefleet.databaseUrl" (dict "ctx" . "scheme" "postgresql") }}
 {{- end }}
 
 {{/* Environment shared by the controller and the pre-delete hook. */}}

@@ -11,6 +11,7 @@ ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "up
 # items without kind/apiVersion); everything else behaves as a custom resource.
 BUILTIN_GROUPS = frozenset({
     "", "batch", "coordination.k8s.io", "events.k8s.io", "apiextensions.k8s.io", "apps",
+    "rbac.authorization.k8s.io",
 })
 
 
@@ -61,8 +62,8 @@ class ResourceType:
             entry["shortNames"] = list(self.short_names)
         entries = [entry]
         for sub in sorted(self.subresources):
-            verbs = ["get"] if sub == "log" else ["get", "patch", "update"]
-            kind = "Pod" if sub == "log" else self.kind
+            verbs = {"log": ["get"], "token": ["create"]}.get(sub, ["get", "patch", "update"])
+            kind = {"log": "Pod", "token": "TokenRequest"}.get(sub, self.kind)
             entries.append({"name": f"{self.plural}/{sub}", "singularName": "",
                             "namespaced": self.namespaced, "kind": kind, "verbs": verbs})
         return entries
@@ -81,7 +82,7 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
     _t("v1", "pods", "Pod", True, ["status", "log"], ("po",)),
     _t("v1", "secrets", "Secret"),
     _t("v1", "configmaps", "ConfigMap", short_names=("cm",)),
-    _t("v1", "serviceaccounts", "ServiceAccount", short_names=("sa",)),
+    _t("v1", "serviceaccounts", "ServiceAccount", True, ["token"], ("sa",)),
     _t("v1", "services", "Service", True, ["status"], ("svc",)),
     _t("v1", "persistentvolumeclaims", "PersistentVolumeClaim", True, ["status"], ("pvc",)),
     _t("v1", "events", "Event", short_names=("ev",)),
@@ -91,6 +92,10 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
     _t("events.k8s.io/v1", "events", "Event", short_names=("ev",)),
     _t("apiextensions.k8s.io/v1", "customresourcedefinitions", "CustomResourceDefinition", False,
        ["status"], ("crd", "crds")),
+    _t("rbac.authorization.k8s.io/v1", "roles", "Role"),
+    _t("rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding"),
+    _t("rbac.authorization.k8s.io/v1", "clusterroles", "ClusterRole", False),
+    _t("rbac.authorization.k8s.io/v1", "clusterrolebindings", "ClusterRoleBinding", False),
 )
 
 # kopf's peering resources are CRDs in a real cluster; the emulator pre-installs them as CRDs.

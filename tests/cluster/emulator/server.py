@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from . import resources
+from .access import Access
 from .errors import ApiError
 from .resources import ResourceType
 from .selectors import make_filter
@@ -55,6 +56,7 @@ class ApiServer:
         self.default_watch_timeout_s = default_watch_timeout_s
         self.request_counts: collections.Counter[tuple[str, str]] = collections.Counter()
         self.paused: str | None = None  # None, "503" or "refuse"
+        self.access = Access(store)  # bearer tokens and RBAC (see access.py)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
 
@@ -118,15 +120,20 @@ class ApiServer:
             return _error(ApiError.bad_request(f"invalid JSON in the request body: {exc}"))
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        subject = self.access.authenticate(request.headers.get("Authorization"))
         parts = [p for p in request.path.split("/") if p]
         discovery = self._discovery(parts)
-        if discovery is not None:
+        if discovery is not None:  # open to every authenticated user, as system:discovery grants
             self.request_counts[("get", "discovery")] += 1
             return _json(discovery)
         route = self._route(parts)
         verb = self._verb(request.method, route, request.query)
         resource = route.rt.display + (f"/{route.subresource}" if route.subresource else "")
         self.request_counts[(verb, resource)] += 1
+        self.access.authorize(subject, verb, route.rt, route.namespace, route.name, route.subresource)
+        if verb == "create" and route.subresource == "token" and route.rt.plural == "serviceaccounts":
+            assert route.namespace is not None and route.name is not None
+            return _json(self.access.issue_token(route.namespace, route.name, await request.json()), 201)
         if verb == "watch":
             return await self._watch(request, route)
         if verb == "list":
@@ -210,7 +217,7 @@ class ApiServer:
             if query.get("watch") in ("true", "1"):
                 return "watch"
             return "get" if route.name else "list"
-        if method == "POST" and not route.name:
+        if method == "POST" and (not route.name or route.subresource):
             return "create"
         if method == "PUT" and route.name:
             return "update"
