@@ -34,7 +34,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from controller.export import describe_export, write_export
+    # The export (scipy, scikit-learn, plotly) is imported only when asked for: it takes seconds
+    # to load, and a study's budget is counted from the start of this process.
     from controller.local.progress import describe_summary
     from controller.local.runner import LocalRunner, RunOptions
     from controller.tracking import with_mlflow
@@ -64,6 +65,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         print("  no trial completed")
     if args.out:
+        from controller.export import describe_export, write_export
+
         export = write_export(result.storage_url, result.study_name, Path(args.out))
         for line in describe_export(export):
             print(f"  {line}")
@@ -91,7 +94,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(
             "    (the worst case; set trial.expectedDuration for a closer figure; runs revise it)"
         )
-    print(f"  sampler: {choice.sampler}")
+    cost_aware = " (cost-aware: expected improvement per second)" if choice.cost_aware else ""
+    print(f"  sampler: {choice.sampler}{cost_aware}")
     print(f"  pruner:  {choice.pruner}")
     for reason in choice.reasons[1:]:
         print(f"  because: {reason}")

@@ -64,6 +64,13 @@ def _interval(interval: Interval) -> str:
     )
 
 
+def _strategy(summary: Summary) -> str:
+    sampler = f"sampler {summary.sampler or '?'}"
+    if summary.cost_aware:
+        sampler += " (cost-aware: expected improvement per second)"
+    return f"{sampler}, pruner {summary.pruner or '?'}"
+
+
 def _summary(summary: Summary) -> str:
     rows = [
         ["Study", summary.study],
@@ -77,7 +84,7 @@ def _summary(summary: Summary) -> str:
             "Confirmation runs",
             ", ".join(f"{k}: {v}" for k, v in summary.confirmation_states.items()) or "none",
         ],
-        ["Strategy", f"sampler {summary.sampler or '?'}, pruner {summary.pruner or '?'}"],
+        ["Strategy", _strategy(summary)],
         ["Why this strategy", "; ".join(summary.strategy_reasons) or "chosen explicitly in the spec"],
     ]
     if summary.budget is not None:

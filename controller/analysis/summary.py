@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from controller.analysis.data import StudyData
 from controller.planner.confirmation import ATTR_CONFIRM_WARNING
+from controller.strategies.live import ATTR_REVISIONS
 from controller.studies.record import ATTR_STOP_REASON, ATTR_STRATEGY
 
 PRUNING_METHOD = (
@@ -56,6 +57,7 @@ class Summary(BaseModel):
     pruning: PruningSavings
     sampler: str | None
     pruner: str | None
+    cost_aware: bool = False
     strategy_reasons: list[str]
     confirm_warning: str | None
 
@@ -100,7 +102,9 @@ def _states(trials: list[FrozenTrial]) -> dict[str, int]:
 
 
 def summarize_study(data: StudyData) -> Summary:
-    strategy = data.user_attrs.get(ATTR_STRATEGY) or {}
+    # The strategy in use at the end: auto revises it as trials finish (the last revision wins).
+    revisions = data.user_attrs.get(ATTR_REVISIONS) or []
+    strategy = revisions[-1] if revisions else data.user_attrs.get(ATTR_STRATEGY) or {}
     running = any(t.state == TrialState.RUNNING for t in data.trials)
     stop = data.user_attrs.get(ATTR_STOP_REASON)
     stop_reason = str(stop) if stop else ("still running" if running else "not recorded")
@@ -125,6 +129,7 @@ def summarize_study(data: StudyData) -> Summary:
         pruning=pruning_savings(data),
         sampler=strategy.get("sampler"),
         pruner=strategy.get("pruner"),
+        cost_aware=bool(strategy.get("costAware")),
         strategy_reasons=list(strategy.get("reasons") or []),
         confirm_warning=data.user_attrs.get(ATTR_CONFIRM_WARNING),
     )

@@ -32,6 +32,8 @@ def strategy_status(choice: StrategyChoice) -> dict[str, Any]:
         "pruner": choice.pruner,
         "reasons": list(choice.reasons),
     }
+    if choice.cost_aware:
+        document["costAware"] = True
     if choice.affordable_trials is not None:
         document["affordableTrials"] = choice.affordable_trials
     return document

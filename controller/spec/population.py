@@ -142,6 +142,16 @@ PBT_ONE_NODE = Rule(
     "set trial.nodes to 1, or use another sampler",
     cel=f"!{POPULATION_BASED_CEL} || !has(self.trial.nodes) || self.trial.nodes == 1",
 )
+PBT_NOT_COST_AWARE = Rule(
+    "pbt-not-cost-aware",
+    field="strategy.costAware",
+    message="cost-aware search weighs TPE's candidates by their cost; population-based training "
+    "(auto with mutable parameters) has none: remove costAware",
+    cel=(
+        f"!{POPULATION_BASED_CEL} || !has(self.strategy) || !has(self.strategy.costAware) || "
+        "!self.strategy.costAware"
+    ),
+)
 POPULATION_RULES: Rules = (
     PBT_MUTABLE_NEEDS_PBT,
     PBT_NEEDS_A_MUTABLE_PARAMETER,
@@ -156,6 +166,7 @@ POPULATION_RULES: Rules = (
     PBT_NO_CONFIRM,
     PBT_NO_TERMINATOR,
     PBT_ONE_NODE,
+    PBT_NOT_COST_AWARE,
 )
 
 def is_population_based(spec: StudySpec) -> bool:
@@ -212,3 +223,5 @@ def check_population(spec: StudySpec) -> None:
         raise PBT_NO_TERMINATOR.error()
     if spec.trial.nodes > 1:
         raise PBT_ONE_NODE.error()
+    if spec.strategy.costAware:
+        raise PBT_NOT_COST_AWARE.error()

@@ -120,8 +120,10 @@ class Objective(SpecModel):
     steps: int | None = Field(
         default=None,
         ge=1,
-        description="How many intermediate steps (e.g. epochs) a trial reports with trial.report; "
-        "population-based training trains each member this many steps.",
+        description="How many intermediate steps (e.g. epochs) a full training run reports with "
+        "trial.report: Hyperband, ASHA and auto use it from the first trial; under population-based "
+        "training each member trains this many steps in all, a segment (trial) of "
+        "strategy.settings.interval steps at a time.",
     )
     constraints: list[MetricName] = Field(
         default_factory=list,
@@ -190,6 +192,11 @@ class Strategy(SpecModel):
     )
     terminator: bool = Field(
         default=False, description="Also stop when Optuna's terminator judges the study converged."
+    )
+    costAware: bool | None = Field(
+        default=None,
+        description="Prefer the configuration with the highest expected improvement per second "
+        "(TPE, one metric). Unset: auto turns it on when measured trial costs vary widely.",
     )
 
     @model_validator(mode="after")
@@ -444,6 +451,16 @@ PRUNER_SINGLE_METRIC = Rule(
         f" && {_SEVERAL})"
     ),
 )
+COST_AWARE_NEEDS_TPE = Rule(
+    "strategy-cost-aware-needs-tpe",
+    field="strategy.costAware",
+    message="costAware needs sampler tpe or auto and a single metric",
+    cel=(
+        "!(has(self.strategy) && has(self.strategy.costAware) && self.strategy.costAware"
+        " && ((has(self.strategy.sampler) && !(self.strategy.sampler in ['auto', 'tpe']))"
+        f" || {_SEVERAL}))"
+    ),
+)
 TERMINATOR_SINGLE_METRIC = Rule(
     "strategy-terminator-single-metric",
     field="strategy.terminator",
@@ -464,6 +481,7 @@ class StudySpec(SpecModel):
         PRUNER_SINGLE_METRIC,
         TERMINATOR_SINGLE_METRIC,
         NODES_FIT_GPU_BUDGET,
+        COST_AWARE_NEEDS_TPE,
         *POPULATION_RULES,
         CONDITION_NOT_ON_ITSELF,
         CONDITION_NAMES_A_PARAMETER,
@@ -557,6 +575,8 @@ def _check_strategy_fits_objective(spec: StudySpec) -> None:
         raise PRUNER_SINGLE_METRIC.error()
     if several and strategy.terminator:
         raise TERMINATOR_SINGLE_METRIC.error()
+    if strategy.costAware and (several or strategy.sampler not in ("auto", "tpe")):
+        raise COST_AWARE_NEEDS_TPE.error()
     if strategy.sampler == "grid":
         from controller.strategies.grid import MAX_GRID_POINTS, product_size
 

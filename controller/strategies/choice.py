@@ -24,6 +24,12 @@ GP_MIN_TRIAL_SECONDS = 60.0
 """A trial this long makes GP's own seconds of fitting per trial negligible."""
 HYPERBAND_MIN_TRIALS = RANDOM_BELOW
 """Hyperband needs enough trials to fill its brackets; below, median pruning."""
+COST_MIN_TRIALS = 10
+"""Finished trials needed before costs count as measured (TPE's first 10 trials are random)."""
+COST_SPREAD_FROM = 4.0
+"""Costs vary widely when the slowest tenth of trials cost this many times the fastest tenth."""
+COST_TIGHT_BELOW = MODEL_BAND_BELOW
+"""A budget is tight when it affords fewer than this many of the costliest trials."""
 
 CostBasis = Literal["expectedDuration", "measured", "maxDuration"]
 
@@ -67,13 +73,32 @@ class Affordability:
 
 
 @dataclass(frozen=True)
+class MeasuredCosts:
+    """How much finished trials' costs vary, and what the budget affords of the costly ones.
+
+    ``spread``: the slowest tenth's cost over the fastest tenth's (full-trial seconds, pruned
+    trials extrapolated to every step). ``slow_affordable``: how many trials of the slow cost the
+    time and money limits (gpuHours, cpuHours, deadline) still afford; None without such limits.
+    """
+
+    spread: float
+    slow_seconds: float
+    slow_affordable: int | None
+    trials: int
+
+
+@dataclass(frozen=True)
 class StrategyChoice:
-    """The sampler and pruner a study runs with, and why they were chosen."""
+    """The sampler and pruner a study runs with, and why they were chosen.
+
+    ``cost_aware``: TPE prefers expected improvement per second of predicted trial cost.
+    """
 
     sampler: str
     pruner: str
     reasons: tuple[str, ...] = field(default_factory=tuple)
     affordable_trials: int | None = None
+    cost_aware: bool = False
 
 
 def trial_cost(spec: StudySpec, measured_seconds: Sequence[float] = ()) -> TrialCost:
@@ -111,10 +136,34 @@ def _whole(value: float) -> int:
     return max(0, math.floor(value + 1e-9))
 
 
+def measure_costs(
+    spec: StudySpec, full_seconds: Sequence[float], spent: Spent | None = None
+) -> MeasuredCosts | None:
+    """The spread of measured full-trial costs and what the budget affords at the slow end.
+
+    None until :data:`COST_MIN_TRIALS` trials have a measured cost.
+    """
+    seconds = sorted(s for s in full_seconds if s > 0 and math.isfinite(s))
+    if len(seconds) < COST_MIN_TRIALS:
+        return None
+    fast, slow = _quantile(seconds, 0.1), _quantile(seconds, 0.9)
+    at_slow = affordable_trials(spec, TrialCost(slow, "measured"), spent)
+    by_cost = [count for name, count in at_slow.limits.items() if name != "maxTrials"]
+    return MeasuredCosts(slow / fast, slow, min(by_cost) if by_cost else None, len(seconds))
+
+
+def _quantile(ordered: Sequence[float], share: float) -> float:
+    position = share * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
 def choose_strategy(
     spec: StudySpec,
     affordability: Affordability | None = None,
     reports_intermediate: bool | None = None,
+    costs: MeasuredCosts | None = None,
 ) -> StrategyChoice:
     """Resolve ``auto`` names; explicit names are kept.
 
@@ -123,7 +172,9 @@ def choose_strategy(
         affordability: what the budget affords; by default computed from the spec alone
             (``expectedDuration``, else ``maxDuration``).
         reports_intermediate: whether finished trials reported intermediate values (None: no
-            trial has finished yet).
+            trial has finished yet; ``objective.steps`` then says whether they will).
+        costs: how measured trial costs vary (None: too few trials finished), which decides
+            cost-aware search when ``strategy.costAware`` is unset.
     """
     affordability = affordability or affordable_trials(spec, trial_cost(spec))
     reasons: list[str] = [affordability.describe()]
@@ -137,11 +188,19 @@ def choose_strategy(
         reasons.append(_population_size(spec, affordability.trials))
     pruner: str = spec.strategy.pruner
     if pruner == "auto":
-        pruner, why = _auto_pruner(spec, sampler, affordability.trials, reports_intermediate)
+        pruner, why = _auto_pruner(spec, sampler, affordability, reports_intermediate)
         reasons.append(why)
     else:
         reasons.append(f"{pruner}: named in strategy.pruner")
-    return StrategyChoice(sampler, pruner, tuple(reasons), affordability.trials)
+    cost_aware, why_cost = _cost_aware(spec, sampler, costs)
+    if why_cost:
+        reasons.append(why_cost)
+    return StrategyChoice(sampler, pruner, tuple(reasons), affordability.trials, cost_aware)
+
+
+def _worst_case_only(affordability: Affordability) -> bool:
+    """The count rests on maxDuration alone: a floor, not an estimate, until trials finish."""
+    return affordability.cost.basis == "maxDuration" and affordability.trials is not None
 
 
 def _auto_sampler(spec: StudySpec, affordability: Affordability) -> tuple[str, str]:
@@ -162,6 +221,11 @@ def _auto_sampler(spec: StudySpec, affordability: Affordability) -> tuple[str, s
             )
         return "nsga2", f"NSGA-II: several metrics and {MODEL_BAND_BELOW}+ trials to evolve a Pareto front"
     if limit is not None and limit < RANDOM_BELOW:
+        if _worst_case_only(affordability):
+            return "tpe", (
+                f"TPE: only the worst case is known, which affords fewer than {RANDOM_BELOW} trials; "
+                "TPE's first trials are random anyway, and auto revises once trials finish"
+            )
         return "random", f"random: fewer than {RANDOM_BELOW} trials are too few for a model to help"
     if (
         limit is not None
@@ -205,8 +269,10 @@ def _small_continuous(spec: StudySpec) -> bool:
 
 
 def _auto_pruner(
-    spec: StudySpec, sampler: str, limit: int | None, reports_intermediate: bool | None
+    spec: StudySpec, sampler: str, affordability: Affordability, reports_intermediate: bool | None
 ) -> tuple[str, str]:
+    limit = affordability.trials
+    steps = spec.objective.steps
     if spec.is_multi_objective:
         return "none", "no pruning: Optuna prunes single-objective studies only"
     if sampler == "pbt":
@@ -215,11 +281,45 @@ def _auto_pruner(
         return "none", "no pruning: a grid evaluates every configuration fully"
     if reports_intermediate is False:
         return "none", "no pruning: finished trials reported no intermediate values"
-    if limit is not None and limit < HYPERBAND_MIN_TRIALS:
+    if reports_intermediate is None and steps == 1:
+        return "none", "no pruning: objective.steps is 1, so no trial has a step to stop at"
+    if limit is not None and limit < HYPERBAND_MIN_TRIALS and not _worst_case_only(affordability):
         return "median", f"median pruning: under {HYPERBAND_MIN_TRIALS} trials cannot fill Hyperband brackets"
     if reports_intermediate:
         return "hyperband", "Hyperband: the objective reports intermediate values, so weak trials stop early"
+    if steps is not None:
+        return "hyperband", (
+            f"Hyperband: each trial reports {steps} steps (objective.steps), so weak trials stop early "
+            "from the first trial on"
+        )
     return "hyperband", (
         "Hyperband, if the objective reports intermediate values (it prunes nothing until "
         "trials do; revised to none once trials finish without any)"
+    )
+
+
+def _cost_aware(spec: StudySpec, sampler: str, costs: MeasuredCosts | None) -> tuple[bool, str | None]:
+    """Whether TPE weighs expected improvement by predicted cost, and why (None: not worth a line)."""
+    named = spec.strategy.costAware
+    if named is False or sampler != "tpe":
+        return False, None
+    if named:
+        return True, "cost-aware: named in strategy.costAware (expected improvement per second)"
+    if spec.strategy.sampler != "auto":
+        return False, None
+    rule = (
+        f"on when the slowest tenth of trials cost {COST_SPREAD_FROM:.0f}x the fastest or more and the "
+        f"budget affords fewer than {COST_TIGHT_BELOW} of the costliest"
+    )
+    if costs is None:
+        return False, f"cost-aware search: decided once {COST_MIN_TRIALS} trials finish ({rule})"
+    if costs.spread < COST_SPREAD_FROM:
+        return False, f"cost-aware search off: trial costs are near uniform (x{costs.spread:.1f}; {rule})"
+    if costs.slow_affordable is None or costs.slow_affordable >= COST_TIGHT_BELOW:
+        room = "no time or money limit" if costs.slow_affordable is None else "the budget is ample"
+        return False, f"cost-aware search off: {room} ({rule})"
+    return True, (
+        f"cost-aware search: trial costs vary x{costs.spread:.0f} and the budget affords only "
+        f"{costs.slow_affordable} trials of the costliest (~{costs.slow_seconds:.0f} s), so TPE prefers "
+        "the highest expected improvement per second"
     )

@@ -33,22 +33,29 @@ def needs_pinned_steps(config: PrunerConfig) -> bool:
     return option is not None and config.settings.get(option, "auto") == "auto"
 
 
-def pin_steps(study: optuna.Study, trials: Sequence[FrozenTrial], config: PrunerConfig) -> int | None:
-    """Pin the steps of a full trial once a trial has completed; returns the pinned value.
+def pin_steps(
+    study: optuna.Study, trials: Sequence[FrozenTrial], config: PrunerConfig, declared: int | None = None
+) -> int | None:
+    """Pin the steps of a full trial; returns the pinned value (None: not known yet).
 
-    Call it from the single process that asks trials (the runner, the operator). The value is
-    Optuna's own ``auto`` rule (largest last step + 1 among completed trials), fixed at its
-    first evaluation so later completions cannot change the brackets under running trials.
+    Call it from the single process that asks trials (the runner, the operator). ``declared``
+    (``objective.steps``) is pinned before the first trial starts, so every trial is pruned
+    from its first report. Without it, the value is Optuna's own ``auto`` rule (largest last
+    step + 1 among completed trials), fixed at its first evaluation so later completions cannot
+    change the brackets under running trials.
     """
     pinned: Any = study.user_attrs.get(ATTR_PINNED_STEPS)
     if isinstance(pinned, int):
         return pinned
     if not needs_pinned_steps(config):
         return None
-    steps = [t.last_step for t in trials if t.state == TrialState.COMPLETE and t.last_step is not None]
-    if not steps:
-        return None
-    value = max(steps) + 1
+    if declared is not None:
+        value = declared
+    else:
+        steps = [t.last_step for t in trials if t.state == TrialState.COMPLETE and t.last_step is not None]
+        if not steps:
+            return None
+        value = max(steps) + 1
     study.set_user_attr(ATTR_PINNED_STEPS, value)
     return value
 

@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 
 from controller.spec import StudySpec
+from controller.strategies.cost_aware import CostAwareTPESampler
 from controller.strategies.grid import ConfigurationGridSampler, grid_values
 from controller.strategies.settings import sampler_options
 
@@ -36,11 +37,14 @@ def sampler_defaults(name: str, spec: StudySpec) -> dict[str, Any]:
     return {}
 
 
-def build_sampler(name: str, spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
+def build_sampler(
+    name: str, spec: StudySpec, seed: int, cost_aware: bool = False
+) -> optuna.samplers.BaseSampler:
     """The sampler called ``name`` with ``spec.strategy.settings`` passed to its constructor.
 
     Settings only apply to the sampler they were written for: after ``auto`` they are empty
-    (the spec refuses settings without a sampler name).
+    (the spec refuses settings without a sampler name). ``cost_aware`` makes TPE pick by
+    expected improvement per second (:mod:`controller.strategies.cost_aware`).
     """
     if name == "grid":
         return ConfigurationGridSampler(spec.searchSpace, seed=seed)
@@ -55,6 +59,8 @@ def build_sampler(name: str, spec: StudySpec, seed: int) -> optuna.samplers.Base
     with warnings.catch_warnings():
         # multivariate/group TPE, QMC and the NSGA samplers are still marked experimental.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "tpe" and cost_aware:
+            return CostAwareTPESampler(steps=spec.objective.steps, **options)
         if name in ("tpe", "motpe"):
             return optuna.samplers.TPESampler(**options)
         if name == "gp":
@@ -68,3 +74,4 @@ def build_sampler(name: str, spec: StudySpec, seed: int) -> optuna.samplers.Base
         if name == "nsga3":
             return optuna.samplers.NSGAIIISampler(**options)
     raise ValueError(f"unknown sampler {name!r}")
+

@@ -117,6 +117,7 @@ def record_study(
             ATTR_STRATEGY,
             {
                 "sampler": choice.sampler,
+                "costAware": choice.cost_aware,
                 "pruner": choice.pruner,
                 "reasons": list(choice.reasons),
                 "samplerSettings": spec.strategy.settings,

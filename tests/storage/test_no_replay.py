@@ -27,7 +27,7 @@ from tests.support.specs import study_document
 
 pytestmark = pytest.mark.storage
 
-SINGLE = ["random", "tpe", "gp", "cmaes", "qmc"]
+SINGLE = ["random", "tpe", "cost-aware tpe", "gp", "cmaes", "qmc"]
 MULTI = ["nsga2", "nsga3", "motpe"]
 SESSIONS = 4  # the first run, then three resumes
 TRIALS_PER_SESSION = 2
@@ -45,7 +45,12 @@ def spec_for(sampler: str) -> StudySpec:
                 "x": {"type": "float", "low": -10.0, "high": 10.0},
                 "y": {"type": "float", "low": -10.0, "high": 10.0},
             },
-            "strategy": {"sampler": sampler, "pruner": "none", "seed": STUDY_SEED},
+            "strategy": {
+                "sampler": sampler.removeprefix("cost-aware "),
+                "pruner": "none",
+                "seed": STUDY_SEED,
+                **({"costAware": True} if sampler.startswith("cost-aware") else {}),
+            },
             "budget": {"maxTrials": SESSIONS * TRIALS_PER_SESSION},
             "parallelism": 1,
             "trial": {"python": "tests.support.objectives:quadratic"},

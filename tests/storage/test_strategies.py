@@ -4,6 +4,7 @@ multi-objective constraints, warm start, convergence and exact maxTrials."""
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -248,17 +249,81 @@ def test_max_trials_is_exact_across_workers_and_retries(storage_url: str, tmp_pa
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 7
 
 
-def test_auto_revises_from_the_worst_case_once_trials_are_measured(storage_url: str, tmp_path: Path) -> None:
-    # maxDuration 10 min against 1 CPU-hour: 6 worst-case trials (random) until trials finish in
-    # well under a second, when the same budget affords hundreds (TPE, Hyperband).
+def test_auto_starts_with_tpe_on_the_worst_case_and_revises_once_trials_are_measured(
+    storage_url: str, tmp_path: Path
+) -> None:
+    # maxDuration 10 min against 1 CPU-hour: 6 worst-case trials, a floor rather than an estimate,
+    # so TPE (random for its first trials) and Hyperband (objective.steps says trials report 9
+    # steps) from the first trial; measured trials then show the budget affords all 24.
     document = xy_document(
+        objective={"metrics": [{"name": "loss", "direction": "minimize"}], "steps": 9},
         strategy={"sampler": "auto", "pruner": "auto"},
         budget={"maxTrials": 24, "cpuHours": 1.0},
         trial={"python": f"{HERE}:xy_with_steps", "maxDuration": "10m"},
     )
     run_study(document, storage_url, tmp_path)
     study = optuna.load_study(study_name="test-study", storage=storage_url)
-    assert study.user_attrs["tunefleet.strategy"]["sampler"] == "random"
+    started = study.user_attrs["tunefleet.strategy"]
+    assert (started["sampler"], started["pruner"]) == ("tpe", "hyperband")
+    assert "only the worst case is known" in " ".join(started["reasons"])
+    assert study.user_attrs[ATTR_PINNED_STEPS] == 9  # before any trial completed
+    configurations = [configuration_key(t.params) for t in study.trials]
+    assert len(set(configurations)) == len(configurations) == 24
+
+
+def costly_in_x(trial: optuna.Trial) -> float:
+    """Costs ~0.01 s at x = 0 and ~1 s at x = 1; best at x = 0.2, y = 0.6."""
+    x = trial.suggest_float("x", 0.0, 1.0)
+    y = trial.suggest_float("y", 0.0, 1.0)
+    time.sleep(0.01 * 100.0**x)
+    return (x - 0.2) ** 2 + (y - 0.6) ** 2
+
+
+def test_cost_aware_tpe_runs_to_completion_with_several_workers(storage_url: str, tmp_path: Path) -> None:
+    document = xy_document(
+        strategy={"sampler": "tpe", "pruner": "none", "costAware": True, "settings": {"n_startup_trials": 4}},
+        budget={"maxTrials": 16},
+        parallelism=3,
+        python=f"{HERE}:costly_in_x",
+    )
+    result = run_study(document, storage_url, tmp_path)
+    trials = trials_of(storage_url)
+    assert result.stop_reason is StopReason.MAX_TRIALS
+    assert len(trials) == 16 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({configuration_key(t.params) for t in trials}) == 16
+    study = optuna.load_study(study_name="test-study", storage=storage_url)
+    recorded = study.user_attrs["tunefleet.strategy"]
+    assert recorded["sampler"] == "tpe" and recorded["costAware"] is True
+
+
+def costlier_in_x(trial: optuna.Trial) -> float:
+    """Costs ~0.01 s at x = 0 and ~10 s at x = 1: a wide spread even with a second of overhead."""
+    x = trial.suggest_float("x", 0.0, 1.0)
+    y = trial.suggest_float("y", 0.0, 1.0)
+    time.sleep(0.01 * 1000.0**x)
+    return (x - 0.2) ** 2 + (y - 0.6) ** 2
+
+
+def test_auto_turns_cost_aware_search_on_when_measured_costs_vary_widely(
+    storage_url: str, tmp_path: Path
+) -> None:
+    # 20 trials (auto prefers random below 20) and 216 CPU-seconds: ~6 trials at the worst case
+    # (30 s, room for a slow start on a loaded machine), so TPE from the start. Measured, auto keeps
+    # TPE while what is left affords 10+ more trials of the mean cost, and calls the budget tight
+    # while it affords fewer than 90 of the slow tenth: with trials of ~1.5 s (mean) and ~4 s
+    # (slow tenth) both hold for what is left between ~15 and ~300 CPU-seconds, and still do when
+    # load makes every trial seconds longer.
+    document = xy_document(
+        strategy={"sampler": "auto", "pruner": "none"},
+        budget={"maxTrials": 20, "cpuHours": 0.06},
+        parallelism=3,
+        python=f"{HERE}:costlier_in_x",  # xy_document sets trial.python
+        trial={"maxDuration": "30s"},
+    )
+    result = run_study(document, storage_url, tmp_path)
+    assert result.stop_reason is StopReason.MAX_TRIALS
+    study = optuna.load_study(study_name="test-study", storage=storage_url)
+    assert study.user_attrs["tunefleet.strategy"]["costAware"] is False  # nothing measured yet
     revisions = study.user_attrs[ATTR_REVISIONS]
-    assert revisions[-1]["sampler"] == "tpe" and revisions[-1]["pruner"] == "hyperband"
-    assert revisions[-1]["affordableTrials"] == 24
+    assert revisions[-1]["sampler"] == "tpe" and revisions[-1]["costAware"] is True, revisions
+    assert "expected improvement per second" in " ".join(revisions[-1]["reasons"])

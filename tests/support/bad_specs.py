@@ -221,6 +221,21 @@ RULE_EXAMPLES = [
         {"spec.objective.metrics": TWO_METRICS, "spec.strategy.terminator": True},
     ),
     study(
+        "cost-aware-with-random",
+        "spec.strategy.costAware",
+        {"spec.strategy.costAware": True},
+    ),
+    study(
+        "cost-aware-with-two-metrics",
+        "spec.strategy.costAware",
+        {
+            "spec.objective.metrics": TWO_METRICS,
+            "spec.strategy.sampler": "tpe",
+            "spec.strategy.costAware": True,
+        },
+    ),
+    study("zero-steps", "spec.objective.steps", {"spec.objective.steps": 0}),
+    study(
         "bad-parameter-name",
         "spec.searchSpace",
         {
@@ -289,6 +304,8 @@ RULE_EXAMPLES = [
     study("pbt-with-confirmation-runs", "spec.confirm", {**PBT, "spec.confirm": {"topK": 2}}),
     study("pbt-with-the-terminator", "spec.strategy.terminator", {**PBT, "spec.strategy.terminator": True}),
     study("pbt-on-two-nodes", "spec.trial.nodes", {**PBT, "spec.trial.nodes": 2}),
+    study("pbt-by-auto-cost-aware", "spec.strategy.costAware",
+          {**PBT, "spec.strategy.sampler": "auto", "spec.strategy.costAware": True}),
     study(
         "checkpoints-outside-the-volume",
         "spec.checkpoints.path",

@@ -16,12 +16,14 @@ from controller.strategies import (
     choose_strategy,
     trial_cost,
 )
+from controller.strategies.choice import MeasuredCosts, measure_costs
 from controller.strategies.grid import count_configurations, enumerate_configurations, product_size
 from controller.strategies.settings import pruner_options, sampler_options
 from tests.support.specs import study_document
 
 SAMPLER_NAMES = ("random", "grid", "tpe", "gp", "cmaes", "qmc")
 MULTI_SAMPLER_NAMES = ("nsga2", "nsga3", "motpe")
+ONE_METRIC = {"metrics": [{"name": "loss", "direction": "minimize"}]}
 TWO_METRICS = {
     "metrics": [{"name": "loss", "direction": "minimize"}, {"name": "size", "direction": "minimize"}]
 }
@@ -255,3 +257,100 @@ def test_what_was_spent_is_taken_off_and_trials_already_run_kept() -> None:
     assert affordable_trials(spec, cost).trials == 60
     assert affordable_trials(spec, cost, Spent(cpu_seconds=1800, trials_started=30)).trials == 60
     assert affordable_trials(spec, cost, Spent(cpu_seconds=3600, trials_started=10)).trials == 10
+
+
+# -- objective.steps and the worst case ---------------------------------------------------------
+
+
+def worst_case_choice(trials_affordable: int, **changes: Any) -> Any:
+    """``auto`` before any trial finished: the deadline affords this many worst-case trials."""
+    changes.setdefault("strategy", {"sampler": "auto", "pruner": "auto"})
+    changes.setdefault("searchSpace", {**CONTINUOUS, "c": {"type": "categorical", "choices": ["a", "b"]}})
+    changes["budget"] = {"deadline": f"{trials_affordable * 60}s"}
+    changes["trial"] = {"python": "m:f", "maxDuration": "60s"}
+    spec = spec_with(parallelism=1, **changes)
+    return choose_strategy(spec)
+
+
+def test_the_worst_case_alone_never_makes_auto_random() -> None:
+    # A floor, not an estimate: TPE (random for its first trials) until durations are measured.
+    assert worst_case_choice(5).sampler == "tpe"
+    assert worst_case_choice(5).pruner == "hyperband"
+    assert "only the worst case is known" in " ".join(worst_case_choice(5).reasons)
+    measured = spec_with(strategy={"sampler": "auto", "pruner": "auto"}, budget={"deadline": "300s"})
+    choice = choose_strategy(measured, affordable_trials(measured, TrialCost(60.0, "measured")), True)
+    assert (choice.sampler, choice.pruner) == ("random", "median")
+
+
+def test_objective_steps_give_hyperband_from_the_first_trial() -> None:
+    assert choice_for(200, objective={**ONE_METRIC, "steps": 30}).pruner == "hyperband"
+    assert "objective.steps" in " ".join(choice_for(200, objective={**ONE_METRIC, "steps": 30}).reasons)
+    assert choice_for(19, objective={**ONE_METRIC, "steps": 30}).pruner == "median"
+    assert choice_for(200, objective={**ONE_METRIC, "steps": 1}).pruner == "none"
+    # What finished trials did overrides what the spec announced.
+    assert choice_for(200, reports=False, objective={**ONE_METRIC, "steps": 30}).pruner == "none"
+
+
+def test_objective_steps_with_mutable_parameters_mean_pbt_not_hyperband_nor_cost_aware() -> None:
+    """One field, two uses: with mutable parameters, auto reads objective.steps as each member's
+    training length (pbt, no pruner), not as Hyperband's rungs; cost-aware search stays off even
+    where measured costs would turn it on, and the spec refuses it named."""
+    space = {**CONTINUOUS, "lr": {"type": "float", "low": 1e-3, "high": 0.3, "log": True, "mutable": True}}
+    objective = {**ONE_METRIC, "steps": 30}
+    before_any_trial = [
+        worst_case_choice(5, searchSpace=space, objective=objective),
+        choice_for(200, searchSpace=space, objective=objective),
+    ]
+    for choice in before_any_trial:
+        assert (choice.sampler, choice.pruner, choice.cost_aware) == ("pbt", "none", False)
+    spec = spec_with(
+        strategy={"sampler": "auto", "pruner": "auto"},
+        searchSpace=space,
+        objective=objective,
+        budget={"maxTrials": 500},
+    )
+    costs = MeasuredCosts(spread=50.0, slow_seconds=30.0, slow_affordable=5, trials=40)
+    measured = choose_strategy(spec, affordable_trials(spec, TrialCost(10.0, "measured")), True, costs)
+    assert (measured.sampler, measured.pruner, measured.cost_aware) == ("pbt", "none", False)
+    named = {"sampler": "auto", "costAware": True}
+    errors = errors_of(strategy=named, searchSpace=space, objective=objective)
+    assert any("strategy.costAware" in e and "population-based training" in e for e in errors), errors
+
+
+# -- cost-aware search ------------------------------------------------------------------------
+
+
+def costs_choice(spread: float, slow_affordable: int | None, **strategy: Any) -> Any:
+    spec = spec_with(strategy={"sampler": "auto", "pruner": "auto", **strategy}, budget={"maxTrials": 500})
+    costs = MeasuredCosts(spread=spread, slow_seconds=30.0, slow_affordable=slow_affordable, trials=40)
+    return choose_strategy(spec, affordable_trials(spec, TrialCost(10.0, "measured")), True, costs)
+
+
+def test_auto_turns_cost_aware_search_on_when_costs_vary_widely_and_the_budget_is_tight() -> None:
+    assert costs_choice(4.0, 99).cost_aware
+    assert not costs_choice(3.9, 99).cost_aware  # near uniform
+    assert not costs_choice(4.0, 100).cost_aware  # ample
+    assert not costs_choice(50.0, None).cost_aware  # no time or money limit
+    assert "expected improvement per second" in " ".join(costs_choice(4.0, 99).reasons)
+    spec = spec_with(strategy={"sampler": "auto", "pruner": "auto"})
+    assert not choose_strategy(spec).cost_aware  # nothing measured yet
+    assert "decided once 10 trials finish" in " ".join(choose_strategy(spec).reasons)
+
+
+def test_cost_aware_search_as_named() -> None:
+    assert not costs_choice(50.0, 5, costAware=False).cost_aware
+    assert costs_choice(1.0, None, costAware=True).cost_aware
+    named_tpe = spec_with(strategy={"sampler": "tpe", "pruner": "none"})
+    assert not choose_strategy(named_tpe).cost_aware  # a named sampler keeps its usual choice
+    on = spec_with(strategy={"sampler": "tpe", "pruner": "none", "costAware": True})
+    assert choose_strategy(on).cost_aware
+    assert type(build_sampler("tpe", on, 1, cost_aware=True)).__name__ == "CostAwareTPESampler"
+    assert any("costAware" in e for e in errors_of(strategy={"sampler": "random", "costAware": True}))
+
+
+def test_measured_costs_spread_and_what_the_slow_end_affords() -> None:
+    spec = spec_with(budget={"deadline": "1000s", "maxTrials": 5}, parallelism=2)
+    assert measure_costs(spec, [1.0] * 9) is None
+    costs = measure_costs(spec, [1.0] * 5 + [10.0] * 5, Spent(elapsed_s=500))
+    assert costs is not None and costs.spread == pytest.approx(10.0)
+    assert costs.slow_affordable == 100  # (1000 - 500) s / 10 s x 2 workers; maxTrials does not count

@@ -4,6 +4,7 @@ and the planner's convergence and warm-start rules."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import optuna
 import pytest
@@ -18,7 +19,7 @@ from controller.strategies.pareto import dominates
 from tests.unit.test_strategies import spec_with
 from trial_worker import pruners as worker_pruners
 from trial_worker.contract import ATTR_PINNED_STEPS, PrunerConfig
-from trial_worker.pruners import PinnedResourcePruner, build_pruner
+from trial_worker.pruners import RungPruner, build_pruner
 
 PRUNERS = ("none", "median", "percentile", "hyperband", "asha", "wilcoxon")
 
@@ -38,7 +39,7 @@ def test_spec_settings_reach_the_worker_with_optuna_names() -> None:
     config = controller_pruning.pruner_config(spec, "hyperband")
     assert config.settings == {"reduction_factor": 2, "max_resource": 9}
     pruner = build_pruner(config)
-    assert isinstance(pruner, optuna.pruners.HyperbandPruner)
+    assert isinstance(pruner, RungPruner) and isinstance(pruner.inner, optuna.pruners.HyperbandPruner)
 
 
 def _study_with_steps(steps_by_trial: list[int]) -> optuna.Study:
@@ -59,7 +60,7 @@ def test_hyperband_auto_waits_for_the_pinned_steps_then_every_worker_agrees() ->
     study = _study_with_steps([27, 9])  # an early-stopped trial too: Optuna's auto could disagree
     config = PrunerConfig(name="hyperband", settings={"reduction_factor": 3})
     first, second = build_pruner(config), build_pruner(config)
-    assert isinstance(first, PinnedResourcePruner) and isinstance(second, PinnedResourcePruner)
+    assert isinstance(first, RungPruner) and isinstance(second, RungPruner)
     running = study.ask()
     running.report(0.0, 0)
     frozen = study.trials[-1]
@@ -78,7 +79,7 @@ def test_hyperband_auto_waits_for_the_pinned_steps_then_every_worker_agrees() ->
     assert study.user_attrs[ATTR_PINNED_STEPS] == 27
     first.prune(study, frozen)
     second.prune(study, frozen)
-    inner = [first._pruner, second._pruner]
+    inner = [first.inner, second.inner]
     assert all(isinstance(p, optuna.pruners.HyperbandPruner) for p in inner)
     one, two = (p for p in inner if isinstance(p, optuna.pruners.HyperbandPruner))
     assert all(one._get_bracket_id(study, t) == two._get_bracket_id(study, t) for t in study.trials)
@@ -87,8 +88,71 @@ def test_hyperband_auto_waits_for_the_pinned_steps_then_every_worker_agrees() ->
 
 def test_explicit_max_resource_needs_no_pin() -> None:
     config = PrunerConfig(name="hyperband", settings={"max_resource": 20})
-    assert isinstance(build_pruner(config), optuna.pruners.HyperbandPruner)
+    pruner = build_pruner(config)
+    assert isinstance(pruner, RungPruner) and isinstance(pruner.inner, optuna.pruners.HyperbandPruner)
     assert not controller_pruning.needs_pinned_steps(config)
+
+
+def test_declared_steps_are_pinned_before_any_trial() -> None:
+    config = PrunerConfig(name="hyperband", settings={})
+    study = optuna.create_study(direction="maximize")
+    assert controller_pruning.pin_steps(study, [], config, declared=30) == 30
+    assert study.user_attrs[ATTR_PINNED_STEPS] == 30
+
+
+FULL_STEPS = 27
+
+
+def _stopping_steps(pruner: optuna.pruners.BasePruner) -> list[tuple[int, int]]:
+    """(trial number, the step it stopped at; FULL_STEPS when it completed) for 40 seeded trials."""
+    study = optuna.create_study(
+        study_name="rungs", direction="maximize", pruner=pruner, sampler=optuna.samplers.RandomSampler(seed=5)
+    )
+    outcomes: list[tuple[int, int]] = []
+    for _ in range(40):
+        trial = study.ask()
+        quality = trial.suggest_float("q", 0.0, 1.0)
+        stopped_at = FULL_STEPS
+        for step in range(FULL_STEPS):
+            trial.report(quality * (1 - 0.9 ** (step + 1)), step)
+            if trial.should_prune():
+                stopped_at = step
+                break
+        if stopped_at < FULL_STEPS:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, quality)
+        outcomes.append((trial.number, stopped_at))
+    return outcomes
+
+
+@pytest.mark.parametrize("name", ["hyperband", "asha"])
+def test_rung_pruner_decides_as_optuna_asking_only_at_rungs(name: str) -> None:
+    """Every trial of a seeded study gets the same verdict at the same step from both pruners,
+    while the rung pruner consults Optuna's pruner (and so the storage) at rung steps only."""
+    settings: dict[str, Any] = {"max_resource": FULL_STEPS} if name == "hyperband" else {"min_resource": 1}
+    optuna_pruner = (
+        optuna.pruners.HyperbandPruner(**settings)
+        if name == "hyperband"
+        else optuna.pruners.SuccessiveHalvingPruner(**settings)
+    )
+    rung_pruner = build_pruner(PrunerConfig(name=name, settings=settings))
+    assert isinstance(rung_pruner, RungPruner) and rung_pruner.inner is not None
+    inner = rung_pruner.inner
+    asked: list[int] = []
+    original = inner.prune
+
+    def counted(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        asked.append(trial.number)
+        return original(study, trial)
+
+    inner.prune = counted  # type: ignore[method-assign]
+    expected = _stopping_steps(optuna_pruner)
+    got = _stopping_steps(rung_pruner)
+    assert got == expected
+    assert any(stopped < FULL_STEPS for _, stopped in expected)
+    reports = sum(min(stopped + 1, FULL_STEPS) for _, stopped in got)
+    assert len(asked) < reports / 2, (len(asked), reports)
 
 
 def test_asha_auto_min_resource_follows_optunas_estimate() -> None:

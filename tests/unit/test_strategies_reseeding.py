@@ -9,7 +9,7 @@ from controller.spec import validate_spec
 from controller.strategies.reseeding import derived_seed, reseed_for_trial
 from controller.strategies.samplers import build_sampler
 
-SAMPLERS = ["random", "tpe", "gp", "cmaes", "qmc", "nsga2", "nsga3", "motpe", "grid"]
+SAMPLERS = ["random", "tpe", "cost-aware tpe", "gp", "cmaes", "qmc", "nsga2", "nsga3", "motpe", "grid"]
 
 
 def spec_for(sampler: str) -> object:
@@ -29,7 +29,8 @@ def spec_for(sampler: str) -> object:
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_every_sampler_has_its_random_states_reseeded(sampler: str) -> None:
     """An Optuna upgrade that moved a sampler's random state would make reseeding a silent no-op."""
-    built = build_sampler(sampler, spec_for(sampler), 3)  # type: ignore[arg-type]
+    name = sampler.removeprefix("cost-aware ")
+    built = build_sampler(name, spec_for(name), 3, cost_aware=name != sampler)  # type: ignore[arg-type]
     assert reseed_for_trial(built, 3, 0) >= 1
 
 
