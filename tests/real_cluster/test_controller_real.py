@@ -77,3 +77,47 @@ def test_deleting_a_study_deletes_its_jobs(real_cluster: RealCluster) -> None:
         300,
         "Jobs or pods of the deleted study remain",
     )
+
+
+def test_a_two_node_trial_is_an_indexed_job_behind_a_headless_service(real_cluster: RealCluster) -> None:
+    """The real API server admits the Indexed Job (success and pod-failure policies) and the
+    Service under the chart's RBAC; the real Job controller stamps each pod's index; the garbage
+    collector takes both with the Study."""
+    body = command_study("pair", real_cluster.image, max_trials=2, parallelism=2)
+    body["spec"]["trial"]["nodes"] = 2
+    real_cluster.apply_study(body)
+    real_cluster.wait(lambda: _finished(real_cluster, "pair"), 600, "the two-node study did not finish")
+    status = real_cluster.status("pair")
+    assert status["phase"] == "Succeeded" and status["trialsSummary"] == "2/2"
+    jobs = real_cluster.jobs("pair")
+    assert sorted(j.metadata.name for j in jobs) == ["pair-t0", "pair-t1"]
+    assert {(j.spec.completion_mode, j.spec.completions, j.spec.parallelism) for j in jobs} == {
+        ("Indexed", 2, 2)
+    }
+    selector = "tunefleet.dev/study=pair"
+    services = real_cluster.core.list_namespaced_service(
+        real_cluster.namespace, label_selector=selector
+    ).items
+    assert sorted((s.metadata.name, s.spec.cluster_ip) for s in services) == [
+        ("pair-t0", "None"),
+        ("pair-t1", "None"),
+    ]
+    indexes = {
+        (
+            p.metadata.labels["tunefleet.dev/trial"],
+            p.metadata.annotations["batch.kubernetes.io/job-completion-index"],
+        )
+        for p in real_cluster.pods("pair")
+    }
+    assert {("0", "0"), ("1", "0")} <= indexes  # rank 1's pod may be gone once rank 0 ended its trial
+    real_cluster.delete_study("pair")
+    real_cluster.wait(
+        lambda: (
+            not real_cluster.jobs("pair")
+            and not real_cluster.core.list_namespaced_service(
+                real_cluster.namespace, label_selector=selector
+            ).items
+        ),
+        300,
+        "the Jobs or Services of the deleted two-node study remain",
+    )
