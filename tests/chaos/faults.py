@@ -69,7 +69,7 @@ class _Pending:
 class FaultInjector:
     """Draws the next fault from the seed; applies it and its repair when due."""
 
-    def __init__(self, seed: int, env: Environment, window_s: float, mean_gap_s: float = 2.5) -> None:
+    def __init__(self, seed: int, env: Environment, window_s: float, mean_gap_s: float = 1.5) -> None:
         self.rng = random.Random(seed)
         self.env = env
         self.window_s = window_s

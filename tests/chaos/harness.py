@@ -29,7 +29,8 @@ from tests.support.postgres import PostgresServer, PostgresUnavailable
 
 GPUBUDGETS = "gpubudgets.tunefleet.dev"
 SNAPSHOT_EVERY_S = 1.0
-SETTLE_S = 15.0  # after the last study ended: pods settled, finalizers off, Jobs done
+SETTLE_S = 15.0
+FIRST_POD_TIMEOUT_S = 90.0  # after the last study ended: pods settled, finalizers off, Jobs done
 
 
 @dataclass
@@ -49,7 +50,10 @@ class ChaosResult:
 
     def summary(self) -> str:
         lines = [f"chaos seed {self.seed}: {'ok' if self.ok else 'BROKEN'} in {self.seconds:.0f} s, "
-                 f"faults {dict(sorted(self.faults.items()))}"]
+                 f"faults {dict(sorted(self.faults.items()))}",
+                 "  checks (run/failed): " + ", ".join(
+                     f"{name} {self.tally.runs[name]}/{self.tally.failures[name]}"
+                     for name in invariants.ALL_NAMES)]
         for name in self.tally.broken:
             lines.append(f"  invariant {name} broken in {self.tally.failures[name]} of "
                          f"{self.tally.runs[name]} checks:")
@@ -90,11 +94,23 @@ def run_chaos(seed: int, work_dir: Path, postgres: PostgresServer, storage_url: 
         kube.api.create(GPUBUDGETS, gpubudget(), NAMESPACE)
         for study in studies:
             kube.api.create(STUDIES, study.body, NAMESPACE)
+        # Faults start once trials run: a slow start (a loaded machine) does not eat the window.
+        first = time.monotonic()
+        while time.monotonic() - first < FIRST_POD_TIMEOUT_S and not any(
+            (p.get("status") or {}).get("phase") == "Running" for p in kube.api.list("pods", NAMESPACE)
+        ):
+            time.sleep(0.2)
+        note(f"first trial pod running after {time.monotonic() - first:.1f} s: faults start")
         injector = FaultInjector(seed, Environment(kube, postgres, replicas, studies, note), window_s)
 
         def check(checks: dict[str, invariants.Check]) -> None:
             snapshot = observe.take(kube, storage, studies, ledger)
+            ended_before = set(history.first_ended)
             history.fold(snapshot)
+            for name in sorted(set(history.first_ended) - ended_before):
+                status = (snapshot.studies.get(name) or {}).get("status") or {}
+                note(f"[{injector.elapsed() if injector else 0:6.1f}s] {name} ended {status.get('phase')} "
+                     f"({status.get('stopReason')}, {status.get('trialsSummary')})")
             tally.check(checks, snapshot, history, context)
 
         next_check = 0.0

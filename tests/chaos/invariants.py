@@ -176,8 +176,6 @@ def max_trials_exact(snap: Snapshot, history: History, ctx: Context) -> list[str
 def failure_budget_respected(snap: Snapshot, history: History, ctx: Context) -> list[str]:
     """No trial starts once maxFailedTrials objective failures happened (in-flight ones aside),
     and a study that spent its failure budget ends Failed."""
-    if not FAILURE_BUDGET:
-        return []  # this tree has no budget.maxFailedTrials (issue 11)
     broken = []
     for name, trials in _trials(snap).items():
         parallelism = int(ctx.study(name).body["spec"]["parallelism"])
@@ -342,7 +340,8 @@ CONTINUOUS: dict[str, Check] = {
     for check in (
         no_trial_complete_twice, finished_trials_stay_finished, one_job_per_attempt, retry_keeps_params,
         no_trial_started_without_params, no_configuration_repeated, max_trials_exact,
-        failure_budget_respected, ledger_no_overspend,
+        *((failure_budget_respected,) if FAILURE_BUDGET else ()),  # issue 11's budget.maxFailedTrials
+        ledger_no_overspend,
     )
 }
 FINAL: dict[str, Check] = {

@@ -10,6 +10,7 @@ from typing import Any
 
 import optuna
 import sqlalchemy as sa
+from optuna.exceptions import StorageInternalError
 
 from controller.budget.ledger import Ledger, NamespaceTotals, Totals
 from controller.budget.schema import settlements
@@ -91,7 +92,7 @@ def take(kube: KubeEmulator, storage: optuna.storages.RDBStorage, studies: list[
         snapshot.totals = {s.name: ledger.totals(s.key) for s in studies}
         snapshot.namespace_totals = ledger.namespace_totals(NAMESPACE)
         snapshot.settled = _settlements(ledger)
-    except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DBAPIError):
+    except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DBAPIError, StorageInternalError):
         snapshot.trials = snapshot.totals = snapshot.settled = None
         snapshot.namespace_totals = None
     return snapshot

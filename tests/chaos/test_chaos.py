@@ -13,8 +13,8 @@ import pytest
 from tests.chaos.harness import replay_command, run_chaos
 from tests.support.postgres import PostgresServer
 
-# Short fixed seeds for CI (about a minute each); bench/soak.py runs many more, longer.
-CI_SEEDS = (1, 2)
+# A short fixed seed for CI (2-3 minutes on a loaded machine); bench/soak.py runs many, longer.
+CI_SEEDS = (3,)  # its schedule kills the leader, a crash point, a node and an eviction
 CI_WINDOW_S = 25.0
 
 
