@@ -14,21 +14,33 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from controller.kube.budgets import CRASH_POINTS
+import controller
 from tests.chaos.replicas import Replica, leader_pid
 from tests.chaos.studies import ChaosStudy
 from tests.cluster.controller_harness import NAMESPACE, STUDIES
 from tests.cluster.emulator import ApiError, Disruption, KubeEmulator
 from tests.support.postgres import PostgresServer
 
-# Every named step of asking, creating, reserving and settling (controller/kube/executor.py).
-NAMED_CRASH_POINTS = ("after-provisional", "after-ask", *CRASH_POINTS)
+
+def named_crash_points() -> tuple[str, ...]:
+    """Every ``crash_point("<name>")`` the controller's source calls: the named steps of asking,
+    creating, reserving and settling, found in the code so that a point added later is drawn too."""
+    root = Path(controller.__file__).parent
+    return tuple(sorted({
+        name for path in root.rglob("*.py")
+        for name in re.findall(r'crash_point\(\s*"([a-z0-9-]+)"', path.read_text())
+    }))
+
+
+NAMED_CRASH_POINTS = named_crash_points()
 
 # kind -> weight: how often the schedule draws it.
 WEIGHTS: dict[str, int] = {

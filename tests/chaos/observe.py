@@ -88,14 +88,21 @@ def take(kube: KubeEmulator, storage: optuna.storages.RDBStorage, studies: list[
         secrets=kube.api.list("secrets", NAMESPACE),
     )
     try:
-        snapshot.trials = {s.name: _trials(storage, s.key) for s in studies}
-        snapshot.totals = {s.name: ledger.totals(s.key) for s in studies}
+        keys = {s.name: study_key(objects.get(s.name), s.key) for s in studies}
+        snapshot.trials = {name: _trials(storage, key) for name, key in keys.items()}
+        snapshot.totals = {name: ledger.totals(key) for name, key in keys.items()}
         snapshot.namespace_totals = ledger.namespace_totals(NAMESPACE)
         snapshot.settled = _settlements(ledger)
     except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DBAPIError, StorageInternalError):
         snapshot.trials = snapshot.totals = snapshot.settled = None
         snapshot.namespace_totals = None
     return snapshot
+
+
+def study_key(study: dict[str, Any] | None, fallback: str) -> str:
+    """The Optuna study name and ledger key the controller gives the object (status.optunaStudy):
+    ``<namespace>/<name>``, or with its uid where a re-created Study is a new study."""
+    return str(((study or {}).get("status") or {}).get("optunaStudy") or fallback)
 
 
 def _trials(storage: optuna.storages.RDBStorage, study_name: str) -> list[optuna.trial.FrozenTrial]:

@@ -10,12 +10,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from controller.kube.budgets import CRASH_ENV
 from controller.kube.leadership import LEASE_ANNOTATION
 from tests.cluster.controller_harness import ControllerProcess
 from tests.cluster.emulator import KubeEmulator
 
 PEERING = "tunefleet"
+CRASH_ENV = "TUNEFLEET_CRASH_AT"  # the controller's crash-point hook (a test hook, see faults.py)
 CRASH_MESSAGE = "crash point reached"
 
 
