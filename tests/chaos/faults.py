@@ -187,15 +187,26 @@ class FaultInjector:
         self._schedule_restart(replica, delay)
 
     def _crash_point(self, kind: str) -> None:
-        replica = self._pick_replica(leader_share=0.8)
+        """Arm the standby with a named crash point, then kill the leader: the standby takes the
+        lease over and dies at that step (only the leader runs the steps), the other comes back."""
+        alive = [r for r in self.env.replicas if r.alive and r.name not in self._restarting]
         point = self.rng.choice(NAMED_CRASH_POINTS)
-        if replica is None:
+        if len(alive) < 2:
             self.skipped[kind] += 1
             return
-        replica.kill()
-        replica.crashes_seen = replica.log().count("crash point reached")
-        self._count(kind, f"restart {replica.name} to die at {point}")
-        self._schedule_restart(replica, 0.2, crash_at=point)
+        leading = leader_pid(self.env.kube)
+        leader = next((r for r in alive if r.pid == leading), alive[self.rng.randrange(2)])
+        standby = next(r for r in alive if r is not leader)
+        standby.kill()
+        standby.crashes_seen = standby.log().count("crash point reached")
+        standby.crash_at = point
+        standby.start()
+        leader.kill()
+        leader.crashes_seen = leader.log().count("crash point reached")
+        back = self.rng.uniform(3.0, 8.0)
+        self._count(kind, f"{standby.name} armed to die at {point}; "
+                          f"leader {leader.name} killed, back in {back:.1f} s")
+        self._schedule_restart(leader, back)
 
     # -- trial pods -------------------------------------------------------------------------------
 
