@@ -75,7 +75,7 @@ class Environment:
 class _Pending:
     due: float
     order: int
-    action: Callable[[], None] = field(compare=False)
+    action: Callable[[], object] = field(compare=False)
 
 
 class FaultInjector:
@@ -127,7 +127,7 @@ class FaultInjector:
         while self._repairs:
             heapq.heappop(self._repairs).action()
 
-    def _later(self, seconds: float, action: Callable[[], None]) -> None:
+    def _later(self, seconds: float, action: Callable[[], object]) -> None:
         heapq.heappush(self._repairs, _Pending(time.monotonic() + seconds, next(self._order), action))
 
     def _count(self, kind: str, detail: str) -> None:
@@ -212,7 +212,7 @@ class FaultInjector:
         index = self.rng.randrange(1 << 30)
         return pods[index % len(pods)] if pods else None
 
-    def _on_pod(self, kind: str, act: Callable[[str], None]) -> None:
+    def _on_pod(self, kind: str, act: Callable[[str], object]) -> None:
         pod = self._running_pod()
         if pod is None:
             self.skipped[kind] += 1
@@ -287,7 +287,7 @@ class FaultInjector:
         seconds = self.rng.uniform(1.0, 5.0)
         if self._patch_study(study.name, {"suspend": True}):
             self._count(kind, f"{study.name} suspended for {seconds:.1f} s")
-            self._later(seconds, lambda: self._patch_study(study.name, {"suspend": False}) and None)
+            self._later(seconds, lambda: self._patch_study(study.name, {"suspend": False}))
 
 
 def _running(pod: dict[str, Any]) -> bool:
