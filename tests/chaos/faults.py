@@ -161,7 +161,9 @@ class FaultInjector:
         self._later(seconds, restart)
 
     def _pick_replica(self, leader_share: float) -> Replica | None:
-        alive = [r for r in self.env.replicas if r.alive and r.name not in self._restarting]
+        # A replica armed with a crash point is left alone until it gets there.
+        alive = [r for r in self.env.replicas
+                 if r.alive and r.name not in self._restarting and r.crash_at is None]
         if not alive:
             return None
         leading = leader_pid(self.env.kube)
@@ -185,7 +187,8 @@ class FaultInjector:
     def _crash_point(self, kind: str) -> None:
         """Arm the standby with a named crash point, then kill the leader: the standby takes the
         lease over and dies at that step (only the leader runs the steps), the other comes back."""
-        alive = [r for r in self.env.replicas if r.alive and r.name not in self._restarting]
+        alive = [r for r in self.env.replicas
+                 if r.alive and r.name not in self._restarting and r.crash_at is None]
         point = self.rng.choice(NAMED_CRASH_POINTS)
         if len(alive) < 2:
             self.skipped[kind] += 1
