@@ -51,6 +51,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = runner.run()
     print(f"study {result.study_name}: {result.stop_reason.value} after {result.elapsed_s:.1f} s")
     print(f"  {describe_summary(result.summary)}")
+    if result.failure is not None:
+        print(f"tunefleet: {result.failure}", file=sys.stderr)
     metrics = manifest.spec.objective.metric_names
     if result.best is not None:
         values = ", ".join(f"{m}={v:.6g}" for m, v in zip(metrics, result.best.values, strict=True))
@@ -68,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if runner.tracking_url:
         print(f"  mlflow: {runner.tracking_url}")
     print(f"  storage: {runner.storage_url}  (rerun to resume; trial logs in {runner.log_dir})")
-    return EXIT_OK
+    return EXIT_ERROR if result.failure is not None else EXIT_OK
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

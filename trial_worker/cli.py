@@ -21,6 +21,10 @@ EPILOG = """exit codes:
   8  the study storage could not be reached (an infrastructure failure: retried)
   9  the python objective could not be imported
   10 the trial was no longer running; nothing was run
+  11 a PBT segment's checkpoint to resume from is missing or unreadable
+  12 a PBT segment ended without saving its checkpoint
+  13 the trial lacks a parameter that applies to it (or a command placeholder would be
+     empty): refused, nothing was run
 """
 
 

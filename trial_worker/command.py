@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,14 +27,25 @@ class CommandResult:
     pruned: bool = False
     failure: ExitCode | None = None
     message: str | None = None
+    returncode: int | None = None
+
+
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}")
 
 
 def substitute(argv: list[str], params: dict[str, Any]) -> list[str]:
     """Replace ``{{name}}`` in each argument with the trial's value (empty if inactive)."""
-    import re
+    return [_PLACEHOLDER.sub(lambda m: _render(params.get(m.group(1))), part) for part in argv]
 
-    pattern = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}")
-    return [pattern.sub(lambda m: _render(params.get(m.group(1))), part) for part in argv]
+
+def unfilled_placeholders(argv: list[str], params: dict[str, Any], active: list[str] | None) -> list[str]:
+    """Placeholders that would be replaced by nothing although their parameter applies.
+
+    Only a conditional parameter that does not apply to this trial (not in ``active``) may be
+    empty; without ``active`` every placeholder needs a value.
+    """
+    names = dict.fromkeys(m.group(1) for part in argv for m in _PLACEHOLDER.finditer(part))
+    return [name for name in names if name not in params and (active is None or name in active)]
 
 
 def _render(value: Any) -> str:
@@ -78,14 +90,16 @@ def run_command(
     extra_metrics: list[str],
     env: dict[str, str],
     workdir: str | None,
+    placeholders: dict[str, str] | None = None,
 ) -> CommandResult:
     """Run the command for ``trial`` and collect the metrics it prints.
 
     A line carrying ``step=<int>`` reports the first objective metric as an intermediate value
     (single-objective studies); when the pruner says prune, the command gets SIGTERM, then SIGKILL
-    after a grace period, and the result is pruned.
+    after a grace period, and the result is pruned. ``placeholders`` fills ``{{name}}``s that are
+    not parameters (a PBT segment's checkpoint directories and steps).
     """
-    command = substitute(argv, trial.params)
+    command = substitute(argv, {**trial.params, **(placeholders or {})})
     collector = MetricCollector(set(objective_metrics) | set(extra_metrics))
     report_metric = objective_metrics[0] if len(objective_metrics) == 1 else None
     try:
@@ -130,6 +144,8 @@ def run_command(
             RunningCommand.current = None
         if process.poll() is None:
             _stop(process, TERMINATE_GRACE_S)
+        if process.stdout is not None:
+            process.stdout.close()
     if pruned:
         return CommandResult(collector.last, pruned=True)
     if process.returncode != 0:
@@ -137,6 +153,7 @@ def run_command(
             collector.last,
             failure=ExitCode.COMMAND_FAILED,
             message=f"command exited with code {process.returncode}",
+            returncode=process.returncode,
         )
     missing = [name for name in objective_metrics + extra_metrics if name not in collector.last]
     if missing:

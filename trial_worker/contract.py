@@ -35,6 +35,13 @@ ATTR_GPU_MODEL = "tunefleet.gpu_model"  # the GPU model torch saw in the trial, 
 ATTR_QUEUED = "tunefleet.queued"  # WAITING until its warm worker claims it (local prefetch)
 ATTR_PINNED_STEPS = "tunefleet.pruner_steps"  # study attr: a trial's step count, for Hyperband/ASHA
 
+# Population-based training: where a segment finds its checkpoints on a pod (the volume's mount).
+CHECKPOINT_ROOT_ENV = "TUNEFLEET_CHECKPOINT_ROOT"
+# Placeholders a command-mode segment may use besides its parameters (also passed as env).
+SEGMENT_PLACEHOLDERS = ("checkpoint.load", "checkpoint.save", "segment.start", "segment.end", "member")
+# A command that cannot read its checkpoint exits with this code (sysexits' EX_IOERR).
+CHECKPOINT_UNREADABLE_EXIT = 74
+
 
 class ExitCode(IntEnum):
     """The worker's exit status, one per outcome, so a pod's exit code alone tells what happened.
@@ -52,6 +59,9 @@ class ExitCode(IntEnum):
     STORAGE_UNAVAILABLE = 8  # the study storage could not be reached; the trial is retried
     OBJECTIVE_NOT_FOUND = 9  # the python entry could not be imported
     NOT_RUNNING = 10  # the trial was already finished by someone else; nothing was run
+    CHECKPOINT_UNAVAILABLE = 11  # a PBT segment's checkpoint to resume from is missing or unreadable
+    CHECKPOINT_NOT_SAVED = 12  # a PBT segment ended without saving its checkpoint
+    INCOMPLETE = 13  # the trial lacks parameters it needs: refused, nothing was run
 
     @property
     def reason(self) -> str:
@@ -74,6 +84,9 @@ _REASONS = {
     ExitCode.STORAGE_UNAVAILABLE: "storageUnavailable",
     ExitCode.OBJECTIVE_NOT_FOUND: "objectiveNotFound",
     ExitCode.NOT_RUNNING: "notRunning",
+    ExitCode.CHECKPOINT_UNAVAILABLE: "checkpointUnavailable",
+    ExitCode.CHECKPOINT_NOT_SAVED: "checkpointNotSaved",
+    ExitCode.INCOMPLETE: "incomplete",
 }
 
 
@@ -110,6 +123,23 @@ class PrunerConfig(_Frozen):
     settings: dict[str, Any] = Field(default_factory=dict)
 
 
+class SegmentAssignment(_Frozen):
+    """A population-based training segment: which steps to train, from which checkpoint, to where.
+
+    ``load`` and ``save`` are directories relative to ``root``; ``root`` None means the directory
+    in ``TUNEFLEET_CHECKPOINT_ROOT`` (on a cluster, where the checkpoint volume is mounted).
+    """
+
+    member: int = Field(ge=0)
+    index: int = Field(ge=0, description="The member's segment count before this one.")
+    start_step: int = Field(ge=0)
+    end_step: int = Field(ge=1, description="The step after the last one to train.")
+    parent: int | None = Field(default=None, description="The member whose checkpoint is loaded.")
+    load: str | None = Field(default=None, description="The checkpoint to resume from (None: fresh).")
+    save: str
+    root: str | None = None
+
+
 class Assignment(_Frozen):
     """One trial for one worker.
 
@@ -132,10 +162,18 @@ class Assignment(_Frozen):
     log_path: str | None = Field(
         default=None, description="Local runs: the file that receives this trial's output."
     )
+    active_params: list[str] | None = Field(
+        default=None,
+        description="The declared parameters that apply to this trial: the worker refuses to run "
+        "one that lacks any of them. None: every {{placeholder}} of a command needs a value.",
+    )
     queued: bool = Field(
         default=False,
         description="The trial waits (WAITING) for this worker, which claims it when it starts, so "
         "its start time is when it ran, not when it was asked.",
+    )
+    segment: SegmentAssignment | None = Field(
+        default=None, description="Population-based training: the segment this trial trains."
     )
 
     def to_env(self) -> dict[str, str]:

@@ -17,12 +17,16 @@ import optuna
 from optuna.study._tell import _tell_with_warning
 from optuna.trial import TrialState
 
-from trial_worker.command import RunningCommand, run_command
+from trial_worker import checkpoints
+from trial_worker.checkpoints import CheckpointNotSaved, CheckpointUnavailable
+from trial_worker.command import RunningCommand, run_command, unfilled_placeholders
 from trial_worker.contract import (
     ATTR_DETAIL,
     ATTR_EXIT_CODE,
     ATTR_GPU_MODEL,
     ATTR_REASON,
+    CHECKPOINT_UNREADABLE_EXIT,
+    SEGMENT_PLACEHOLDERS,
     Assignment,
     CommandObjective,
     ExitCode,
@@ -64,12 +68,18 @@ def run_assignment(assignment: Assignment) -> TrialReport:
     if state != TrialState.RUNNING:
         return _report(assignment, "FAIL", ExitCode.NOT_RUNNING, f"trial is {state.name}", started)
 
-    watchdog = _Watchdog(assignment, study, trial)
-    watchdog.start()
-    try:
-        outcome = _run_objective(assignment, trial)
-    finally:
-        watchdog.cancel()
+    refusal = _incomplete(assignment, trial.params)
+    if refusal is not None:
+        outcome = refusal
+    else:
+        watchdog = _Watchdog(assignment, study, trial)
+        watchdog.start()
+        try:
+            outcome = _run_with_checkpoints(assignment, trial)
+        finally:
+            watchdog.cancel()
+    if outcome.state == TrialState.FAIL:
+        _say_why(assignment, outcome)
     try:
         with_retries(lambda: _tell(study, trial, outcome))
     except Exception as exc:  # noqa: BLE001
@@ -79,6 +89,37 @@ def run_assignment(assignment: Assignment) -> TrialReport:
             assignment, "FAIL", ExitCode.STORAGE_UNAVAILABLE, f"cannot store the outcome: {exc}", started
         )
     return _report(assignment, outcome.state.name, outcome.exit_code, outcome.message, started)
+
+
+def _say_why(assignment: Assignment, outcome: Outcome) -> None:
+    """The failure in the trial's own log (its pod's log, its local log file), traceback included."""
+    print(
+        f"tunefleet-worker: trial {assignment.trial_number} failed with {outcome.exit_code.reason}: "
+        f"{outcome.message or ''}",
+        file=sys.stderr,
+    )
+    if outcome.detail:
+        print(outcome.detail.rstrip(), file=sys.stderr)
+    sys.stderr.flush()
+
+
+def _incomplete(assignment: Assignment, params: dict[str, Any]) -> Outcome | None:
+    """Refuse a trial that lacks a parameter it needs, rather than run it with a hole in it."""
+    missing = [name for name in assignment.active_params or [] if name not in params]
+    if isinstance(assignment.objective, CommandObjective):
+        unfilled = unfilled_placeholders(assignment.objective.argv, params, assignment.active_params)
+        # a PBT segment's own placeholders are filled when its checkpoints are known, not from params
+        missing += [n for n in unfilled if n not in missing and n not in SEGMENT_PLACEHOLDERS]
+    if not missing:
+        return None
+    names = ", ".join(missing)
+    message = (
+        f"refused to run trial {assignment.trial_number}: it has no value for {names}, so "
+        + ("its command would get an empty placeholder" if isinstance(assignment.objective, CommandObjective)
+           else "the objective would run without it")
+        + " (its parameters were never all written)"
+    )
+    return Outcome(TrialState.FAIL, ExitCode.INCOMPLETE, message=message)
 
 
 def _report(
@@ -93,17 +134,53 @@ def _report(
     )
 
 
-def _run_objective(assignment: Assignment, trial: optuna.Trial) -> Outcome:
+def _run_with_checkpoints(assignment: Assignment, trial: optuna.Trial) -> Outcome:
+    """A PBT segment: its checkpoint checked first, its saved state promoted once it completed."""
+    if assignment.segment is None:
+        return _run_objective(assignment, trial, None)
+    try:
+        current = checkpoints.prepare(assignment.segment)
+    except CheckpointUnavailable as exc:
+        return Outcome(TrialState.FAIL, ExitCode.CHECKPOINT_UNAVAILABLE, message=str(exc))
+    except CheckpointNotSaved as exc:
+        return Outcome(TrialState.FAIL, ExitCode.CHECKPOINT_NOT_SAVED, message=str(exc))
+    with checkpoints.active(trial.number, current):
+        outcome = _run_objective(assignment, trial, current)
+    if outcome.state != TrialState.COMPLETE:
+        checkpoints.discard(current)
+        return outcome
+    try:
+        checkpoints.promote(current)
+    except CheckpointNotSaved as exc:
+        return Outcome(TrialState.FAIL, ExitCode.CHECKPOINT_NOT_SAVED, message=str(exc))
+    return outcome
+
+
+def _run_objective(
+    assignment: Assignment, trial: optuna.Trial, segment: checkpoints.Segment | None
+) -> Outcome:
     metric_names = [m.name for m in assignment.metrics]
     if isinstance(assignment.objective, CommandObjective):
         seed_everything(assignment.seed, assignment.deterministic)
         env = {f"TUNEFLEET_PARAM_{k.upper()}": str(v) for k, v in trial.params.items()}
         env["TUNEFLEET_TRIAL_NUMBER"] = str(trial.number)
+        placeholders: dict[str, str] = {}
+        if segment is not None:
+            env.update(checkpoints.command_env(segment))
+            placeholders = checkpoints.command_values(segment)
         result = run_command(
-            trial, assignment.objective.argv, metric_names, assignment.constraints, env, assignment.workdir
+            trial, assignment.objective.argv, metric_names, assignment.constraints, env, assignment.workdir,
+            placeholders=placeholders,
         )
         if result.pruned:
             return Outcome(TrialState.PRUNED, ExitCode.TOLD, message="pruned")
+        if segment is not None and result.returncode == CHECKPOINT_UNREADABLE_EXIT:
+            return Outcome(
+                TrialState.FAIL,
+                ExitCode.CHECKPOINT_UNAVAILABLE,
+                message=f"the command could not read the checkpoint of member {segment.parent} at "
+                f"{segment.load_dir} (it exited with code {CHECKPOINT_UNREADABLE_EXIT})",
+            )
         if result.failure is not None:
             return Outcome(TrialState.FAIL, result.failure, message=result.message)
         values = [result.values[name] for name in metric_names]
@@ -125,6 +202,10 @@ def _run_objective(assignment: Assignment, trial: optuna.Trial) -> Outcome:
         _record_gpu_model(trial)
     except optuna.TrialPruned:
         return Outcome(TrialState.PRUNED, ExitCode.TOLD, message="pruned")
+    except CheckpointUnavailable as exc:
+        return Outcome(
+            TrialState.FAIL, ExitCode.CHECKPOINT_UNAVAILABLE, message=str(exc), detail=_traceback_tail()
+        )
     except Exception as exc:  # noqa: BLE001 - every objective error becomes the trial's reason
         return Outcome(
             TrialState.FAIL,

@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from controller.analysis.data import StudyData, study_of
 from controller.analysis.importance import ImportanceReport
+from controller.analysis.lineage import lineage_figure, schedule_figure, segments_of
 
 MAX_INTERMEDIATE_TRIALS = 300  # one line per trial: more makes the page heavy and unreadable
 MAX_PARALLEL_LINES = 2000  # parallel coordinates: beyond this the lines are a solid block (and slow)
@@ -178,6 +179,8 @@ def build_plots(data: StudyData, importance: ImportanceReport) -> list[PlotSecti
             data,
         )
     )
+    if segments_of(data):
+        sections += _population_sections(data)
     if data.is_multi_objective:
         sections.append(
             _draw(
@@ -203,6 +206,32 @@ def build_plots(data: StudyData, importance: ImportanceReport) -> list[PlotSecti
             )
         )
     return sections
+
+
+def _population_sections(data: StudyData) -> list[PlotSection]:
+    """Population-based training: who copied whom, and the schedule of the best model."""
+    completed = data.completed_search()
+    sign = -1.0 if data.directions[0] == "maximize" else 1.0
+    best = min(completed, key=lambda t: (sign * float(t.values[0]), t.number)).number if completed else None
+    return [
+        _draw(
+            "lineage",
+            "Population lineage",
+            "Each member's completed segments over the steps they trained; a dotted jump is a member "
+            "that copied a better member's checkpoint (exploit) before exploring its parameters.",
+            lineage_figure,
+            data,
+        ),
+        _draw(
+            "schedule",
+            "Schedule of the best model",
+            "The mutable parameters, step by step, along the segments whose checkpoints led to the "
+            "best segment" + (f" (trial {best})." if best is not None else "."),
+            schedule_figure,
+            data,
+            best,
+        ),
+    ]
 
 
 def _history(study: optuna.Study, metric: str, completed: int) -> go.Figure | str:

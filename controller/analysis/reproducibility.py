@@ -110,6 +110,8 @@ def _sampler(data: StudyData, strategy: dict[str, Any], seed: int | None) -> Com
     from controller.spec import StudySpec
     from controller.strategies import build_sampler
 
+    if name == "pbt":
+        return _population(data, explicit, seed)
     try:
         sampler = build_sampler(name, StudySpec.model_validate(data.spec), seed or 0)
     except (ValueError, TypeError) as exc:
@@ -118,6 +120,21 @@ def _sampler(data: StudyData, strategy: dict[str, Any], seed: int | None) -> Com
     if "seed" in settings and "seed" not in explicit:
         settings["seed"] = seed  # the study seed is what build_sampler passes
     return Component(name=name, cls=type(sampler).__name__, settings=settings, explicit_settings=explicit)
+
+
+def _population(data: StudyData, explicit: dict[str, Any], seed: int | None) -> Component:
+    """Population-based training: no Optuna sampler decides, the planner does, with these settings."""
+    from controller.spec import StudySpec
+    from controller.spec.population import population_settings
+
+    spec = StudySpec.model_validate(data.spec)
+    resolved = population_settings(spec)
+    settings: dict[str, Any] = resolved.model_dump(mode="json")
+    settings["interval"] = resolved.interval_for(spec.objective.steps or 1)
+    settings["seed"] = seed
+    return Component(
+        name="pbt", cls="controller.planner.population", settings=settings, explicit_settings=explicit
+    )
 
 
 def _pruner(strategy: dict[str, Any]) -> Component:

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from controller.analysis.confidence import ConfidenceReport, Interval
 from controller.analysis.data import StudyData
+from controller.analysis.lineage import ScheduleEntry, best_schedule
 
 NO_INTERVAL = (
     "no confidence interval was measured: the values are one run's; set spec.confirm "
@@ -39,6 +40,7 @@ class BestConfig(BaseModel):
     chosen_by: str | None = None
     confirmed: dict[str, Interval] | None = None
     note: str | None = None
+    schedule: list[ScheduleEntry] | None = None  # population-based training: the best model's history
 
     def to_document(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True, mode="json")
@@ -93,4 +95,5 @@ def best_config(data: StudyData, confidence: ConfidenceReport | None = None) -> 
         values=best.values,
         chosen_by=f"the best single value of {data.metrics[0]} among the search trials",
         note=NO_INTERVAL,
+        schedule=best_schedule(data, best.trial),
     )

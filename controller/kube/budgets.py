@@ -9,15 +9,12 @@ writes changed specs to the ledger and the current period's figures to each GPUB
 One GPUBudget per namespace counts: if a namespace has several, the oldest (then the first by
 name) is the budget and the others say in their status that they are ignored.
 
-Also here: what a Study's ``status.budget`` shows when its namespace has a budget, and the crash
-points the cluster tests use to kill the controller at an exact step (``TUNEFLEET_CRASH_AT``).
+Also here: what a Study's ``status.budget`` shows when its namespace has a budget.
 """
 
 from __future__ import annotations
 
 import datetime
-import os
-import signal
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -36,21 +33,6 @@ log = structlog.get_logger("tunefleet.controller")
 GPUBUDGET_PLURAL = "gpubudgets"
 # A study waiting for the next period is still looked at this often (pods ending, edits).
 BUDGET_WAITING_RECHECK_S = 300.0
-
-# Test hook: ``TUNEFLEET_CRASH_AT=<point>`` makes the controller SIGKILL itself the first time it
-# reaches that point, so a cluster test can stop it at an exact step of the accounting protocol.
-# Points: ``after-reserve`` (reservation committed, Job not created yet) and ``before-settle``
-# (trial outcome stored, pod not settled, finalizer still on). Unset in production.
-CRASH_ENV = "TUNEFLEET_CRASH_AT"
-CRASH_POINTS = ("after-reserve", "before-settle")
-
-
-def crash_point(name: str) -> None:
-    """SIGKILL this process if ``TUNEFLEET_CRASH_AT`` names ``name`` (a test hook; no-op otherwise)."""
-    if os.environ.get(CRASH_ENV) == name:
-        log.warning("crash point reached: killing the controller", point=name)
-        os.kill(os.getpid(), signal.SIGKILL)
-
 
 # -- what a Study shows ---------------------------------------------------------------------------
 

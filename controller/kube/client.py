@@ -24,6 +24,7 @@ STUDY_PLURAL = "studies"
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 COMPONENT = "tunefleet-controller"
+log = structlog.get_logger("tunefleet.controller")
 
 
 def load_api_client(kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
@@ -125,6 +126,22 @@ class KubeApi:
             if status_code(error) == 404:
                 return None
             raise
+
+    def read_pod_log_tail(self, namespace: str, name: str, lines: int) -> str | None:
+        """The last ``lines`` of a pod's log; None when it has none (never started, gone)."""
+        try:
+            response: Any = self.core.read_namespaced_pod_log(
+                name, namespace, tail_lines=lines, _preload_content=False
+            )
+        except ApiException as error:
+            # Best effort: a log the node cannot serve (400: the container never started; 404: gone;
+            # 5xx: the kubelet is unreachable) leaves the message without it, never fails a reconcile.
+            if status_code(error) == 403:
+                log.warning("may not read trial pod logs (pods/log get)", namespace=namespace, pod=name)
+            elif status_code(error) not in (400, 404):
+                log.info("no trial pod log", namespace=namespace, pod=name, status=status_code(error))
+            return None
+        return str(response.data.decode(errors="replace"))
 
     # -- the Study ----------------------------------------------------------------------------
 

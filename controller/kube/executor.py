@@ -26,7 +26,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from controller.budget.accounting import Charge, pod_charge, worst_case
 from controller.budget.ledger import PROVISIONAL_TRIAL, Ledger, provisional_key
-from controller.kube.budgets import crash_point
+from controller.crashpoints import crash_point
+from controller.kube.checkpoints import segment_for_job
 from controller.kube.client import KubeApi
 from controller.kube.manifests import (
     DEADLINE_GRACE_SECONDS,
@@ -44,9 +45,16 @@ from controller.kube.observe import ClusterView, PodOutcome
 from controller.kube.provenance import pod_provenance, record_provenance
 from controller.planner import Plan
 from controller.spec import StudySpec
-from controller.studies.asking import ask_new_trial, start_retry
+from controller.studies.asking import (
+    INCOMPLETE_REASON,
+    abandon_incomplete,
+    active_parameters,
+    missing_for_start,
+    start_retry,
+)
 from controller.studies.confirming import pruner_for, start_confirmation
 from controller.studies.observe import fail_trial
+from controller.studies.segments import new_trial_starts
 from trial_worker.contract import ATTR_ATTEMPT, ATTR_SEED, PrunerConfig
 
 log = structlog.get_logger("tunefleet.controller")
@@ -148,7 +156,7 @@ class Executor:
             self._fail(runtime, number, "lost", detail, report, running)
         # Image, digest and node for reproducibility.json: known only once the container ran.
         record_provenance(runtime.study, number, pod_provenance(pod))
-        crash_point("before-settle")  # test hook (TUNEFLEET_CRASH_AT), see controller/kube/budgets.py
+        crash_point("before-settle")  # test hook, see controller/crashpoints.py
         self.settle_pod(runtime.spec, runtime.ref, pod, now)
         self.kube.remove_accounting_finalizer(pod)
         report.settled += 1
@@ -191,14 +199,20 @@ class Executor:
     def adopt_unstarted(
         self, runtime: StudyRuntime, trials: Iterable[FrozenTrial], view: ClusterView, report: ExecutionReport
     ) -> set[int]:
-        """RUNNING trials with neither Job nor pod: create their Job (a crash left them unstarted)."""
+        """RUNNING trials with neither Job nor pod: create their Job (a crash left them unstarted).
+
+        Only complete ones: a trial whose parameters or seed were never all written is left to
+        the planner, which abandons it (``Plan.abandon``).
+        """
         adopted: set[int] = set()
         for trial in trials:
             if trial.state != TrialState.RUNNING:
                 continue
             if trial.number in view.jobs or trial.number in view.pods:
                 continue
-            if self._launch(runtime, trial.number, trial.user_attrs, report):
+            if missing_for_start(trial, runtime.spec.searchSpace):
+                continue
+            if self._launch(runtime, trial, report):
                 adopted.add(trial.number)
                 report.adopted.append(trial.number)
         return adopted
@@ -213,17 +227,19 @@ class Executor:
         view: ClusterView,
         report: ExecutionReport,
     ) -> None:
-        """mark lost -> retry -> start new -> confirm -> drain, as the planner ordered them."""
+        """abandon -> mark lost -> retry -> start new -> confirm -> drain, as the planner ordered them."""
         study = runtime.study
+        by_number = {t.number: t for t in trials}
+        for number in plan.abandon:
+            self._abandon(runtime, by_number[number], report)
         for number in plan.mark_lost:
             self._fail(runtime, number, "lost", "its Job or pod is gone", report)
             if not view.pods.get(number):
                 self.ledger.release(reservation_key(runtime.ref, number))
-        by_number = {t.number: t for t in trials}
         seed = runtime.study_seed
         starts: list[Callable[[], optuna.Trial]] = [
             *(partial(start_retry, study, by_number[n]) for n in plan.retry),
-            *(partial(ask_new_trial, study, runtime.spec.searchSpace, seed) for _ in range(plan.start_new)),
+            *new_trial_starts(study, runtime.spec, plan, seed),  # asked, or planned PBT segments
             *(partial(start_confirmation, study, by_number[n], seed) for n in plan.confirm),
         ]
         for start in starts:
@@ -234,6 +250,16 @@ class Executor:
             self._fail(
                 runtime, number, plan.drain_reason or "drained", "the study stopped this trial", report
             )
+
+    def _abandon(self, runtime: StudyRuntime, trial: FrozenTrial, report: ExecutionReport) -> None:
+        """A trial a crash left half-asked: it never ran and never will; one is asked anew."""
+        missing = missing_for_start(trial, runtime.spec.searchSpace)
+        if abandon_incomplete(runtime.study, trial, missing):
+            detail = f"never started: {', '.join(missing)} never written; asked anew"
+            report.failed.append((trial.number, INCOMPLETE_REASON, detail))
+            log.warning("trial abandoned: its asking never finished", study=runtime.key, trial=trial.number,
+                        missing=missing)
+        self.ledger.release(reservation_key(runtime.ref, trial.number))  # none, unless rekeyed
 
     def _start(
         self, runtime: StudyRuntime, create_trial: Callable[[], optuna.Trial], report: ExecutionReport
@@ -248,7 +274,7 @@ class Executor:
         if not self.ledger.reserve(provisional, runtime.key, PROVISIONAL_TRIAL, worst, ref.namespace):
             log.info("budget has no room for another trial: none started", study=runtime.key)
             return False
-        # Test hooks (TUNEFLEET_CRASH_AT), see controller/kube/budgets.py.
+        # Test hooks, see controller/crashpoints.py.
         crash_point("after-provisional")
         try:
             trial = create_trial()
@@ -260,12 +286,12 @@ class Executor:
             # Swept by a controller that took the study over: reserve the trial's own key instead.
             log.warning("provisional reservation released before its trial", study=runtime.key,
                         trial=trial.number)
-            return self._launch(runtime, trial.number, trial.user_attrs, report)
-        self._create_job(runtime, trial.number, trial.user_attrs, report)
+            return self._launch(runtime, trial, report)
+        self._create_job(runtime, trial, report)
         return True
 
     def _launch(
-        self, runtime: StudyRuntime, number: int, user_attrs: dict[str, Any], report: ExecutionReport
+        self, runtime: StudyRuntime, trial: FrozenTrial | optuna.Trial, report: ExecutionReport
     ) -> bool:
         """Reserve the trial's worst case by its own key, then create its Job.
 
@@ -273,26 +299,30 @@ class Executor:
         refused reservation fails the trial with reason ``budget``.
         """
         ref = runtime.ref
+        number = trial.number
         key = reservation_key(ref, number)
         if not self.ledger.reserve(key, runtime.key, number, runtime.worst_case(), namespace=ref.namespace):
             self._fail(runtime, number, "budget", "the budget cannot cover this trial's worst case", report)
             return False
-        self._create_job(runtime, number, user_attrs, report)
+        self._create_job(runtime, trial, report)
         return True
 
     def _create_job(
-        self, runtime: StudyRuntime, number: int, user_attrs: dict[str, Any], report: ExecutionReport
+        self, runtime: StudyRuntime, trial: FrozenTrial | optuna.Trial, report: ExecutionReport
     ) -> None:
         """The trial's Job (idempotent by name); its worst case is reserved under its own key."""
         ref = runtime.ref
+        number, user_attrs = trial.number, trial.user_attrs
         crash_point("after-reserve")
         assignment = build_assignment(
             runtime.spec,
             ref,
             number,
-            int(user_attrs.get(ATTR_SEED, 0)),
+            int(user_attrs[ATTR_SEED]),  # a trial gets here complete: never a default seed
             runtime.storage_url,
             pruner_for(user_attrs, runtime.pruner),  # confirmation runs are never pruned
+            segment_for_job(runtime.spec, ref.name, number, user_attrs),
+            active_params=active_parameters(runtime.spec.searchSpace, trial.params),
         )
         job = trial_job(
             runtime.spec, ref, assignment, runtime.settings, attempt=int(user_attrs.get(ATTR_ATTEMPT, 0))

@@ -18,6 +18,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
+from controller.kube.checkpoints import mount_checkpoints
 from controller.spec import StudySpec
 from trial_worker.contract import (
     ASSIGNMENT_ENV,
@@ -27,11 +28,15 @@ from trial_worker.contract import (
     MetricDirection,
     PrunerConfig,
     PythonObjective,
+    SegmentAssignment,
 )
 
 GROUP = "tunefleet.dev"
 VERSION = "v1alpha1"
 STUDY_LABEL = "tunefleet.dev/study"
+# The Study object's uid: a Study deleted and applied again under the same name is another object,
+# whose trial Jobs and pods must not be taken for the earlier one's.
+STUDY_UID_LABEL = "tunefleet.dev/study-uid"
 TRIAL_LABEL = "tunefleet.dev/trial"
 ATTEMPT_LABEL = "tunefleet.dev/attempt"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -92,11 +97,22 @@ _RESTRICTED_CONTAINER = {
 
 @dataclass(frozen=True)
 class StudyRef:
-    """The Study a trial belongs to; ``uid`` makes the owner reference (empty: none, offline)."""
+    """The Study a trial belongs to; ``uid`` makes the owner reference (empty: none, offline).
+
+    ``key`` is its Optuna study and ledger key (:func:`controller.studies.identity.study_key`);
+    empty: ``<namespace>/<name>``, the key of objects from before keys carried the uid.
+    """
 
     name: str
     namespace: str
     uid: str = ""
+    key: str = ""
+
+    def owns(self, obj: dict[str, Any]) -> bool:
+        """Whether a trial Job or pod labelled with this Study's name is this object's: not one
+        left by an earlier object of the same name (Jobs from before the uid label count as ours)."""
+        labelled = ((obj.get("metadata") or {}).get("labels") or {}).get(STUDY_UID_LABEL)
+        return labelled is None or not self.uid or labelled == self.uid
 
 
 @dataclass(frozen=True)
@@ -110,8 +126,8 @@ class TrialPodSettings:
 
 
 def optuna_study_name(study: StudyRef) -> str:
-    """The shared Optuna study's name and the ledger's study key: ``<namespace>/<name>``."""
-    return f"{study.namespace}/{study.name}"
+    """The shared Optuna study's name and the ledger's study key (see :class:`StudyRef`)."""
+    return study.key or f"{study.namespace}/{study.name}"
 
 
 def job_name(study_name: str, trial_number: int) -> str:
@@ -120,7 +136,7 @@ def job_name(study_name: str, trial_number: int) -> str:
 
 
 def reservation_key(study: StudyRef, trial_number: int) -> str:
-    return f"{study.namespace}/{study.name}/{trial_number}"
+    return f"{optuna_study_name(study)}/{trial_number}"
 
 
 def study_selector(study_name: str) -> str:
@@ -134,8 +150,14 @@ def build_assignment(
     seed: int,
     storage_url: str,
     pruner: PrunerConfig,
+    segment: SegmentAssignment | None = None,
+    active_params: list[str] | None = None,
 ) -> Assignment:
-    """The worker's assignment; ``storage_url`` must carry no password (it is in a Secret)."""
+    """The worker's assignment; ``storage_url`` must carry no password (it is in a Secret).
+
+    ``active_params`` names the parameters that apply to the trial: the worker refuses to run it
+    without any of them.
+    """
     entry = spec.trial
     objective = (
         PythonObjective(entry=entry.python)
@@ -153,6 +175,8 @@ def build_assignment(
         seed=seed,
         max_duration_s=entry.maxDuration,
         deterministic=spec.reproducibility.deterministic,
+        segment=segment,
+        active_params=active_params,
     )
 
 
@@ -173,6 +197,8 @@ def trial_job(
         ATTEMPT_LABEL: str(attempt),
         MANAGED_BY_LABEL: "tunefleet",
     }
+    if study.uid:
+        labels[STUDY_UID_LABEL] = study.uid
     metadata: dict[str, Any] = {"name": name, "namespace": study.namespace, "labels": dict(labels)}
     if spec.trial.queueName:
         metadata["labels"][KUEUE_QUEUE_LABEL] = spec.trial.queueName
@@ -228,6 +254,7 @@ def trial_pod_template(
     trial_index = next((i for i, c in enumerate(containers) if c.get("name") == TRIAL_CONTAINER), None)
     user_trial = containers.pop(trial_index) if trial_index is not None else {}
     trial = _trial_container(spec, user_trial, assignment, settings)
+    mount_checkpoints(spec, pod, trial)  # population-based training's volume, when the spec names one
     pod["containers"] = [trial, *(_harden(c) for c in containers)]
     if pod.get("initContainers"):
         pod["initContainers"] = [_harden(dict(c)) for c in pod["initContainers"]]

@@ -29,7 +29,7 @@ from controller.kube.budgets import BudgetKeeper
 from controller.kube.cache import ClusterIndex, IndexedKubeApi
 from controller.kube.client import load_api_client
 from controller.kube.leadership import RENEW_SECONDS, Leadership
-from controller.kube.manifests import ACCOUNTING_FINALIZER, GROUP, STUDY_LABEL, VERSION
+from controller.kube.manifests import ACCOUNTING_FINALIZER, GROUP, STUDY_LABEL, STUDY_UID_LABEL, VERSION
 from controller.kube.observe import LOST_AFTER_DELETION_S
 from controller.kube.reconciler import ControllerConfig, Reconciler
 
@@ -87,7 +87,10 @@ class Operator:
         self._background: list[asyncio.Task[None]] = []
         self._health: web.AppRunner | None = None
         self._metrics: Any = None
-        self._reconcile_log = open(options.reconcile_log, "a") if options.reconcile_log else None  # noqa: SIM115
+        # Line-buffered: a bench or test reads it while the controller runs.
+        self._reconcile_log = (
+            open(options.reconcile_log, "a", buffering=1) if options.reconcile_log else None  # noqa: SIM115
+        )
         self._log_lock = threading.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -151,12 +154,19 @@ class Operator:
         key = (meta["namespace"], meta["name"])
         current = self.studies.get(key)
         if event_type == "DELETED":
-            if current is not None:
+            if current is not None and _uid(current.body) == _uid(body):
+                current.body = body
                 current.deleted = True
                 current.wake.set()
             else:
-                self._spawn_cleanup(key, None)
+                self._spawn_cleanup(key, body)
             return
+        if current is not None and _uid(current.body) != _uid(body):
+            # A new object under the name of a deleted one whose DELETED event has not come yet:
+            # that one's task ends and cleans up after it; the new object gets a task of its own.
+            current.deleted = True
+            current.wake.set()
+            current = None
         if current is None:
             current = _StudyTask(body=body, generation=meta.get("generation"))
             self.studies[key] = current
@@ -222,11 +232,12 @@ class Operator:
                     retry_in_s=delay,
                 )
             self._record(time.perf_counter() - began, waited)
-        self.studies.pop(key, None)
+        if self.studies.get(key) is study:
+            self.studies.pop(key)
         if not self.stopping:
-            self._spawn_cleanup(key, study)
+            self._spawn_cleanup(key, study.body)
 
-    def _spawn_cleanup(self, key: tuple[str, str], study: _StudyTask | None) -> None:
+    def _spawn_cleanup(self, key: tuple[str, str], body: dict[str, Any] | None) -> None:
         if self.stopping or not self.leadership.is_leader or self.reconciler is None:
             return
         reconciler = self.reconciler
@@ -235,7 +246,7 @@ class Operator:
             for attempt in range(5):
                 try:
                     self.index.forget(*key)  # clean up from fresh lists
-                    await asyncio.to_thread(reconciler.study_deleted, *key)
+                    await asyncio.to_thread(reconciler.study_deleted, *key, body)
                     self.index.forget(*key)
                     log.info("study deleted: jobs removed, running trials failed", study=f"{key[0]}/{key[1]}")
                     return
@@ -281,14 +292,22 @@ class Operator:
             if self.leadership.is_leader and self.reconciler is not None:
                 try:
                     pods = await asyncio.to_thread(self._list_trial_pods)
-                    orphans = {
-                        (p["metadata"]["namespace"], p["metadata"]["labels"][STUDY_LABEL])
+                    held = {
+                        (p["metadata"]["namespace"], p["metadata"]["labels"][STUDY_LABEL],
+                         p["metadata"]["labels"].get(STUDY_UID_LABEL))
                         for p in pods
                         if ACCOUNTING_FINALIZER in (p["metadata"].get("finalizers") or [])
-                    } - set(self.studies)
-                    for key in orphans:
-                        if await asyncio.to_thread(self.kube.read_study, *key) is None:
-                            self._spawn_cleanup(key, None)
+                    }
+                    for namespace, name, uid in held:
+                        task = self.studies.get((namespace, name))
+                        if task is not None and uid in (None, _uid(task.body)):
+                            continue
+                        live = await asyncio.to_thread(self.kube.read_study, namespace, name)
+                        if live is not None and uid in (None, _uid(live)):
+                            continue
+                        # Gone, or replaced by a new object of the same name: clean up after it.
+                        gone = {"metadata": {"namespace": namespace, "name": name, "uid": uid}}
+                        self._spawn_cleanup((namespace, name), gone if uid else None)
                 except Exception as error:  # noqa: BLE001
                     log.warning("orphan sweep failed", error=repr(error))
             await asyncio.sleep(ORPHAN_SWEEP_S)
@@ -396,6 +415,10 @@ def build_registry(operator: Operator) -> kopf.OperatorRegistry:
             operator.poke(meta.get("namespace", ""), study)
 
     return registry
+
+
+def _uid(body: dict[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("uid") or "")
 
 
 def _parse_selector(text: str) -> dict[str, str]:

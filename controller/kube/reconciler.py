@@ -28,11 +28,14 @@ from controller.credentials import (
     follow_rotation,
     rotate_password,
 )
+from controller.kube import announcements
 from controller.kube import budgets as budgets_mod
 from controller.kube import outcome as outcome_mod
 from controller.kube import status as status_mod
 from controller.kube.client import KubeApi
+from controller.kube.deletion import DeletedStudy
 from controller.kube.executor import ExecutionReport, Executor, StudyRuntime
+from controller.kube.failures import failure_text
 from controller.kube.finishing import Finisher, FinishMemory
 from controller.kube.manifests import (
     EXPORT_MOUNT_PATH,
@@ -56,8 +59,9 @@ from controller.strategies import Spent
 from controller.strategies.live import LiveStrategy
 from controller.strategies.warmstart import apply_warm_start
 from controller.studies.confirming import confirmation_sources
+from controller.studies.identity import earlier_studies, study_key
 from controller.studies.observe import observe_trials
-from controller.studies.record import ATTR_STARTED_AT, ATTR_STOP_REASON, record_study
+from controller.studies.record import ATTR_STARTED_AT, ATTR_STOP_DETAIL, ATTR_STOP_REASON, record_study
 from controller.studies.storage import create_or_load_study, open_storage
 from controller.tracking import TrackingMirror
 from trial_worker.contract import connection_url
@@ -88,8 +92,13 @@ class ControllerConfig:
 
 @dataclass
 class StudyState:
-    """What the controller remembers about a Study between reconciles (rebuilt after a restart)."""
+    """What the controller remembers about a Study between reconciles (rebuilt after a restart).
 
+    ``uid``: the object it is about; a Study deleted and applied again under the same name is
+    another object, and gets a fresh state.
+    """
+
+    uid: str = ""
     runtime: StudyRuntime | None = None
     spec_json: str | None = None
     limits: tuple[int | None, int | None] | None = None
@@ -98,7 +107,9 @@ class StudyState:
     namespace_ready: str | None = None  # the password mirrored last
     credentials: CredentialCheck | None = None  # where the trial pods' password came from
     stuck: tuple[str, str] | None = None
+    # Events posted by this process; whether one is due comes from the Study's status (announcements).
     announced: set[str] = field(default_factory=set)
+    failure: tuple[int, str] | None = None  # (first failed trial, the message) once failures stop it
     best_written: int | None = None
     strategy: LiveStrategy | None = None  # one per Study: refreshed every reconcile
     pareto: tuple[int, dict[str, Any]] | None = None  # (complete search trials, status.paretoFront)
@@ -126,6 +137,7 @@ class Reconciler:
             config.controller_namespace, config.db_secret, config.db_password
         )
         self.executor = Executor(kube, self.ledger)
+        self.announcer = announcements.Announcer(kube)
         self.finisher = Finisher(
             kube, config.storage_url, config.trial_settings, config.export_mount_path
         )
@@ -140,22 +152,24 @@ class Reconciler:
         self.ledger.close()
         self.storage.remove_session()
 
-    def state(self, namespace: str, name: str) -> StudyState:
+    def state(self, namespace: str, name: str, uid: str | None = None) -> StudyState:
+        """The memory kept for the Study ``namespace/name``; with ``uid``, of that object only."""
         with self._lock:
-            return self._states.setdefault((namespace, name), StudyState())
-
-    def forget(self, namespace: str, name: str) -> None:
-        with self._lock:
-            self._states.pop((namespace, name), None)
+            state = self._states.setdefault((namespace, name), StudyState(uid=uid or ""))
+            if uid is not None and state.uid != uid:
+                state = self._states[(namespace, name)] = StudyState(uid=uid)
+            return state
 
     # -- the reconcile -------------------------------------------------------------------------
 
     def reconcile(self, body: dict[str, Any]) -> ReconcileResult:
         meta = body["metadata"]
-        ref = StudyRef(meta["name"], meta["namespace"], meta.get("uid", ""))
-        state = self.state(ref.namespace, ref.name)
-        generation = meta.get("generation")
         previous_status = body.get("status") or {}
+        uid = meta.get("uid", "")
+        key = study_key(meta["namespace"], meta["name"], uid, previous_status.get("optunaStudy"))
+        ref = StudyRef(meta["name"], meta["namespace"], uid, key)
+        state = self.state(ref.namespace, ref.name, uid)
+        generation = meta.get("generation")
         try:
             spec = validate_spec(body.get("spec"))
         except SpecInvalid as error:
@@ -165,9 +179,8 @@ class Reconciler:
                 state,
                 status_mod.invalid_status(message, generation, previous_status.get("conditions") or []),
             )
-            if "Invalid" not in state.announced:
-                state.announced.add("Invalid")
-                self.kube.post_event(body, "SpecInvalid", message, warning=True)
+            due = announcements.invalid_due(previous_status, message)
+            self.announcer.once(body, state.announced, "Invalid", due, "SpecInvalid", message, warning=True)
             state.runtime = None
             return ReconcileResult(requeue_after=60.0)
         state.announced.discard("Invalid")
@@ -189,29 +202,31 @@ class Reconciler:
                 state,
                 status_mod.invalid_status(message, generation, previous_status.get("conditions") or []),
             )
-            if "WarmStart" not in state.announced:
-                state.announced.add("WarmStart")
-                self.kube.post_event(body, "WarmStartFailed", message, warning=True)
+            due = announcements.invalid_due(previous_status, message)
+            self.announcer.once(
+                body, state.announced, "WarmStart", due, "WarmStartFailed", message, warning=True
+            )
             return ReconcileResult(requeue_after=60.0)
         state.announced.discard("WarmStart")
         self._apply_limits(runtime, state)
         self.tracking.watch(runtime.key, ref.name, spec.tracking, ref.namespace)
 
         now = datetime.datetime.now(datetime.UTC)
+        self._announce_identity(body, ref, state, previous_status)
         selector = study_selector(ref.name)
-        jobs = self.kube.list_jobs(ref.namespace, selector)
-        pods = self.kube.list_pods(ref.namespace, selector)
+        jobs = [j for j in self.kube.list_jobs(ref.namespace, selector) if ref.owns(j)]
+        pods = [p for p in self.kube.list_pods(ref.namespace, selector) if ref.owns(p)]
         view = observe_cluster(
             jobs, pods, now, self.config.unschedulable_timeout_s, self.config.image_pull_timeout_s
         )
         report = ExecutionReport()
-        trials, _ = observe_trials(runtime.study)
+        trials, _ = observe_trials(runtime.study, spec.searchSpace)
         running = frozenset(t.number for t in trials if t.state == TrialState.RUNNING)
         self.executor.record_outcomes(runtime, view, pods, report, running)
         if report.failed:
-            trials, _ = observe_trials(runtime.study)
+            trials, _ = observe_trials(runtime.study, spec.searchSpace)
         adopted = self.executor.adopt_unstarted(runtime, trials, view, report)
-        views = tuple(_views(trials))
+        views = tuple(_views(trials, spec))
         totals = self.ledger.totals(runtime.key)
         study_budget = study_budget_view(totals, runtime.worst_case())
         namespace_totals = self.ledger.namespace_totals(ref.namespace, study_key=runtime.key)
@@ -223,6 +238,7 @@ class Reconciler:
             started_at=state.started_at,
             budget=study_budget,
             namespace_budget=namespace_budget,
+            seed=runtime.study_seed,
         )
         strategy = state.strategy
         if strategy is not None:
@@ -241,8 +257,8 @@ class Reconciler:
             converged=strategy.converged if strategy is not None else False,
         )
         self.executor.execute(runtime, plan, trials, view, report)
-        if plan.mark_lost or plan.retry or plan.start_new or plan.confirm or plan.drain:
-            trials, _ = observe_trials(runtime.study)
+        if plan.abandon or plan.mark_lost or plan.retry or plan.start_new or plan.confirm or plan.drain:
+            trials, _ = observe_trials(runtime.study, spec.searchSpace)
         if report.stuck:
             first = report.stuck[0]
             state.stuck = (first.reason or "Stuck", f"trial {first.trial_number}: {first.detail}")
@@ -344,6 +360,22 @@ class Reconciler:
         state.spec_json = spec_json
         return runtime
 
+    def _announce_identity(
+        self, body: dict[str, Any], ref: StudyRef, state: StudyState, previous: dict[str, Any]
+    ) -> None:
+        """A new object whose name an earlier Study had: say where that one's data is, once
+        (until its status names its own Optuna study)."""
+        if not announcements.identity_due(previous):
+            state.announced.discard("Identity")
+            return
+        if "Identity" in state.announced:
+            return
+        state.announced.add("Identity")
+        earlier = earlier_studies(self.storage, ref.namespace, ref.name, ref.key)
+        if earlier:
+            message = announcements.earlier_data_message(ref.name, ref.uid, ref.key, earlier)
+            self.kube.post_event(body, "EarlierStudyKept", message)
+
     def _apply_limits(self, runtime: StudyRuntime, state: StudyState) -> None:
         budget = runtime.spec.budget
         limits = (
@@ -372,17 +404,22 @@ class Reconciler:
         namespace_totals: NamespaceTotals | None = None,
         waiting: tuple[str, str, float] | None = None,
     ) -> None:
-        views = tuple(_views(trials))
+        views = tuple(_views(trials, spec))
         summary = summarize(spec, views)
         confirm_of = confirmation_sources(trials)
         search_views = tuple(v for v in views if v.number not in confirm_of)  # reruns never compete
         best = best_trial(spec, search_views)
         phase = status_mod.phase_for(plan, summary, invalid=False)
         now = status_mod.now_iso()
+        failure = self._failure_text(ref, runtime, plan, state, previous)
         conditions = status_mod.render_conditions(
             [
                 *status_mod.conditions_for(
-                    phase, plan, stuck=state.stuck, budget_waiting=waiting[:2] if waiting else None
+                    phase,
+                    plan,
+                    stuck=state.stuck,
+                    budget_waiting=waiting[:2] if waiting else None,
+                    failure=failure,
                 ),
                 *(status_mod.Condition(*fields) for fields in self.tracking.conditions(runtime.key)),
             ],
@@ -427,9 +464,21 @@ class Reconciler:
         status["budget"] = budget
         self._analysis_status(spec, state, search_views, status)
         if plan.finished:
-            status.update(self._finish(body, ref, runtime, plan, state, summary.finished, previous))
+            status.update(self._finish(body, ref, runtime, plan, state, summary.finished, previous, failure))
         self._write_status(ref, state, status)
-        self._events(body, state, plan, phase, report, summary.complete)
+        self._events(body, state, plan, phase, report, summary.complete, previous, failure)
+
+    def _failure_text(
+        self, ref: StudyRef, runtime: StudyRuntime, plan: Plan, state: StudyState, previous: dict[str, Any]
+    ) -> str | None:
+        """Why failed trials stopped the study (read once: the first failed trial's log)."""
+        if plan.failure is None:
+            state.failure = None
+            return None
+        if state.failure is None or state.failure[0] != plan.failure.first_failed:
+            text = failure_text(self.kube, ref, runtime.study, plan.failure, previous)
+            state.failure = (plan.failure.first_failed, text)
+        return state.failure[1]
 
     def _analysis_status(
         self, spec: StudySpec, state: StudyState, search: tuple[Any, ...], status: dict[str, Any]
@@ -448,15 +497,17 @@ class Reconciler:
     def _warn_confirmation_budget(
         self, body: dict[str, Any], runtime: StudyRuntime, state: StudyState, budget: Any
     ) -> None:
-        """Once per Study: say at the start when the budget cannot cover ``spec.confirm``."""
+        """Once per Study: say at the start when the budget cannot cover ``spec.confirm``.
+
+        The warning kept in the study's attributes is the record that it was said.
+        """
         if runtime.spec.confirm is None or "ConfirmBudget" in state.announced:
             return
         state.announced.add("ConfirmBudget")
         warning = budget_warning(runtime.spec, budget)
-        if warning is None:
+        if warning is None or ATTR_CONFIRM_WARNING in runtime.study.user_attrs:
             return
-        if ATTR_CONFIRM_WARNING not in runtime.study.user_attrs:
-            runtime.study.set_user_attr(ATTR_CONFIRM_WARNING, warning)
+        runtime.study.set_user_attr(ATTR_CONFIRM_WARNING, warning)
         self.kube.post_event(body, "ConfirmationBudget", warning, warning=True)
 
     def _write_status(self, ref: StudyRef, state: StudyState, status: dict[str, Any]) -> None:
@@ -477,10 +528,15 @@ class Reconciler:
         phase: str,
         report: ExecutionReport,
         complete: int,
+        previous: dict[str, Any],
+        failure: str | None,
     ) -> None:
-        if report.created and "Started" not in state.announced:
-            state.announced.add("Started")
-            self.kube.post_event(body, "StudyStarted", f"started trial Jobs {report.created}")
+        """Per-trial Events for what this reconcile did; one-off ones when the status shows them
+        due (see :mod:`controller.kube.announcements`)."""
+        memory, once = state.announced, self.announcer.once
+        jobs = report.created or report.adopted
+        once(body, memory, "Started", announcements.started_due(previous, bool(jobs)), "StudyStarted",
+             f"started trial Jobs {jobs}")
         for number, reason, detail in report.failed:
             self.kube.post_event(
                 body, "TrialFailed", f"trial {number} failed: {reason}: {detail}", warning=True
@@ -492,19 +548,14 @@ class Reconciler:
                 f"trial {outcome.trial_number}: {outcome.reason}: {outcome.detail}",
                 warning=True,
             )
-        if phase == "Suspended" and "Suspended" not in state.announced:
-            state.announced.add("Suspended")
-            self.kube.post_event(body, "StudySuspended", "spec.suspend is true: no new trials start")
-        elif phase != "Suspended":
-            state.announced.discard("Suspended")
-        if plan.finished and "Finished" not in state.announced:
-            state.announced.add("Finished")
-            why = plan.stop.value if plan.stop else "finished"
-            self.kube.post_event(
-                body, "StudyFinished", f"the study ended: {why} ({complete} trials complete)"
-            )
-        elif not plan.finished:
-            state.announced.discard("Finished")
+        once(body, memory, "Suspended", announcements.suspended_due(previous, phase), "StudySuspended",
+             "spec.suspend is true: no new trials start")
+        why = plan.stop.value if plan.stop else "finished"
+        finished = announcements.finished_due(previous, plan.finished)
+        ended = f"the study ended: {why} ({complete} trials complete)"
+        once(body, memory, "Finished", finished, "StudyFinished", ended)
+        if failure is not None:
+            once(body, memory, "FailureBudget", finished, "FailureBudgetExhausted", failure, warning=True)
 
     def _finish(
         self,
@@ -515,41 +566,31 @@ class Reconciler:
         state: StudyState,
         finished_trials: int,
         previous: dict[str, Any],
+        failure: str | None = None,
     ) -> dict[str, Any]:
         """Stop reason, then the export's best configuration (status, ConfigMap) and the export."""
-        if plan.stop is not None and runtime.study.user_attrs.get(ATTR_STOP_REASON) != plan.stop.value:
+        attrs = runtime.study.user_attrs
+        if plan.stop is not None and attrs.get(ATTR_STOP_REASON) != plan.stop.value:
             runtime.study.set_user_attr(ATTR_STOP_REASON, plan.stop.value)
+        if failure is not None and attrs.get(ATTR_STOP_DETAIL) != failure:
+            runtime.study.set_user_attr(ATTR_STOP_DETAIL, failure)
         return self.finisher.finish(body, ref, runtime.spec, state.finish, finished_trials, previous)
 
     # -- study deletion ------------------------------------------------------------------------
 
-    def study_deleted(self, namespace: str, name: str) -> None:
-        """Delete the Study's Jobs, FAIL its running trials ``studyDeleted``, settle and release
-        its pods. The Optuna study and the ledger stay."""
-        ref = StudyRef(name, namespace)
-        key = optuna_study_name(ref)
-        state = self.state(namespace, name)
-        selector = study_selector(name)
-        for job in self.kube.list_jobs(namespace, selector):
-            self.kube.delete_job(namespace, job["metadata"]["name"])
-        try:
-            study: optuna.Study | None = optuna.load_study(study_name=key, storage=self.storage)
-        except KeyError:
-            study = None
-        spec = state.runtime.spec if state.runtime is not None else None
-        if study is not None:
-            self.executor.fail_running(study, "studyDeleted", "the Study was deleted")
-            if spec is None:
-                spec = _recorded_spec(study)
-        now = datetime.datetime.now(datetime.UTC)
-        for pod in self.kube.list_pods(namespace, selector):
-            if spec is not None:
-                self.executor.settle_pod(spec, ref, pod, now)
-            self.kube.remove_accounting_finalizer(pod)
-        for open_key in self.ledger.open_reservations(key):
-            self.ledger.release(open_key)
-        self.forget(namespace, name)
-        self.tracking.unwatch(key)  # one last pass: the trials failed above
+    def study_deleted(self, namespace: str, name: str, body: dict[str, Any] | None = None) -> None:
+        """Clean up after a deleted Study (:class:`~controller.kube.deletion.DeletedStudy`); its
+        Optuna study and ledger rows stay. ``body`` is the deleted object, when known."""
+        state = self._states.get((namespace, name))
+        cleanup = DeletedStudy(self.kube, self.storage, self.executor, self.ledger)
+        ref = cleanup.resolve(namespace, name, body)
+        runtime = state.runtime if state is not None and state.uid == ref.uid else None
+        cleanup.clean_up(ref, runtime.spec if runtime is not None else None)
+        self.tracking.unwatch(optuna_study_name(ref))  # one last pass: the trials failed above
+        with self._lock:
+            ours = state is not None and state.uid in ("", ref.uid)  # not a new object's memory
+            if ours and self._states.get((namespace, name)) is state:
+                self._states.pop((namespace, name))
         if self.metrics is not None:
             self.metrics.forget_study(namespace, name)
 
@@ -571,16 +612,6 @@ def _controller_storage(url: str) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(full_url, engine_kwargs=engine_kwargs)
 
 
-def _recorded_spec(study: optuna.Study) -> StudySpec | None:
-    from controller.studies.record import ATTR_SPEC
-
-    raw = study.user_attrs.get(ATTR_SPEC)
-    try:
-        return validate_spec(raw) if raw is not None else None
-    except SpecInvalid:
-        return None
-
-
 def _trials_by_state(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for trial in trials:
@@ -588,7 +619,7 @@ def _trials_by_state(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
     return counts
 
 
-def _views(trials: list[optuna.trial.FrozenTrial]) -> list[Any]:
+def _views(trials: list[optuna.trial.FrozenTrial], spec: StudySpec) -> list[Any]:
     from controller.studies.observe import trial_view
 
-    return [trial_view(t) for t in trials]
+    return [trial_view(t, spec.searchSpace) for t in trials]

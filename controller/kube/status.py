@@ -54,7 +54,8 @@ def phase_for(plan: Plan | None, summary: StudySummary | None, invalid: bool) ->
     if plan is None or summary is None:
         return "Pending"
     if plan.finished:
-        return "Succeeded" if summary.complete > 0 else "Failed"
+        failed = plan.stop is StopReason.FAILURE_BUDGET or summary.complete == 0
+        return "Failed" if failed else "Succeeded"
     if plan.suspended:
         return "Suspended"
     if summary.running == 0 and summary.finished == 0 and plan.start_new == 0 and not plan.retry:
@@ -69,8 +70,12 @@ def conditions_for(
     not_ready: tuple[str, str] | None = None,
     stuck: tuple[str, str] | None = None,
     budget_waiting: tuple[str, str] | None = None,
+    failure: str | None = None,
 ) -> list[Condition]:
-    """Every condition type, True or False, each with a reason and a message."""
+    """Every condition type, True or False, each with a reason and a message.
+
+    ``failure`` words why failed trials stopped the study (the Failed condition's message).
+    """
     stop = plan.stop.value if plan is not None and plan.stop is not None else None
     finished = plan is not None and plan.finished
     conditions = [
@@ -116,7 +121,9 @@ def conditions_for(
             "Failed",
             finished and phase == "Failed",
             stop or "NotFinished",
-            f"the study ended ({stop}) without a completed trial" if finished and phase == "Failed" else "",
+            (failure or f"the study ended ({stop}) without a completed trial")
+            if finished and phase == "Failed"
+            else "",
         )
     )
     if stuck is not None:

@@ -29,30 +29,41 @@ from controller.planner.confirmation import (
     ATTR_CONFIRM_WARNING,
     budget_warning,
 )
+from controller.planner.failures import failure_message
 from controller.planner.summary import StudySummary
 from controller.spec import StudyManifest, StudySpec
 from controller.strategies import Spent
 from controller.strategies.live import LiveStrategy
 from controller.strategies.warmstart import apply_warm_start
-from controller.studies.asking import ask_new_trial, queue_for_worker, start_retry
+from controller.studies.asking import (
+    abandon_incomplete,
+    active_parameters,
+    missing_for_start,
+    queue_for_worker,
+    start_retry,
+)
 from controller.studies.confirming import confirmation_sources, pruner_for, start_confirmation
 from controller.studies.observe import fail_trial, observe_trials
 from controller.studies.record import (
     ATTR_STARTED_AT,
+    ATTR_STOP_DETAIL,
     ATTR_STOP_REASON,
     record_local_run,
     record_study,
     spec_hash,
 )
+from controller.studies.segments import new_trial_starts, segment_assignment
 from controller.studies.storage import create_or_load_study, open_storage, resolve_storage_url
 from controller.tracking import finish_local_mirror, start_local_mirror
 from trial_worker.contract import (
+    ATTR_DETAIL,
     ATTR_SEED,
     Assignment,
     CommandObjective,
     ExitCode,
     MetricDirection,
     PythonObjective,
+    SegmentAssignment,
     TrialReport,
 )
 
@@ -74,6 +85,7 @@ class RunOptions:
     workdir: str = field(default_factory=os.getcwd)
     log_dir: Path | None = None
     show_progress: bool = True
+    checkpoint_dir: Path | None = None  # PBT checkpoints; .tunefleet/checkpoints/<study> by default
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,7 @@ class RunResult:
     best: FrozenTrial | None
     pareto: list[FrozenTrial]
     elapsed_s: float
+    failure: str | None = None  # why failed trials stopped the study (FailureBudgetExhausted)
 
 
 @dataclass
@@ -130,6 +143,9 @@ class LocalRunner:
         self.log_dir = options.log_dir or Path(".tunefleet") / "logs" / self.name
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.tracking_url: str | None = None  # the study's MLflow run, with spec.tracking.mlflow
+        self.checkpoint_dir = (
+            options.checkpoint_dir or Path(".tunefleet") / "checkpoints" / self.name
+        ).resolve()
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -206,7 +222,7 @@ class LocalRunner:
         with StudyProgress(self.name, total, enabled=self.options.show_progress) as progress:
             while True:
                 try:
-                    trials, views = observe_trials(study)
+                    trials, views = observe_trials(study, self.spec.searchSpace)
                     progress.update(summarize(self.spec, views))
                     self._strategy.refresh(study, trials, self._spent())
                     plan = decide(
@@ -232,6 +248,10 @@ class LocalRunner:
         summary = summarize(self.spec, views)
         reason = plan.stop or StopReason.INTERRUPTED
         study.set_user_attr(ATTR_STOP_REASON, reason.value)
+        failure = self._failure_message(plan, trials)
+        if failure is not None:
+            study.set_user_attr(ATTR_STOP_DETAIL, failure)
+            log.error("failed trials stopped the study", study=self.name, detail=failure)
         ledger.close()
         search = [t for t in trials if t.number not in confirmation_sources(trials)]
         result = RunResult(
@@ -242,10 +262,22 @@ class LocalRunner:
             best=_best_of(self.spec, search) if not self.spec.is_multi_objective else None,
             pareto=study.best_trials if self.spec.is_multi_objective and summary.complete else [],
             elapsed_s=time.monotonic() - began,
+            failure=failure,
         )
         if mirror is not None:  # the study is over: wait (bounded) for MLflow to have all of it
             self.tracking_url = finish_local_mirror(mirror, self.name)
         return result
+
+    def _failure_message(self, plan: Plan, trials: list[FrozenTrial]) -> str | None:
+        """The same words the controller puts in the Study's Failed condition, with the first
+        failed trial's log from its file."""
+        if plan.failure is None:
+            return None
+        first = next((t for t in trials if t.number == plan.failure.first_failed), None)
+        detail = first.user_attrs.get(ATTR_DETAIL) if first is not None else None
+        log_path = self.log_dir / f"trial-{plan.failure.first_failed}.log"
+        log_tail = log_path.read_text(errors="replace") if log_path.exists() else None
+        return failure_message(plan.failure, detail, log_tail)
 
     def _observation(self, views: tuple[TrialView, ...]) -> Observation:
         return Observation(
@@ -257,6 +289,7 @@ class LocalRunner:
             interrupted=self._interrupted,
             parallelism_override=self.parallelism,
             queue_slots=self.parallelism if self._prefetching() else 0,
+            seed=self._study_seed,
         )
 
     def _prefetching(self) -> bool:
@@ -281,14 +314,18 @@ class LocalRunner:
     # -- acting -------------------------------------------------------------------------------
 
     def _execute(self, study: optuna.Study, plan: Plan, trials: list[FrozenTrial]) -> None:
+        by_number = {t.number: t for t in trials}
+        for number in plan.abandon:
+            # Half-asked by a run that died: it never ran; the planner asks another in its place.
+            trial = by_number[number]
+            abandon_incomplete(study, trial, missing_for_start(trial, self.spec.searchSpace))
         for number in plan.mark_lost:
             fail_trial(study, number, "lost", "its worker was gone (a previous run stopped or crashed)")
-        by_number = {t.number: t for t in trials}
         seed = self._study_seed
         starts: list[Callable[[], optuna.Trial]] = [
             partial(start_retry, study, by_number[n]) for n in plan.retry
         ]
-        starts += [partial(ask_new_trial, study, self.spec.searchSpace, seed)] * plan.start_new
+        starts += new_trial_starts(study, self.spec, plan, seed)  # asked, or planned PBT segments
         starts += [partial(start_confirmation, study, by_number[n], seed) for n in plan.confirm]
         for create in starts:
             if not self._start(study, create):
@@ -378,13 +415,21 @@ class LocalRunner:
             constraints=self.spec.objective.constraints,
             # A confirmation run measures the full value: never pruned.
             pruner=pruner_for(trial.user_attrs, self._strategy.pruner),
-            seed=int(trial.user_attrs.get(ATTR_SEED, 0)),
+            seed=int(trial.user_attrs[ATTR_SEED]),  # the trial is complete: never a default seed
+            active_params=active_parameters(self.spec.searchSpace, trial.params),
             max_duration_s=entry.maxDuration,
             deterministic=self.spec.reproducibility.deterministic,
             workdir=self.options.workdir,
             log_path=str((self.log_dir / f"trial-{trial.number}.log").resolve()),
             queued=queued,
+            segment=self._segment(trial),
         )
+
+    def _segment(self, trial: optuna.Trial) -> SegmentAssignment | None:
+        """A PBT segment's steps and checkpoints (its record is read only for PBT studies)."""
+        if not self.spec.is_population_based:
+            return None
+        return segment_assignment(trial.user_attrs, trial.number, root=str(self.checkpoint_dir))
 
     def _start_workers(self) -> None:
         count = min(self.parallelism, self.spec.budget.maxTrials or self.parallelism)

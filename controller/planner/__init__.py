@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from controller.planner.decisions import Plan, decide
 from controller.planner.observation import (
+    INCOMPLETE_REASON,
     INFRASTRUCTURE_REASONS,
     QUEUED,
     BudgetView,
@@ -18,6 +19,7 @@ from controller.planner.observation import (
 from controller.planner.summary import StudySummary, summarize
 
 __all__ = [
+    "INCOMPLETE_REASON",
     "INFRASTRUCTURE_REASONS",
     "QUEUED",
     "BudgetView",

@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from controller.planner.confirmation import confirmation_step, runs_still_needed
-from controller.planner.observation import QUEUED, Observation, StopReason, TrialView
+from controller.planner.failures import FailureVerdict, failure_verdict
+from controller.planner.observation import INCOMPLETE_REASON, QUEUED, Observation, StopReason, TrialView
+from controller.planner.population import PlannedSegment, PopulationState, population_state
 from controller.spec import StudySpec
 
 UNLIMITED = 1 << 62
@@ -15,12 +17,17 @@ UNLIMITED = 1 << 62
 
 @dataclass(frozen=True)
 class Plan:
-    """The actions of one reconcile, executed in this order: mark lost, retry, start, confirm, drain.
+    """The actions of one reconcile, executed in this order: abandon, mark lost, retry, start,
+    confirm, drain.
 
-    ``finished`` means the study is over: it has a stop reason and nothing is in flight once this
-    plan's drain is done.
+    ``abandon`` holds trials whose asking never finished (no work, parameters or seed missing):
+    they are failed ``incomplete`` and count towards nothing. ``finished`` means the study is
+    over: it has a stop reason and nothing is in flight once this plan's drain is done.
+    ``failure`` says why, when failed trials stopped it (``StopReason.FAILURE_BUDGET``).
     ``confirm`` holds one source trial number per confirmation run to start (see
     :mod:`controller.planner.confirmation`); ``confirming`` is set while that phase runs.
+    ``segments`` (population-based training) says what each of the ``start_new`` trials trains
+    (see :mod:`controller.planner.population`); empty otherwise, when the sampler is asked.
     """
 
     mark_lost: tuple[int, ...] = ()
@@ -35,6 +42,9 @@ class Plan:
     budget_waiting: bool = False  # BudgetWaiting: the namespace's GPUBudget refills next period
     confirm: tuple[int, ...] = ()
     confirming: bool = False
+    segments: tuple[PlannedSegment, ...] = ()
+    abandon: tuple[int, ...] = ()
+    failure: FailureVerdict | None = None
 
 
 def decide(
@@ -53,21 +63,51 @@ def decide(
     """
     confirm_of = confirm_of or {}
     live = observation.live
-    lost = tuple(
-        t.number for t in observation.trials if t.state in ("RUNNING", QUEUED) and t.number not in live
-    )
+    workless = [t for t in observation.trials if t.state in ("RUNNING", QUEUED) and t.number not in live]
+    abandon = tuple(t.number for t in workless if not t.startable)
+    lost = tuple(t.number for t in workless if t.startable)
     trials = [
-        dataclasses.replace(t, state="FAIL", reason="lost") if t.number in lost else t
+        dataclasses.replace(t, state="FAIL", reason="lost")
+        if t.number in lost
+        else dataclasses.replace(t, state="FAIL", reason=INCOMPLETE_REASON)
+        if t.number in abandon
+        else t
         for t in observation.trials
     ]
+    plan = _decide(spec, observation, trials, confirm_of, lost, converged)
+    return dataclasses.replace(plan, abandon=abandon) if abandon else plan
+
+
+def _decide(
+    spec: StudySpec,
+    observation: Observation,
+    trials: list[TrialView],
+    confirm_of: Mapping[int, int],
+    lost: tuple[int, ...],
+    converged: bool,
+) -> Plan:
+    live = observation.live
     all_trials = trials
     trials = [t for t in trials if t.number not in confirm_of]
     pending_retries = _pending_retries(trials, spec.trial.maxRetries)
-    stop = _stop_reason(
-        spec, observation, trials, has_pending_retries=bool(pending_retries), converged=converged
+    population = (
+        population_state(spec, trials, live, spec.trial.maxRetries) if spec.is_population_based else None
+    )
+    failure = failure_verdict(spec, _own(trials))
+    stop = (
+        StopReason.FAILURE_BUDGET
+        if failure is not None and not observation.interrupted
+        else _stop_reason(
+            spec,
+            observation,
+            trials,
+            has_pending_retries=bool(pending_retries),
+            converged=converged,
+            population=population,
+        )
     )
 
-    if stop is not None and stop is not StopReason.INTERRUPTED and spec.confirm is not None:
+    if stop is not None and stop not in _NO_CONFIRMATION and spec.confirm is not None:
         return _confirm(spec, observation, all_trials, confirm_of, stop, lost)
     if stop is not None:
         drain_reason = _drain_reason(spec, stop)
@@ -78,6 +118,7 @@ def decide(
             drain=drain,
             drain_reason=drain_reason if drain else None,
             finished=not live,
+            failure=failure if stop is StopReason.FAILURE_BUDGET else None,
         )
     if spec.suspend:
         return Plan(mark_lost=lost, suspended=True)
@@ -94,9 +135,13 @@ def decide(
 
     started_logical = _logical_started(trials)
     remaining_trials = spec.budget.maxTrials - len(started_logical) if spec.budget.maxTrials else UNLIMITED
-    size = spec.space_size()
+    size = spec.space_size() if population is None else None  # PBT revisits values on purpose
     remaining_space = size - _distinct_configs(trials) if size is not None else UNLIMITED
     start_new = max(0, min(slots, affordable, remaining_trials, remaining_space))
+    segments: tuple[PlannedSegment, ...] = ()
+    if population is not None:  # the planner chooses what each new trial trains
+        segments = population.next_segments(observation.seed, start_new)
+        start_new = len(segments)
 
     blocked_by_budget = (
         observation.limiting_budget is not None
@@ -128,7 +173,7 @@ def decide(
                 drain_reason="budget",
             )
         return Plan(mark_lost=lost, waiting_for_budget=True)
-    return Plan(mark_lost=lost, retry=retry, start_new=start_new)
+    return Plan(mark_lost=lost, retry=retry, start_new=start_new, segments=segments)
 
 
 def _confirm(
@@ -161,10 +206,16 @@ def _affordable(observation: Observation) -> int:
     return limiting.affordable if limiting is not None else UNLIMITED
 
 
+_NO_CONFIRMATION = (StopReason.INTERRUPTED, StopReason.FAILURE_BUDGET)
+
+
 def _drain_reason(spec: StudySpec, stop: StopReason) -> str | None:
-    """Running trials stop now on an interrupt, and at the deadline under ``onExhausted: drain``."""
+    """Running trials stop now on an interrupt or when failures stopped the study, and at the
+    deadline under ``onExhausted: drain``."""
     if stop is StopReason.INTERRUPTED:
         return "interrupted"
+    if stop is StopReason.FAILURE_BUDGET:
+        return "failureBudget"
     if stop is StopReason.DEADLINE and spec.budget.onExhausted == "drain":
         return "deadline"
     if stop is StopReason.BUDGET_EXHAUSTED and spec.budget.onExhausted == "drain":
@@ -190,8 +241,9 @@ IMPORTED_REASON = "imported"  # warmStart.fromStudy copies: they inform the samp
 
 
 def _own(trials: list[TrialView]) -> list[TrialView]:
-    """The trials this study ran (imported ones count for the grid, not for limits or stops)."""
-    return [t for t in trials if t.reason != IMPORTED_REASON]
+    """The trials this study ran (imported ones count for the grid, not for limits or stops;
+    incomplete ones never ran)."""
+    return [t for t in trials if t.reason != IMPORTED_REASON and not t.never_ran]
 
 
 def _logical_started(trials: list[TrialView]) -> set[int]:
@@ -200,7 +252,11 @@ def _logical_started(trials: list[TrialView]) -> set[int]:
 
 def _distinct_configs(trials: list[TrialView]) -> int:
     return len(
-        {tuple(sorted((k, repr(v)) for k, v in t.params.items())) for t in trials if t.state != "WAITING"}
+        {
+            tuple(sorted((k, repr(v)) for k, v in t.params.items()))
+            for t in trials
+            if t.state != "WAITING" and not t.never_ran
+        }
     )
 
 
@@ -210,6 +266,7 @@ def _stop_reason(
     trials: list[TrialView],
     has_pending_retries: bool,
     converged: bool = False,
+    population: PopulationState | None = None,
 ) -> StopReason | None:
     if observation.interrupted:
         return StopReason.INTERRUPTED
@@ -227,7 +284,9 @@ def _stop_reason(
         return StopReason.BUDGET_EXHAUSTED
     if has_pending_retries:
         return None
-    size = spec.space_size()
+    if population is not None and population.trained:
+        return StopReason.POPULATION_TRAINED
+    size = spec.space_size() if population is None else None
     if size is not None and _distinct_configs(trials) >= size:
         return StopReason.SPACE_EXHAUSTED
     max_trials = spec.budget.maxTrials

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.planner.segments import Segment
+
 
 class StopReason(enum.StrEnum):
     """Why a study stops starting trials (and, once nothing runs, why it ended)."""
@@ -18,12 +20,19 @@ class StopReason(enum.StrEnum):
     BUDGET_EXHAUSTED = "BudgetExhausted"
     CONVERGED = "Converged"
     INTERRUPTED = "Interrupted"
+    POPULATION_TRAINED = "PopulationTrained"  # pbt: every member trained objective.steps (or stopped)
+    FAILURE_BUDGET = "FailureBudgetExhausted"  # failed trials used up budget.maxFailedTrials
 
 
 # Failures of the platform rather than the objective: retried with the same params.
 INFRASTRUCTURE_REASONS = frozenset(
     {"killed", "preempted", "lost", "storageUnavailable", "interrupted", "unschedulable"}
 )
+
+
+# A trial whose asking never finished (its parameters or seed were never all written): it never
+# ran, so it counts towards nothing (maxTrials, the failure budget, the summary); one is asked anew.
+INCOMPLETE_REASON = "incomplete"
 
 
 # A trial asked for a busy local worker, WAITING in the storage until that worker starts it. It
@@ -36,7 +45,9 @@ class TrialView:
     """One Optuna trial as the planner needs it.
 
     ``root`` is the logical trial this attempt belongs to (its own number for a first attempt);
-    ``attempt`` counts retries (0 first).
+    ``attempt`` counts retries (0 first). ``segment``: the PBT segment the trial trains, if any.
+    ``startable`` is False for a RUNNING or QUEUED trial
+    whose parameters or seed were never all written: it must not run.
     """
 
     number: int
@@ -46,6 +57,13 @@ class TrialView:
     reason: str | None = None
     root: int | None = None
     attempt: int = 0
+    segment: Segment | None = None
+    startable: bool = True
+
+    @property
+    def never_ran(self) -> bool:
+        """Failed as ``incomplete``: asked but never started (a crash while asking)."""
+        return self.state == "FAIL" and self.reason == INCOMPLETE_REASON
 
     @property
     def logical(self) -> int:
@@ -87,7 +105,8 @@ class Observation:
     ``live`` holds the trial numbers that have work in flight (a local process, or a Job whose
     pod has not finished), queued trials included. A trial RUNNING (or QUEUED) in the storage but
     not live has lost its work. ``queue_slots`` is how many trials may wait queued behind running
-    ones, beyond ``parallelism`` (the local runner's prefetch for short trials).
+    ones, beyond ``parallelism`` (the local runner's prefetch for short trials). ``seed`` is the
+    study seed, from which population-based training draws its decisions.
     """
 
     trials: tuple[TrialView, ...]
@@ -99,6 +118,7 @@ class Observation:
     parallelism_override: int | None = None
     namespace_budget: BudgetView | None = None
     queue_slots: int = 0
+    seed: int = 0
 
     @property
     def limiting_budget(self) -> BudgetView | None:

@@ -32,6 +32,7 @@ class StudySummary:
 
 
 def summarize(spec: StudySpec, trials: tuple[TrialView, ...] | list[TrialView]) -> StudySummary:
+    trials = [t for t in trials if not t.never_ran]  # asked, never started: as if never asked
     counts = Counter(t.state for t in trials)
     retried_keys = {(t.logical, t.attempt - 1) for t in trials if t.is_retry}
     retried = sum(1 for t in trials if t.state == "FAIL" and (t.logical, t.attempt) in retried_keys)

@@ -70,9 +70,13 @@ def load_manifest_file(path: str | Path) -> StudyManifest | GPUBudgetManifest:
 
 
 def validate_spec(spec: Any, prefix: Loc = ("spec",)) -> StudySpec:
-    """Validate the ``spec`` of a Study object (as the controller receives it)."""
+    """Validate the ``spec`` of a Study object (as the controller receives it).
+
+    Besides the model's rules, one that only a cluster has: population-based training needs
+    ``spec.checkpoints`` (a volume every trial pod mounts); local runs keep them on disk.
+    """
     try:
-        return StudySpec.model_validate(spec)
+        validated = StudySpec.model_validate(spec)
     except ValidationError as exc:
         errors = errors_from_validation(exc, StudySpec, {})
         raise SpecInvalid(
@@ -81,6 +85,14 @@ def validate_spec(spec: Any, prefix: Loc = ("spec",)) -> StudySpec:
                 for e in errors
             ]
         ) from None
+    if validated.is_population_based and validated.checkpoints is None:
+        where = ".".join(str(p) for p in (*prefix, "checkpoints"))
+        message = (
+            "population-based training on a cluster keeps checkpoints on a volume: set "
+            "checkpoints.persistentVolumeClaim to a PersistentVolumeClaim in the study's namespace"
+        )
+        raise SpecInvalid([SpecError(where, message)])
+    return validated
 
 
 def _parse_yaml(text: str, source: str) -> tuple[Any, dict[Loc, int]]:

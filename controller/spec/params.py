@@ -79,6 +79,13 @@ class _Param(SpecModel):
             "(or one of the listed values)."
         ),
     )
+    mutable: bool = Field(
+        default=False,
+        description=(
+            "Population-based training (sampler pbt): this parameter may change between a "
+            "member's segments; the others stay as the member's checkpoint has them."
+        ),
+    )
 
     def active_given(self, params: dict[str, Choice]) -> bool:
         """Whether this parameter applies, given the values chosen so far."""

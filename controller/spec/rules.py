@@ -110,7 +110,7 @@ class Rule:
             # Kept if the expression fails at run time; placeholders read as <name>.
             entry["message"] = self.message.format(**{name: f"<{name}>" for name in self.placeholders})
         else:
-            entry["message"] = self.message
+            entry["message"] = self.text()  # braces written doubled in the message are single here
         path = self.field_path if self.field_path is not None else self.field
         if path:
             entry["fieldPath"] = path if path.startswith((".", "[")) else "." + path

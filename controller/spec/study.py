@@ -29,6 +29,13 @@ from controller.spec.params import (
     IntParam,
     Param,
 )
+from controller.spec.population import (
+    POPULATION_BASED_CEL,
+    POPULATION_RULES,
+    SEGMENT_PLACEHOLDERS,
+    check_population,
+    is_population_based,
+)
 from controller.spec.rules import Rule, Rules, SpecModel
 from controller.spec.tracking import Tracking
 
@@ -45,10 +52,12 @@ MAX_PARAMETERS = 128
 MAX_COMMAND_PARTS = 128
 MAX_COMMAND_PART_LENGTH = 1024
 
-SAMPLERS = ("auto", "random", "grid", "tpe", "gp", "cmaes", "qmc", "nsga2", "nsga3", "motpe")
+SAMPLERS = ("auto", "random", "grid", "tpe", "gp", "cmaes", "qmc", "nsga2", "nsga3", "motpe", "pbt")
 PRUNERS = ("auto", "none", "median", "percentile", "hyperband", "asha", "wilcoxon")
 
-SamplerName = Literal["auto", "random", "grid", "tpe", "gp", "cmaes", "qmc", "nsga2", "nsga3", "motpe"]
+SamplerName = Literal[
+    "auto", "random", "grid", "tpe", "gp", "cmaes", "qmc", "nsga2", "nsga3", "motpe", "pbt"
+]
 PrunerName = Literal["auto", "none", "median", "percentile", "hyperband", "asha", "wilcoxon"]
 
 
@@ -101,6 +110,12 @@ class Objective(SpecModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     goal: float | None = Field(default=None, description="Stop once the best value reaches this.")
+    steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="How many intermediate steps (e.g. epochs) a trial reports with trial.report; "
+        "population-based training trains each member this many steps.",
+    )
     constraints: list[MetricName] = Field(
         default_factory=list,
         max_length=MAX_METRICS,
@@ -205,6 +220,13 @@ class Budget(SpecModel):
         default=None, ge=1, description="End as Converged after this many trials without improvement."
     )
     onExhausted: Literal["finish", "drain"] = "finish"
+    maxFailedTrials: int | None = Field(
+        default=None,
+        ge=0,
+        description="Failed trials the study tolerates (retried infrastructure failures aside): "
+        "one more ends it as Failed. Unset: end as Failed when the first 3 finished trials all "
+        "failed for the same reason and none completed.",
+    )
 
 
 PYTHON_OR_COMMAND = Rule(
@@ -281,6 +303,33 @@ class Export(SpecModel):
     path: str = "/"
 
 
+CHECKPOINT_PATH_INSIDE = Rule(
+    "checkpoints-path-inside-the-volume",
+    field="path",
+    message="the path must stay inside the volume (no '..')",
+    cel="!has(self.path) || !self.path.matches('(^|/)[.][.](/|$)')",
+)
+
+
+class Checkpoints(SpecModel):
+    """Where population-based training keeps checkpoints on the cluster (mounted into trial pods)."""
+
+    spec_rules: ClassVar[Rules] = (CHECKPOINT_PATH_INSIDE,)
+
+    persistentVolumeClaim: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+    path: str = Field(
+        default="/",
+        max_length=1024,
+        description="A directory inside the volume; each study gets its own below it.",
+    )
+
+    @model_validator(mode="after")
+    def _inside(self) -> Checkpoints:
+        if ".." in self.path.split("/"):
+            raise CHECKPOINT_PATH_INSIDE.error()
+        return self
+
+
 class Storage(SpecModel):
     secretRef: str | None = Field(
         default=None, description="Secret with the database password (key: password)."
@@ -307,7 +356,13 @@ PLACEHOLDERS_NAME_PARAMETERS = Rule(
     "command-placeholders-name-parameters",
     field="trial.command",
     message="placeholder {{{{{name}}}}} names no parameter of searchSpace",
-    cel=f"!has(self.trial.command) || self.trial.command.all(part, {_PLACEHOLDERS}.all(p, {_KNOWN}))",
+    # A population-based study's command may also name the segment placeholders: the API server
+    # leaves its placeholders to the controller (checking both kinds in one loop costs CEL more
+    # than the API server's per-rule limit).
+    cel=(
+        f"{POPULATION_BASED_CEL} || !has(self.trial.command) || "
+        f"self.trial.command.all(part, {_PLACEHOLDERS}.all(p, {_KNOWN}))"
+    ),
     message_expression=(
         "'placeholder {{' + self.trial.command.filter(part, "
         f"{_PLACEHOLDERS}.exists(p, !{_KNOWN}))[0].findAll(r'{PLACEHOLDER_PATTERN}')"
@@ -384,6 +439,7 @@ class StudySpec(SpecModel):
         MULTI_OBJECTIVE_SAMPLER,
         PRUNER_SINGLE_METRIC,
         TERMINATOR_SINGLE_METRIC,
+        *POPULATION_RULES,
         CONDITION_NOT_ON_ITSELF,
         CONDITION_NAMES_A_PARAMETER,
         CONDITION_VALUE_IS_A_CHOICE,
@@ -409,6 +465,9 @@ class StudySpec(SpecModel):
     reproducibility: Reproducibility = Field(default_factory=Reproducibility)
     export: Export | None = None
     tracking: Tracking | None = None
+    checkpoints: Checkpoints | None = Field(
+        default=None, description="A PersistentVolumeClaim for the checkpoints of sampler pbt (on a cluster)."
+    )
 
     @field_validator("searchSpace")
     @classmethod
@@ -421,10 +480,13 @@ class StudySpec(SpecModel):
     @model_validator(mode="after")
     def _check_cross_references(self) -> StudySpec:
         check_conditions(self.searchSpace)
+        check_population(self)
         if self.trial.command is not None:
             for part in self.trial.command:
                 for name in PLACEHOLDER.findall(part):
-                    if name not in self.searchSpace:
+                    # a segment placeholder is known only to a population-based study
+                    segment = name in SEGMENT_PLACEHOLDERS and is_population_based(self)
+                    if name not in self.searchSpace and not segment:
                         raise PLACEHOLDERS_NAME_PARAMETERS.error(name=name)
         if self.warmStart is not None:
             for index, params in enumerate(self.warmStart.params):
@@ -441,6 +503,11 @@ class StudySpec(SpecModel):
     @property
     def is_multi_objective(self) -> bool:
         return len(self.objective.metrics) > 1
+
+    @property
+    def is_population_based(self) -> bool:
+        """Population-based training: ``sampler: pbt``, or ``auto`` with mutable parameters."""
+        return is_population_based(self)
 
     def space_size(self) -> int | None:
         """Distinct configurations in the space, or None if any parameter is continuous.

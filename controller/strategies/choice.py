@@ -133,6 +133,8 @@ def choose_strategy(
         reasons.append(why)
     else:
         reasons.append(f"{sampler}: named in strategy.sampler")
+    if sampler == "pbt":
+        reasons.append(_population_size(spec, affordability.trials))
     pruner: str = spec.strategy.pruner
     if pruner == "auto":
         pruner, why = _auto_pruner(spec, sampler, affordability.trials, reports_intermediate)
@@ -143,6 +145,11 @@ def choose_strategy(
 
 
 def _auto_sampler(spec: StudySpec, affordability: Affordability) -> tuple[str, str]:
+    if spec.is_population_based:
+        return "pbt", (
+            "population-based training: parameters are marked mutable, so their schedule is tuned "
+            "while members train (only marked parameters ever make auto choose it)"
+        )
     limit = affordability.trials
     size = count_configurations(spec.searchSpace)
     if size is not None and (limit is None or size <= limit):
@@ -170,6 +177,24 @@ def _auto_sampler(spec: StudySpec, affordability: Affordability) -> tuple[str, s
     return "tpe", f"TPE: {band} trials; multivariate TPE handles conditional spaces and parallel workers"
 
 
+def _population_size(spec: StudySpec, affordable: int | None) -> str:
+    """How many segments (trials) the population trains, and whether the budget covers them."""
+    from controller.spec.population import population_settings
+
+    settings = population_settings(spec)
+    steps = spec.objective.steps or 1
+    interval = settings.interval_for(steps)
+    segments = math.ceil(steps / interval)
+    total = settings.population * segments
+    text = (
+        f"pbt: {settings.population} members x {segments} segments of {interval} steps = {total} "
+        "segments (trials) at most"
+    )
+    if affordable is not None and affordable < total:
+        text += f"; the budget affords {affordable}, so members stop before objective.steps"
+    return text
+
+
 def _small_continuous(spec: StudySpec) -> bool:
     space = spec.searchSpace
     return (
@@ -184,6 +209,8 @@ def _auto_pruner(
 ) -> tuple[str, str]:
     if spec.is_multi_objective:
         return "none", "no pruning: Optuna prunes single-objective studies only"
+    if sampler == "pbt":
+        return "none", "no pruning: population-based training stops weak members by copying strong ones"
     if sampler == "grid":
         return "none", "no pruning: a grid evaluates every configuration fully"
     if reports_intermediate is False:

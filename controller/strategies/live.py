@@ -82,8 +82,8 @@ class LiveStrategy:
 
     def _adopt(self, study: optuna.Study, revised: StrategyChoice, finished: int) -> bool:
         sampler = revised.sampler
-        if "grid" in (sampler, self.choice.sampler):
-            sampler = self.choice.sampler
+        if {"grid", "pbt"} & {sampler, self.choice.sampler}:
+            sampler = self.choice.sampler  # their bookkeeping needs them from the first trial
         changed_sampler = sampler != self.choice.sampler
         changed_pruner = revised.pruner != self.choice.pruner
         if not (changed_sampler or changed_pruner):

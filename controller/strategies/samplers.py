@@ -44,6 +44,10 @@ def build_sampler(name: str, spec: StudySpec, seed: int) -> optuna.samplers.Base
     """
     if name == "grid":
         return ConfigurationGridSampler(spec.searchSpace, seed=seed)
+    if name == "pbt":
+        # The planner chooses every segment's parameters (controller.planner.population); the
+        # study's sampler is never asked, so its settings are PBT's, not a sampler's.
+        return optuna.samplers.RandomSampler(seed=seed)
     explicit = spec.strategy.settings if spec.strategy.sampler == name else {}
     options = {**sampler_defaults(name, spec), **sampler_options(name, explicit), "seed": seed}
     if name == "random":

@@ -119,6 +119,14 @@ def pruner_options(pruner: str, settings: dict[str, Any]) -> dict[str, Any]:
 
 def check_sampler_settings(sampler: str, settings: dict[str, Any]) -> None:
     """Validate settings by converting them and building the sampler once (cheap, no study)."""
+    if sampler == "pbt":
+        from controller.spec.population import BadSetting, parse_population_settings
+
+        try:
+            parse_population_settings(settings)
+        except BadSetting as error:
+            raise SettingError(error.key, error.message) from None
+        return
     options = sampler_options(sampler, settings)
     if sampler == "grid":
         return

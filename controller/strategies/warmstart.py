@@ -17,8 +17,8 @@ import optuna
 import structlog
 from optuna.trial import FrozenTrial, TrialState
 
-from controller.spec import StudySpec, ordered_parameters
-from controller.studies.asking import distribution_of
+from controller.spec import StudySpec
+from controller.studies.asking import active_parameters, distribution_of
 from trial_worker.contract import ATTR_KIND, ATTR_REASON
 
 ATTR_WARM_STARTED = "tunefleet.warm_started"
@@ -91,7 +91,7 @@ def _copy_into_space(trial: FrozenTrial, spec: StudySpec, source_name: str) -> F
     """The trial restricted to this space, or None when a value falls outside it."""
     params: dict[str, Any] = {}
     distributions = {}
-    for name in _active_names(spec, trial.params):
+    for name in active_parameters(spec.searchSpace, trial.params):
         if name not in trial.params:
             return None  # active here but never chosen there: the trial says nothing about it
         distribution = distribution_of(spec.searchSpace[name])
@@ -116,12 +116,3 @@ def _copy_into_space(trial: FrozenTrial, spec: StudySpec, source_name: str) -> F
         system_attrs=constraints,
         intermediate_values=dict(trial.intermediate_values),
     )
-
-
-def _active_names(spec: StudySpec, chosen: dict[str, Any]) -> list[str]:
-    """The declared parameters active given the trial's values, parents first."""
-    active: dict[str, Any] = {}
-    for name in ordered_parameters(spec.searchSpace):
-        if spec.searchSpace[name].active_given(active):
-            active[name] = chosen.get(name)
-    return list(active)

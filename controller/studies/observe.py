@@ -6,11 +6,15 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from controller.planner import QUEUED, TrialView
+from controller.planner.segments import ATTR_SEGMENT, Segment
+from controller.studies.asking import Space, missing_for_start
 from trial_worker.contract import ATTR_ATTEMPT, ATTR_DETAIL, ATTR_QUEUED, ATTR_REASON, ATTR_RETRY_OF
 
 
-def trial_view(trial: FrozenTrial) -> TrialView:
+def trial_view(trial: FrozenTrial, space: Space | None = None) -> TrialView:
+    """The planner's view of a trial; with ``space``, whether a live one may run at all."""
     root = trial.user_attrs.get(ATTR_RETRY_OF)
+    unfinished = trial.state == TrialState.RUNNING or _is_queued(trial)
     return TrialView(
         number=trial.number,
         state=QUEUED if _is_queued(trial) else trial.state.name,
@@ -19,6 +23,8 @@ def trial_view(trial: FrozenTrial) -> TrialView:
         reason=trial.user_attrs.get(ATTR_REASON),
         root=int(root) if root is not None else None,
         attempt=int(trial.user_attrs.get(ATTR_ATTEMPT, 0)),
+        segment=Segment.from_attr(trial.user_attrs.get(ATTR_SEGMENT)),
+        startable=not (space is not None and unfinished and missing_for_start(trial, space)),
     )
 
 
@@ -26,9 +32,11 @@ def _is_queued(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.WAITING and bool(trial.user_attrs.get(ATTR_QUEUED))
 
 
-def observe_trials(study: optuna.Study) -> tuple[list[FrozenTrial], tuple[TrialView, ...]]:
+def observe_trials(
+    study: optuna.Study, space: Space | None = None
+) -> tuple[list[FrozenTrial], tuple[TrialView, ...]]:
     trials = study.get_trials(deepcopy=False)
-    return trials, tuple(trial_view(t) for t in trials)
+    return trials, tuple(trial_view(t, space) for t in trials)
 
 
 def fail_trial(study: optuna.Study, number: int, reason: str, detail: str | None = None) -> bool:

@@ -23,6 +23,7 @@ ATTR_STRATEGY = "tunefleet.strategy"
 ATTR_VERSIONS = "tunefleet.versions"
 ATTR_STARTED_AT = "tunefleet.started_at"
 ATTR_STOP_REASON = "tunefleet.stop_reason"
+ATTR_STOP_DETAIL = "tunefleet.stop_detail"  # why failed trials stopped the study, as the user saw it
 ATTR_HOST_GPUS = "tunefleet.host_gpus"  # GPU models on the machine that ran local trials
 ATTR_CODE_REVISION = "tunefleet.code_revision"  # {"revision", "source"} when one is known
 

@@ -43,6 +43,7 @@ NEEDED_IN_STUDY_NAMESPACES = {
     ),
     *(("batch", "jobs", verb) for verb in ("get", "list", "watch", "create", "delete", "patch")),
     *(("", "pods", verb) for verb in ("get", "list", "watch", "patch", "update", "delete")),
+    ("", "pods/log", "get"),  # the first failed trial's log, when failures stop a study
     ("", "events", "create"),
     ("events.k8s.io", "events", "create"),
     *(("", "configmaps", verb) for verb in ("get", "create", "update", "patch")),

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
+import sqlalchemy as sa
 
 from controller.kube.crd import build_crds
 from tests.cluster.emulator import ApiError, KubeEmulator
@@ -248,8 +249,30 @@ def running_pod(kube: KubeEmulator, name: str) -> dict[str, Any] | None:
     return None
 
 
+_engines: dict[str, sa.engine.Engine] = {}
+
+
+def optuna_key(storage_url: str, name: str) -> str:
+    """The Optuna study (and ledger key) of the Study ``name``: ``team-a/<name>/<uid>``, of the
+    object applied last if there were several; ``team-a/<name>`` while none exists yet."""
+    engine = _engines.get(storage_url)
+    if engine is None:
+        engine = _engines[storage_url] = sa.create_engine(storage_url, poolclass=sa.pool.NullPool)
+    prefix = f"{NAMESPACE}/{name}"
+    query = sa.text(
+        "SELECT study_name FROM studies WHERE study_name = :name OR study_name LIKE :prefix "
+        "ORDER BY study_id DESC"
+    )
+    try:
+        with engine.connect() as connection:
+            found = connection.execute(query, {"name": prefix, "prefix": prefix + "/%"}).first()
+    except sa.exc.DatabaseError:
+        return prefix  # no Optuna tables yet
+    return str(found[0]) if found is not None else prefix
+
+
 def load_trials(storage_url: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    study = optuna.load_study(study_name=f"{NAMESPACE}/{name}", storage=storage_url)
+    study = optuna.load_study(study_name=optuna_key(storage_url, name), storage=storage_url)
     return study.get_trials(deepcopy=False)
 
 

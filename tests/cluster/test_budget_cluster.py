@@ -26,6 +26,7 @@ from tests.cluster.controller_harness import (
     ControllerProcess,
     condition,
     load_trials,
+    optuna_key,
     prepare_cluster,
     study_manifest,
     study_status,
@@ -95,8 +96,8 @@ def test_a_budget_worth_three_trials_admits_three_at_a_time_and_bills_pods_exact
 
     limit = 3 * WORST_CASE_S
     with Ledger(postgres_url) as ledger:
-        totals = ledger.totals(f"{NAMESPACE}/gpus")
-        assert ledger.open_reservations(f"{NAMESPACE}/gpus") == {}
+        totals = ledger.totals(optuna_key(postgres_url, "gpus"))
+        assert ledger.open_reservations(optuna_key(postgres_url, "gpus")) == {}
     pods = trial_pods(kube_emulator, "gpus")
     settled = settled_by_pod(postgres_url)
     errors = [settled[p["metadata"]["uid"]] - pod_gpu_seconds(p) for p in pods]
@@ -133,7 +134,7 @@ def test_drain_stops_running_trials_when_no_further_trial_fits(
     assert [(t.state.name, t.user_attrs.get("tunefleet.reason")) for t in trials] == [("FAIL", "budget")] * 2
     assert study_status(kube_emulator, "drain").get("stopReason") == "BudgetExhausted"
     with Ledger(postgres_url) as ledger:
-        totals = ledger.totals(f"{NAMESPACE}/drain")
+        totals = ledger.totals(optuna_key(postgres_url, "drain"))
     assert totals.settled.gpu_seconds <= 2 * WORST_CASE_S
     print(f"drain: settled {totals.settled.gpu_seconds} of {2 * WORST_CASE_S} GPU-s, overspend 0")
 
@@ -167,6 +168,7 @@ class BudgetWatch:
 
     def __init__(self, storage_url: str, limit: int, study: str | None = None) -> None:
         self.ledger = Ledger(storage_url)
+        self.storage_url = storage_url
         self.limit = limit
         self.study = study
         self.overspend = 0
@@ -174,7 +176,7 @@ class BudgetWatch:
 
     def sample(self) -> None:
         if self.study is not None:
-            totals = self.ledger.totals(f"{NAMESPACE}/{self.study}")
+            totals = self.ledger.totals(optuna_key(self.storage_url, self.study))
             committed = totals.settled.gpu_seconds + totals.reserved.gpu_seconds
         else:
             spent = self.ledger.namespace_totals(NAMESPACE)
@@ -272,8 +274,8 @@ def finish_and_check(
     trials = load_trials(storage_url, study)
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3  # nothing asked twice, none lost
     with Ledger(storage_url) as ledger:
-        assert ledger.open_reservations(f"{NAMESPACE}/{study}") == {}
-        totals = ledger.totals(f"{NAMESPACE}/{study}")
+        assert ledger.open_reservations(optuna_key(storage_url, study)) == {}
+        totals = ledger.totals(optuna_key(storage_url, study))
     errors = accounting_errors(kube, storage_url, study)
     assert len(errors) == 3
     print(
@@ -292,7 +294,7 @@ def test_a_controller_killed_between_reservation_and_job_creation_still_ends_exa
     watch, fresh = crash_then_recover(kube_emulator, postgres_url, tmp_path, "after-reserve", "crash-reserve")
     # Died with the reservation committed and no Job: the room is held, nothing runs.
     with Ledger(postgres_url) as ledger:
-        assert list(ledger.open_reservations(f"{NAMESPACE}/crash-reserve").values()) == [0]
+        assert list(ledger.open_reservations(optuna_key(postgres_url, "crash-reserve")).values()) == [0]
     assert trial_jobs_of(kube_emulator, "crash-reserve") == []
     finish_and_check(kube_emulator, postgres_url, watch, fresh, "crash-reserve")
 
@@ -306,7 +308,7 @@ def test_a_controller_killed_after_its_provisional_reservation_asks_no_trial_twi
     # Died holding room under a provisional key, before asking: no trial, no Job; the fresh
     # controller releases the room when it takes the study over.
     with Ledger(postgres_url) as ledger:
-        assert list(ledger.open_reservations(f"{NAMESPACE}/crash-provisional").values()) == [-1]
+        assert list(ledger.open_reservations(optuna_key(postgres_url, "crash-provisional")).values()) == [-1]
     assert load_trials(postgres_url, "crash-provisional") == []
     assert trial_jobs_of(kube_emulator, "crash-provisional") == []
     finish_and_check(kube_emulator, postgres_url, watch, fresh, "crash-provisional")
@@ -319,7 +321,7 @@ def test_a_controller_killed_between_ask_and_rekey_adopts_the_trial_it_asked(
     watch, fresh = crash_then_recover(kube_emulator, postgres_url, tmp_path, "after-ask", "crash-ask")
     # Died with trial 0 asked (RUNNING) and its room still held under the provisional key.
     with Ledger(postgres_url) as ledger:
-        assert list(ledger.open_reservations(f"{NAMESPACE}/crash-ask").values()) == [-1]
+        assert list(ledger.open_reservations(optuna_key(postgres_url, "crash-ask")).values()) == [-1]
     assert [(t.number, t.state.name) for t in load_trials(postgres_url, "crash-ask")] == [(0, "RUNNING")]
     assert trial_jobs_of(kube_emulator, "crash-ask") == []
     finish_and_check(kube_emulator, postgres_url, watch, fresh, "crash-ask")
@@ -431,7 +433,7 @@ def test_a_gpubudget_shared_by_two_studies_ends_both_budget_exhausted(
         wait_for(done, 240, "the studies did not end\n" + controller.log()[-3000:])
         with Ledger(postgres_url) as ledger:
             spent = ledger.namespace_totals(NAMESPACE)
-            per_study = {n: ledger.totals(f"{NAMESPACE}/{n}").settled.gpu_seconds for n in names}
+            per_study = {n: ledger.totals(optuna_key(postgres_url, n)).settled.gpu_seconds for n in names}
         assert spent is not None
         wait_for(
             lambda: kube_emulator.api.get(GPUBUDGETS, NAMESPACE, "team")["status"]["used"]

@@ -23,6 +23,7 @@ from tests.cluster.controller_harness import (
     TRIAL_TERMINATION_GRACE_S,
     ControllerProcess,
     load_trials,
+    optuna_key,
     prepare_cluster,
     study_manifest,
     study_status,
@@ -109,6 +110,8 @@ def test_a_budget_worth_exactly_three_trials_runs_exactly_three(
                       HANGS_FOR_S)
     body["spec"]["trial"]["gpus"] = 1
     body["spec"]["budget"]["gpuHours"] = limit / 3600
+    # Every trial hangs and fails: the GPU budget, not the failure budget, must end the study.
+    body["spec"]["budget"]["maxFailedTrials"] = 8
     controller = ControllerProcess(kube_emulator, postgres_url, tmp_path).start()
     watch = BudgetWatch(postgres_url, limit, study="exact")
     frozen: set[str] = set()
@@ -135,8 +138,8 @@ def test_a_budget_worth_exactly_three_trials_runs_exactly_three(
     pods = trial_pods(kube_emulator, "exact")
     trials = load_trials(postgres_url, "exact")
     with Ledger(postgres_url) as ledger:
-        totals = ledger.totals(f"{NAMESPACE}/exact")
-        open_reservations = ledger.open_reservations(f"{NAMESPACE}/exact")
+        totals = ledger.totals(optuna_key(postgres_url, "exact"))
+        open_reservations = ledger.open_reservations(optuna_key(postgres_url, "exact"))
     errors = accounting_errors(kube_emulator, postgres_url, "exact")
     settled = totals.settled.gpu_seconds
     print(

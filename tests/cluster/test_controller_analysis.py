@@ -21,6 +21,7 @@ from tests.cluster.controller_harness import (
     ControllerProcess,
     finished,
     load_trials,
+    optuna_key,
     prepare_cluster,
     study_manifest,
     study_status,
@@ -38,10 +39,17 @@ def _run_study(
     body: dict[str, Any],
     env: dict[str, str] | None = None,
     until: Any = None,
+    claims: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Apply the Study, wait until it ends (and ``until`` holds), return its status."""
+    """Apply the Study, wait until it ends (and ``until`` holds), return its status.
+
+    ``claims`` are PersistentVolumeClaims to create first (host directories in the emulator).
+    """
     name = body["metadata"]["name"]
     prepare_cluster(kube)
+    for claim in claims:
+        kube.api.create("persistentvolumeclaims", {"metadata": {"name": claim}, "spec": {
+            "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}, NAMESPACE)
     controller = ControllerProcess(kube, storage_url, work_dir, env=env).start()
     try:
         kube.api.create(STUDIES, body, NAMESPACE)
@@ -66,14 +74,14 @@ def _best_config_map(kube: KubeEmulator, name: str) -> dict[str, Any]:
 def _export(storage_url: str, name: str, out: Path) -> None:
     """The real ``tunefleet export`` command line, as a user runs it anywhere."""
     subprocess.run(
-        [str(VENV_BIN / "tunefleet"), "export", "--storage", storage_url, "--study", f"{NAMESPACE}/{name}",
-         "--out", str(out)],
+        [str(VENV_BIN / "tunefleet"), "export", "--storage", storage_url,
+         "--study", optuna_key(storage_url, name), "--out", str(out)],
         check=True, capture_output=True, timeout=180,
     )
 
 
 def _study(storage_url: str, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=f"{NAMESPACE}/{name}", storage=storage_url)
+    return optuna.load_study(study_name=optuna_key(storage_url, name), storage=storage_url)
 
 
 def test_a_study_with_sampler_auto_shows_the_chosen_sampler_and_pruner_with_reasons(
@@ -181,9 +189,8 @@ def test_a_multi_objective_study_has_its_pareto_set_in_status_and_config_map(
 def test_spec_export_writes_the_files_on_the_claim_and_posts_an_event(
     kube_emulator: KubeEmulator, postgres_url: str, tmp_path: Path
 ) -> None:
-    # The emulated kubelet mounts no volumes: the Job's mount path is a local directory here,
-    # so the export Job's process writes where the PVC would be mounted.
-    mount = tmp_path / "pvc-results"
+    # The emulated kubelet mounts the claim as a host directory (tests/cluster/README.md), so the
+    # export Job's process writes into it through the mount path on its command line.
     body = study_manifest(
         "exq", max_trials=3, parallelism=2, export={"persistentVolumeClaim": "results", "path": "runs/exq"}
     )
@@ -196,12 +203,12 @@ def test_spec_export_writes_the_files_on_the_claim_and_posts_an_event(
         postgres_url,
         tmp_path,
         body,
-        env={"TUNEFLEET_EXPORT_MOUNT_PATH": str(mount)},
         until=exported,
+        claims=("results",),
     )
 
     assert status["export"]["phase"] == "Written", status["export"]
-    out = mount / "runs" / "exq"
+    out = kube_emulator.claim_path(NAMESPACE, "results") / "runs" / "exq"
     for name in ("best_config.json", "best_config.yaml", "trials.csv", "importance.json", "report.html",
                  "reproducibility.json"):
         assert (out / name).is_file(), name

@@ -60,8 +60,13 @@ def test_an_invalid_spec_gets_an_invalid_condition_naming_the_field_and_nothing_
         assert "not a parameter" in invalid["message"]
         assert study_status(kube_emulator, "bad")["phase"] == "Invalid"
         assert trial_jobs(kube_emulator, "bad") == []
-        events = [e for e in kube_emulator.api.list("events", NAMESPACE) if e.get("reason") == "SpecInvalid"]
-        assert events and events[0]["type"] == "Warning"
+        # The Event is posted after the status patch that shows the condition: wait for it.
+        def spec_invalid_events() -> list[dict]:
+            listed = kube_emulator.api.list("events", NAMESPACE)
+            return [e for e in listed if e.get("reason") == "SpecInvalid"]
+
+        events = wait_for(spec_invalid_events, 30, "no SpecInvalid Event")
+        assert events[0]["type"] == "Warning"
 
         # Fixing the spec starts the study.
         kube_emulator.api.patch(STUDIES, NAMESPACE, "bad", {"spec": {"searchSpace": {"momentum": None}}})

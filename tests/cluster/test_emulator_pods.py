@@ -166,6 +166,28 @@ def test_env_from_secrets_and_fields(kube_emulator: KubeEmulator) -> None:
     assert log is not None and log.read_text() == f"s3cret {name} hello 4\n"
 
 
+def test_a_claim_is_a_host_directory_the_pod_reaches_at_its_mount_path(kube_emulator: KubeEmulator) -> None:
+    writes = "import os, sys; open(sys.argv[1], 'w').write(os.environ['ROOT'])"
+    pod_spec = {"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "shared"}}]}
+    body = job("claim", ["python", "-c", writes, "/mnt/data/out.txt"], pod_spec=pod_spec)
+    container = body["spec"]["template"]["spec"]["containers"][0]
+    container["volumeMounts"] = [{"name": "data", "mountPath": "/mnt/data"}]
+    container["env"] = [{"name": "ROOT", "value": "/mnt/data"}]
+    kube_emulator.api.create("jobs.batch", body, "default")
+    name = job_pod(kube_emulator, "claim")["metadata"]["name"]
+
+    def waiting() -> Any:
+        pod = kube_emulator.api.get("pods", "default", name)
+        state = ((pod["status"].get("containerStatuses") or [{}])[0]).get("state") or {}
+        return "persistentvolumeclaim \"shared\" not found" in state.get("waiting", {}).get("message", "")
+    kube_emulator.wait_for(waiting)
+    kube_emulator.api.create("persistentvolumeclaims", {"metadata": {"name": "shared"}, "spec": {
+        "accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}}, "default")
+    pod_phase(kube_emulator, name, "Succeeded")
+    host = kube_emulator.claim_path("default", "shared")
+    assert (host / "out.txt").read_text() == str(host)  # env and argv under the mount point there
+
+
 def test_scheduling_block_and_image_pull_failure(kube_emulator: KubeEmulator) -> None:
     kube_emulator.runner.block_scheduling(lambda pod: True)
     kube_emulator.api.create("pods", {"metadata": {"name": "waits"}, "spec": {"containers": [

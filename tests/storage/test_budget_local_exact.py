@@ -65,7 +65,8 @@ def test_a_cpu_budget_worth_exactly_three_hung_trials_runs_exactly_three(
     limit = 3 * WORST_CASE_S
     document = study_document(
         parallelism=4,
-        budget={"maxTrials": 8, "cpuHours": limit / 3600},
+        # Every trial hangs to maxDuration and fails: the budget, not the failure budget, must stop it.
+        budget={"maxTrials": 8, "cpuHours": limit / 3600, "maxFailedTrials": 8},
         trial={
             "python": "tests.storage.test_budget_local_exact:hangs",
             "maxDuration": f"{MAX_DURATION_S}s",

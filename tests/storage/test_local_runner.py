@@ -73,8 +73,9 @@ def test_rerun_resumes_without_losing_or_duplicating(storage_url: str, tmp_path:
 def test_objective_failures_end_the_trial_with_its_reason(
     sqlite_url: str, tmp_path: Path, objective: str, reason: str, detail: str
 ) -> None:
-    document = study_document(
-        trial={"python": f"tests.support.objectives:{objective}"}, budget={"maxTrials": 8}
+    document = study_document(  # returns_wrong_count fails every trial: let all 8 run
+        trial={"python": f"tests.support.objectives:{objective}"},
+        budget={"maxTrials": 8, "maxFailedTrials": 8},
     )
     result = run_study(document, sqlite_url, tmp_path)
     trials = trials_of(sqlite_url)
@@ -99,7 +100,10 @@ def test_objective_failures_on_postgres(postgres_url: str, tmp_path: Path) -> No
 
 def command_document(*extra: str) -> dict[str, Any]:
     command = [sys.executable, "-m", "tests.support.command_objective", "--x", "{{x}}", *extra]
-    return study_document(trial={"python": None, "command": command}, budget={"maxTrials": 4})
+    # Some of these fail every trial on purpose: a failure budget as large as maxTrials runs them all.
+    return study_document(
+        trial={"python": None, "command": command}, budget={"maxTrials": 4, "maxFailedTrials": 4}
+    )
 
 
 def test_command_mode_records_exactly_the_printed_values(storage_url: str, tmp_path: Path) -> None:

@@ -79,6 +79,12 @@ def gpubudget(spec_id: str, field: str, changes: dict[str, Any]) -> BadSpec:
     return BadSpec(spec_id, _changed(VALID_GPUBUDGET, changes), field)
 
 
+# A valid population-based study (each PBT example breaks one of its rules).
+PBT = {
+    "spec.strategy.sampler": "pbt",
+    "spec.searchSpace.lr.mutable": True,
+    "spec.objective.steps": 10,
+}
 TWO_METRICS = [{"name": "loss", "direction": "minimize"}, {"name": "latency", "direction": "minimize"}]
 
 CROSS_FIELD = [
@@ -250,6 +256,23 @@ RULE_EXAMPLES = [
         "tracking-tag-key-reserved",
         "spec.tracking.mlflow.tags",
         {"spec.tracking": {"mlflow": {"trackingUri": "http://mlflow:5000", "tags": {"mlflow.user": "x"}}}},
+    ),
+    study("pbt-mutable-without-pbt", "spec.searchSpace", {"spec.searchSpace.lr.mutable": True}),
+    study("pbt-without-a-mutable-parameter", "spec.searchSpace",
+          {"spec.strategy.sampler": "pbt", "spec.objective.steps": 10}),
+    study("pbt-with-two-metrics", "spec.objective.metrics", {**PBT, "spec.objective.metrics": TWO_METRICS}),
+    study("pbt-without-steps", "spec.objective.steps",
+          {"spec.strategy.sampler": "pbt", "spec.searchSpace.lr.mutable": True}),
+    study("pbt-parameter-named-like-a-placeholder", "spec.searchSpace",
+          {**PBT, "spec.searchSpace.member": {"type": "int", "low": 1, "high": 4}}),
+    study("pbt-with-a-pruner", "spec.strategy.pruner", {**PBT, "spec.strategy.pruner": "median"}),
+    study("pbt-with-warm-start", "spec.warmStart", {**PBT, "spec.warmStart": {"fromStudy": "earlier"}}),
+    study("pbt-with-confirmation-runs", "spec.confirm", {**PBT, "spec.confirm": {"topK": 2}}),
+    study("pbt-with-the-terminator", "spec.strategy.terminator", {**PBT, "spec.strategy.terminator": True}),
+    study(
+        "checkpoints-outside-the-volume",
+        "spec.checkpoints.path",
+        {"spec.checkpoints": {"persistentVolumeClaim": "checkpoints", "path": "runs/../.."}},
     ),
 ]
 

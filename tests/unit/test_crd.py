@@ -218,6 +218,7 @@ def test_a_minimal_study_with_every_parameter_type_is_accepted() -> None:
         ({"paralelism": 4}, "spec"),
         ({"budget": {"deadline": "ninety minutes"}}, "spec.budget.deadline"),
         ({"budget": {"gpuHours": 0}}, "spec.budget.gpuHours"),
+        ({"budget": {"maxFailedTrials": -1}}, "spec.budget.maxFailedTrials"),
         ({"searchSpace": {"lr": {"type": "normal", "low": 0, "high": 1}}}, "spec.searchSpace.lr.type"),
     ],
 )

@@ -195,7 +195,12 @@ def test_namespace_objects_validate() -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["examples/cluster-gpu-study.yaml", "examples/quickstart/study.yaml", "examples/multi-objective.yaml"],
+    [
+        "examples/cluster-gpu-study.yaml",
+        "examples/quickstart/study.yaml",
+        "examples/multi-objective.yaml",
+        "examples/pbt/study.yaml",  # mounts its checkpoint claim
+    ],
 )
 def test_render_of_every_example_validates_and_carries_no_password(path: str) -> None:
     manifest = load_study_file(path)

@@ -103,9 +103,18 @@ class KubeEmulator:
         await self._server.start()
         self._jobs = JobController(self.store, loop)
         self._runner = PodRunner(self.store, loop, mode=self.mode, workdir=self.workdir,
-                                 log_dir=self.work_dir / "logs", extra_path=self.extra_path,
+                                 log_dir=self.work_dir / "logs", volume_dir=self.volume_dir,
+                                 extra_path=self.extra_path,
                                  behaviour=self.behaviour,
                                  default_entrypoint=self.default_entrypoint)
+
+    @property
+    def volume_dir(self) -> Path:
+        return self.work_dir / "volumes"
+
+    def claim_path(self, namespace: str, claim: str) -> Path:
+        """The host directory that emulates a PersistentVolumeClaim (see podenv.volume_mounts)."""
+        return self.volume_dir / namespace / claim
 
     def _log_source(self, namespace: str, name: str) -> Path | None:
         return self._runner.log_path(namespace, name) if self._runner else None

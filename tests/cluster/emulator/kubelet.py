@@ -66,7 +66,8 @@ class PodRunner:
     """Binds pods to the one emulated node and plays their containers."""
 
     def __init__(self, store: Store, loop: asyncio.AbstractEventLoop, *, mode: str = "exec",
-                 workdir: Path, log_dir: Path, extra_path: list[str] | None = None,
+                 workdir: Path, log_dir: Path, volume_dir: Path | None = None,
+                 extra_path: list[str] | None = None,
                  behaviour: PodBehaviour | None = None,
                  default_entrypoint: list[str] | None = None,
                  image_pull_backoff_s: float = 1.0, config_retry_s: float = 1.0) -> None:
@@ -77,6 +78,7 @@ class PodRunner:
         self.mode = mode
         self.workdir = workdir
         self.log_dir = log_dir
+        self.volume_dir = volume_dir or log_dir.parent / "volumes"  # persistentVolumeClaims
         self.extra_path = extra_path or []
         self.behaviour = behaviour or default_behaviour
         self.default_entrypoint = default_entrypoint
@@ -339,16 +341,24 @@ class PodRunner:
             container = ((pod.get("spec") or {}).get("containers") or [{}])[0]
             try:
                 env = podenv.container_env(self.store, pod, container, self._base_env(pod))
-                break
             except podenv.ContainerConfigError as exc:
                 self._waiting(run, pod, "CreateContainerConfigError", str(exc))
+                await asyncio.sleep(self.config_retry_s)
+                continue
+            try:
+                mounts = podenv.volume_mounts(self.store, pod, container, self.volume_dir)
+                break
+            except podenv.ContainerConfigError as exc:
+                self._waiting(run, pod, "ContainerCreating", str(exc))
                 await asyncio.sleep(self.config_retry_s)
         else:
             return
         if self.mode == "simulate":
             self._simulate(run, pod)
             return
-        argv = podenv.container_argv(container, env, self.default_entrypoint)
+        env = {key: podenv.on_host(value, mounts) for key, value in env.items()}
+        argv = [podenv.on_host(part, mounts)
+                for part in podenv.container_argv(container, env, self.default_entrypoint)]
         executable = shutil.which(argv[0], path=env.get("PATH")) if argv else None
         if executable is None:
             what = argv[0] if argv else "<no command; image entrypoints are not emulated>"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from .errors import ApiError
@@ -114,3 +115,42 @@ def container_argv(container: Mapping[str, Any], env: Mapping[str, str],
     command = list(container.get("command") or default_entrypoint or [])
     args = list(container.get("args") or [])
     return [expand(str(part), env) for part in command + args]
+
+
+def volume_mounts(store: Store, pod: Mapping[str, Any], container: Mapping[str, Any],
+                  volume_root: Path) -> dict[str, Path]:
+    """mountPath -> host directory, for each persistentVolumeClaim the container mounts.
+
+    A claim is the directory `<volume_root>/<namespace>/<claimName>` (created on first use), so
+    every pod mounting it shares its files, as pods sharing a ReadWriteMany volume do; `subPath`
+    is a directory below it. A claim that does not exist raises ContainerConfigError (the pod
+    waits and is retried). Other volume types are not emulated and are ignored.
+    """
+    namespace = str((pod.get("metadata") or {}).get("namespace", ""))
+    volumes = {v.get("name"): v for v in (pod.get("spec") or {}).get("volumes") or []}
+    mounts: dict[str, Path] = {}
+    for mount in container.get("volumeMounts") or []:
+        claim = (volumes.get(mount.get("name")) or {}).get("persistentVolumeClaim")
+        if not claim:
+            continue
+        name = str(claim.get("claimName", ""))
+        try:
+            store.get(store.find_type("persistentvolumeclaims"), namespace, name)
+        except ApiError:
+            raise ContainerConfigError(f'persistentvolumeclaim "{name}" not found') from None
+        host = volume_root / namespace / name / str(mount.get("subPath", ""))
+        host.mkdir(parents=True, exist_ok=True)
+        mounts[str(mount["mountPath"]).rstrip("/") or "/"] = host
+    return mounts
+
+
+def on_host(text: str, mounts: Mapping[str, Path]) -> str:
+    """A path under a mountPath, as the process on this host can reach it (other text unchanged).
+
+    A local process cannot see a mount at the container's path, so the kubelet rewrites env
+    values and arguments that are a mountPath or start with one.
+    """
+    for mount_path in sorted(mounts, key=len, reverse=True):
+        if text == mount_path or text.startswith(mount_path + "/"):
+            return str(mounts[mount_path]) + text[len(mount_path):]
+    return text
