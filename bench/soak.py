@@ -8,13 +8,15 @@ the faults injected by kind, and for each broken seed the command that replays i
     nice .venv/bin/python -m bench.soak --seeds 1000 --minutes 30 [--first-seed 100] [--window 40]
 
 Stops at whichever comes first: ``--seeds`` seeds, or ``--minutes`` (a seed that started runs
-to its end).
+to its end). Stopped early (Ctrl-C, or SIGTERM), it stops the seed under way, cleans up, and
+prints the figures of the seeds that finished.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -26,6 +28,10 @@ from tests.chaos.invariants import ALL_NAMES, Tally
 from tests.support.postgres import remove_server, start_server
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=1000, help="at most this many seeds")
@@ -34,6 +40,9 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=40.0, help="seconds of faults per seed")
     parser.add_argument("--quiet", action="store_true", help="do not print each fault")
     args = parser.parse_args()
+    # Also when started in the background (where the shell ignores SIGINT): stop cleanly.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
 
     postgres = start_server()
     work = Path(tempfile.mkdtemp(prefix="tunefleet-soak-"))
@@ -42,6 +51,7 @@ def main() -> int:
     broken: list[tuple[int, list[str]]] = []
     started = time.monotonic()
     seeds_run = 0
+    stopped = False
     try:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             if time.monotonic() - started > args.minutes * 60:
@@ -59,9 +69,13 @@ def main() -> int:
                 (work / f"seed-{seed}.log").write_text(result.log_tail)
             else:
                 shutil.rmtree(work / f"seed-{seed}", ignore_errors=True)
+    except KeyboardInterrupt:
+        stopped = True  # run_chaos stopped its controllers on the way out
     finally:
         remove_server(postgres)
     minutes = (time.monotonic() - started) / 60
+    if stopped:
+        print("\nsoak stopped early: the figures below are those of the seeds that finished")
     print(f"\nsoak: {seeds_run} seeds in {minutes:.1f} min (window {args.window:g} s each), "
           f"seeds {args.first_seed}..{args.first_seed + seeds_run - 1}")
     print(f"{'invariant':34} {'checks':>8} {'failed':>8}")
@@ -77,7 +91,7 @@ def main() -> int:
         print(f"logs of broken seeds: {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
-    return 1 if broken else 0
+    return 1 if broken or stopped else 0
 
 
 if __name__ == "__main__":

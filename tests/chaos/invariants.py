@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from controller.kube.manifests import ACCOUNTING_FINALIZER, MANAGED_BY_LABEL, STUDY_LABEL, TRIAL_LABEL
 from controller.planner.confirmation import ATTR_CONFIRM_OF
-from controller.planner.observation import INFRASTRUCTURE_REASONS, StopReason
+from controller.planner.observation import INCOMPLETE_REASON, INFRASTRUCTURE_REASONS, StopReason
 from tests.chaos.observe import History, Snapshot
 from tests.chaos.studies import FAILURE_BUDGET, MAX_DURATION_S, MAX_FAILED_TRIALS, ChaosStudy
 from trial_worker.contract import ATTR_ATTEMPT, ATTR_KIND, ATTR_REASON, ATTR_RETRY_OF
@@ -27,7 +27,7 @@ SEARCH_SPACE = ("x", "y")
 ENDED = ("Succeeded", "Failed")
 # Trials the study stopped itself, or that never ran: no failure of theirs counts.
 STOPPED_BY_STUDY = frozenset(
-    {"budget", "deadline", "drained", "failureBudget", "studyDeleted", "imported", "incomplete"})
+    {"budget", "deadline", "drained", "failureBudget", "studyDeleted", "imported", INCOMPLETE_REASON})
 MAX_PARALLELISM = 4  # the most a parallelism_change fault sets
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 EXPECTED_SECRETS = {"tunefleet-db-credentials"}
@@ -61,10 +61,14 @@ def _has_params(trial: FrozenTrial) -> bool:
     return all(name in trial.params for name in SEARCH_SPACE)
 
 
+def _never_ran(trial: FrozenTrial) -> bool:
+    """An ask a crash interrupted (issue 11): failed as incomplete, it counts towards nothing."""
+    return trial.state == TrialState.FAIL and trial.user_attrs.get(ATTR_REASON) == INCOMPLETE_REASON
+
+
 def _search(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """Trials the sampler chose (no retry, no confirmation run, no incomplete ask)."""
-    return [t for t in trials if _root(t) == t.number and not _is_confirmation(t)
-            and t.user_attrs.get(ATTR_REASON) != "incomplete"]
+    return [t for t in trials if _root(t) == t.number and not _is_confirmation(t) and not _never_ran(t)]
 
 
 def _trials(snapshot: Snapshot) -> dict[str, list[FrozenTrial]]:
@@ -293,7 +297,8 @@ def status_matches_database(snap: Snapshot, history: History, ctx: Context) -> l
         status = _status(snap, name)
         if status.get("phase") not in ENDED:
             continue
-        counts = Counter(t.state.name for t in trials)
+        # An incomplete ask is no trial to the user: status.trials leaves it out.
+        counts = Counter(t.state.name for t in trials if not _never_ran(t))
         shown = status.get("trials") or {}
         for state, key in (("COMPLETE", "complete"), ("FAIL", "failed"), ("PRUNED", "pruned"),
                            ("RUNNING", "running")):
