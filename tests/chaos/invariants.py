@@ -20,7 +20,7 @@ from controller.kube.manifests import ACCOUNTING_FINALIZER, MANAGED_BY_LABEL, ST
 from controller.planner.confirmation import ATTR_CONFIRM_OF
 from controller.planner.observation import INCOMPLETE_REASON, INFRASTRUCTURE_REASONS, StopReason
 from tests.chaos.observe import History, Snapshot
-from tests.chaos.studies import FAILURE_BUDGET, MAX_DURATION_S, MAX_FAILED_TRIALS, ChaosStudy
+from tests.chaos.studies import MAX_DURATION_S, MAX_FAILED_TRIALS, ChaosStudy
 from trial_worker.contract import ATTR_ATTEMPT, ATTR_KIND, ATTR_REASON, ATTR_RETRY_OF
 
 SEARCH_SPACE = ("x", "y")
@@ -359,7 +359,7 @@ CONTINUOUS: dict[str, Check] = {
     for check in (
         no_trial_complete_twice, finished_trials_stay_finished, one_job_per_attempt, retry_keeps_params,
         no_trial_started_without_params, no_configuration_repeated, max_trials_exact,
-        *((failure_budget_respected,) if FAILURE_BUDGET else ()),  # issue 11's budget.maxFailedTrials
+        failure_budget_respected,
         ledger_no_overspend,
     )
 }

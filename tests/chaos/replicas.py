@@ -1,7 +1,7 @@
 """Two controller replicas as the chart runs them (``--peering``), killed and restarted at will.
 
 A replica may be started with a named crash point (``TUNEFLEET_CRASH_AT``, see
-``controller/kube/budgets.py``): it SIGKILLs itself the first time it reaches that step.
+``controller/crashpoints.py``): it SIGKILLs itself the first time it reaches that step.
 """
 
 from __future__ import annotations

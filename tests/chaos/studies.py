@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from controller.kube.crd import build_crds
 from controller.kube.manifests import DEADLINE_GRACE_SECONDS, KUBELET_REACTION_SECONDS
 from tests.cluster.controller_harness import NAMESPACE, TRIAL_TERMINATION_GRACE_S, study_manifest
 
@@ -29,20 +28,6 @@ class ChaosStudy:
         return f"{NAMESPACE}/{self.name}"
 
 
-def _supports_failure_budget() -> bool:
-    """Whether this tree's CRD has ``budget.maxFailedTrials`` (issue 11); the harness sets it if so."""
-    for crd in build_crds():
-        if crd["spec"]["names"]["kind"] != "Study":
-            continue
-        schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-        budget = schema["properties"]["spec"]["properties"]["budget"]["properties"]
-        return "maxFailedTrials" in budget
-    return False
-
-
-FAILURE_BUDGET = _supports_failure_budget()
-
-
 def _study(name: str, objective: str, *, max_trials: int, parallelism: int, seed: int,
            gpus: int = 0, **spec: Any) -> dict[str, Any]:
     body = study_manifest(
@@ -55,8 +40,7 @@ def _study(name: str, objective: str, *, max_trials: int, parallelism: int, seed
     }
     body["spec"]["strategy"]["seed"] = seed
     body["spec"]["trial"]["gpus"] = gpus
-    if FAILURE_BUDGET:
-        body["spec"]["budget"]["maxFailedTrials"] = MAX_FAILED_TRIALS
+    body["spec"]["budget"]["maxFailedTrials"] = MAX_FAILED_TRIALS
     return body
 
 
