@@ -134,6 +134,14 @@ def run_chaos(seed: int, work_dir: Path, postgres: PostgresServer, storage_url: 
             time.sleep(0.5)
         context.final = True
         check(invariants.FINAL)
+        if len(history.first_ended) < len(studies):  # hung: say on what, before tearing down
+            note("sessions on the database (pid | app | state | wait | in transaction | query | locks):")
+            for line in observe.database_activity(storage.engine):
+                note(f"  {line}")
+            for replica in replicas:
+                note(f"  {replica.scheduling()}")
+                replica.dump_stacks()
+            note(f"replicas' thread stacks: {', '.join(str(r.log_path) for r in replicas)}")
     finally:
         with contextlib.suppress(PostgresUnavailable):
             postgres.start()  # a fault may have left it stopped (it fails if it runs: fine)

@@ -119,3 +119,26 @@ def _settlements(ledger: Ledger) -> dict[str, Settlement]:
     with ledger.engine.connect() as conn:
         return {str(key): Settlement(str(study), int(number), int(gpu), str(reservation))
                 for key, study, number, gpu, reservation in conn.execute(query).all()}
+
+
+_ACTIVITY = sa.text("""
+SELECT a.pid, a.application_name, a.state, a.wait_event_type, a.wait_event,
+       date_trunc('second', now() - a.xact_start) AS in_transaction, left(a.query, 160) AS query,
+       (SELECT string_agg(l.locktype || ' ' || coalesce(l.relation::regclass::text, '') || ' '
+                          || l.mode || CASE WHEN l.granted THEN '' ELSE ' (waiting)' END, ', ')
+          FROM pg_locks l WHERE l.pid = a.pid AND l.locktype NOT IN ('virtualxid', 'transactionid')) AS locks
+  FROM pg_stat_activity a
+ WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+ ORDER BY a.xact_start NULLS LAST
+""")
+
+
+def database_activity(engine: sa.engine.Engine) -> list[str]:
+    """Every other session on the run's database: its state, how long its transaction has been
+    open, what it waits for and the locks it holds (what to read when a study never ends)."""
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(_ACTIVITY).all()
+    except sa.exc.DBAPIError as error:
+        return [f"database activity unavailable: {error}"]
+    return [" | ".join(str(value) for value in row) for row in rows]

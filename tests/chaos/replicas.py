@@ -6,7 +6,11 @@ A replica may be started with a named crash point (``TUNEFLEET_CRASH_AT``, see
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,7 @@ class Replica(ControllerProcess):
 
     def environment(self) -> dict[str, str]:
         env = super().environment()
+        env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT (dump_stacks) writes every thread's stack to the log
         if self.crash_at is not None:
             env[CRASH_ENV] = self.crash_at
         return env
@@ -47,6 +52,27 @@ class Replica(ControllerProcess):
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.alive and self.process is not None else None
+
+    def scheduling(self) -> str:
+        """CPU time run and waited for (``/proc/<pid>/task/*/schedstat``): a replica that waited far longer
+        than it ran was starved by busier processes, not stuck on a lock."""
+        if not self.alive or self.process is None:
+            return f"{self.name}: not running"
+        ran = waited = 0.0
+        try:  # summed over its threads
+            for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+                ran_ns, waited_ns, _slices = (task / "schedstat").read_text().split()
+                ran, waited = ran + int(ran_ns) / 1e9, waited + int(waited_ns) / 1e9
+        except (OSError, ValueError):
+            return f"{self.name}: no schedstat"
+        return f"{self.name}: ran {ran:.1f} s on a CPU, waited {waited:.1f} s for one"
+
+    def dump_stacks(self) -> None:
+        """Every thread's stack into the log (then the process ends): what a hung replica waits on."""
+        if self.alive and self.process is not None:
+            os.kill(self.process.pid, signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=10)
 
     def crashed_at_point(self) -> bool:
         """True once per crash: the log holds one more "crash point reached" than counted."""
