@@ -14,9 +14,8 @@ import sqlalchemy as sa
 from tests.chaos.harness import durable_commits, replay_command, run_chaos
 from tests.support.postgres import PostgresServer
 
-# One short fixed seed for CI; bench/soak.py runs many, longer. On 2 shared cores it took 4.5 min
-# at load average 18 (the former seed 3 with 25 s: 2.3 min at load 6), most of it the studies
-# finishing after the window.
+# One short fixed seed for CI; bench/soak.py runs many, longer. On 2 shared cores it took 65 s
+# at load average 1.5-3 and 4.5 min at 18, most of it the studies finishing after the window.
 # In 20 s, seed 11 loses a node, evicts and deletes pods, restarts PostgreSQL, fails API calls,
 # and crashes a replica on the ask path (before-seed).
 CI_SEEDS = (11,)
