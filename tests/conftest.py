@@ -20,6 +20,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="also run the real-cluster tier against the current kubeconfig",
     )
+    parser.addoption(
+        "--chaos-seed", type=int, default=None,
+        help="run the chaos tier (tests/chaos) with this seed only, e.g. to replay a failing one",
+    )
+    parser.addoption(
+        "--chaos-window", type=float, default=None,
+        help="seconds of fault injection per chaos seed (default: the CI window)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -18,7 +18,7 @@ import pytest
 from kubernetes.client import ApiClient, ApiException, CoreV1Api, CustomObjectsApi
 from kubernetes.watch import Watch
 
-from tests.cluster.emulator import KubeEmulator
+from tests.cluster.emulator import Disruption, KubeEmulator
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -333,6 +333,37 @@ def test_api_outage(kube_emulator: KubeEmulator, kube_client: ApiClient) -> None
         urllib.request.urlopen(f"{kube_emulator.url}/api/v1/namespaces", timeout=5)
     kube_emulator.resume()
     assert v1.list_namespace().items
+
+
+def test_a_disruption_fails_or_delays_its_share_of_requests_until_it_ends(
+    kube_emulator: KubeEmulator, kube_client: ApiClient
+) -> None:
+    v1 = CoreV1Api(kube_client)
+    kube_emulator.disrupt(Disruption("429", share=1.0))
+    with pytest.raises(ApiException) as exc:
+        v1.list_namespace()
+    assert (exc.value.status, exc.value.headers["Retry-After"]) == (429, "1")
+    kube_emulator.disrupt(Disruption("500", share=1.0))
+    with pytest.raises(ApiException) as exc:
+        v1.list_namespace()
+    assert exc.value.status == 500 and json.loads(exc.value.body)["reason"] == "InternalError"
+    kube_emulator.disrupt(Disruption("slow", share=1.0, delay_s=0.5))
+    started = time.monotonic()
+    assert v1.list_namespace().items
+    assert time.monotonic() - started >= 0.5
+    kube_emulator.disrupt(Disruption("500", share=0.5, seed=4))
+    answers = []
+    for _ in range(40):
+        try:
+            v1.list_namespace()
+            answers.append(200)
+        except ApiException as error:
+            answers.append(error.status)
+    assert set(answers) == {200, 500}  # some through, some not
+    kube_emulator.disrupt(None)
+    assert v1.list_namespace().items
+    with pytest.raises(ValueError, match="unknown disruption 'teapot'"):
+        Disruption("teapot")
 
 
 # -- kopf ---------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ processes (or on timers), their status and logs, deadlines, faults, secrets and 
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from typing import Any
 
@@ -249,3 +250,27 @@ def test_simulate_mode_scales_cheaply(kube_emulator: KubeEmulator) -> None:
               if j["status"].get("failed")}
     assert failed == {"sim-3"} | {f"sim-{i}" for i in range(30, 40)}
     assert not kube_emulator.runner.running_pids()
+
+
+def test_a_simulated_pod_given_a_future_runs_until_it_resolves_and_exits_with_its_result(
+    kube_emulator_factory: Any,
+) -> None:
+    futures: dict[str, concurrent.futures.Future[int]] = {}
+
+    def behaviour(pod: dict[str, Any]) -> tuple[Any, ...]:
+        futures[pod["metadata"]["name"]] = future = concurrent.futures.Future()
+        return (future,)
+
+    kube = kube_emulator_factory(mode="simulate", behaviour=behaviour)
+    kube.api.create("jobs.batch", job("told", ["ignored"]), "default")
+    kube.api.create("jobs.batch", job("raised", ["ignored"]), "default")
+    told, raised = job_pod(kube, "told")["metadata"]["name"], job_pod(kube, "raised")["metadata"]["name"]
+    pod_phase(kube, told, "Running")
+    kube.wait_for(lambda: len(futures) == 2)
+    time.sleep(0.3)
+    assert kube.api.get("pods", "default", told)["status"]["phase"] == "Running"  # still running
+    futures[told].set_result(8)
+    futures[raised].set_exception(RuntimeError("the worker thread died"))
+    for name, code in ((told, 8), (raised, 1)):
+        pod = pod_phase(kube, name, "Failed")
+        assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == code

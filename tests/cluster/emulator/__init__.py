@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .api import Api
+from .disruption import Disruption
 from .errors import ApiError
 from .harness import KubeEmulator
 from .kubelet import NODE_NAME, PodBehaviour, PodRunner
@@ -14,6 +15,7 @@ __all__ = [
     "Api",
     "ApiError",
     "ApiServer",
+    "Disruption",
     "KubeEmulator",
     "PodBehaviour",
     "PodRunner",

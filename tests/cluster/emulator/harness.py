@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from .api import Api
+from .disruption import Disruption
 from .jobs import JobController
 from .kubelet import PodBehaviour, PodRunner
 from .server import ApiServer
@@ -219,6 +220,10 @@ class KubeEmulator:
 
     def resume(self) -> None:
         self._call(self.server.resume)
+
+    def disrupt(self, disruption: Disruption | None) -> None:
+        """Fail or delay a share of requests (429, 500 or slow; see disruption.py); None ends it."""
+        self.server.disruption = disruption
 
     def close_watches(self, abort: bool = False) -> int:
         """End all open watch-streams (cleanly, or by dropping the connection)."""

@@ -8,6 +8,7 @@ enough for a thousand pods. Fault injection methods are plain, thread-safe metho
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime
 import logging
@@ -28,7 +29,9 @@ from .watching import DELETED, Event
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# simulate mode: pod -> (seconds, exit code) or (seconds, exit code, terminated reason)
+# simulate mode: pod -> (seconds, exit code) or (seconds, exit code, terminated reason); or
+# (future,): the container runs until the concurrent.futures.Future resolves to its exit code
+# (an in-process worker thread, say), or exits 1 if it raised.
 PodBehaviour = Callable[[dict[str, Any]], tuple[Any, ...]]
 SchedulingPredicate = Callable[[dict[str, Any]], bool]
 
@@ -386,11 +389,21 @@ class PodRunner:
 
     def _simulate(self, run: PodRun, pod: dict[str, Any]) -> None:
         outcome = tuple(self.behaviour(pod))
+        if isinstance(outcome[0], concurrent.futures.Future):
+            self._mark_running(run, pod)
+            outcome[0].add_done_callback(lambda done: self._finish_from(run, done))
+            return
         seconds, code = float(outcome[0]), int(outcome[1])
         if len(outcome) > 2:
             run.reason_override = str(outcome[2])
         self._mark_running(run, pod)
         run.timers.append(self.loop.call_later(seconds, self._finish, run, code))
+
+    def _finish_from(self, run: PodRun, done: concurrent.futures.Future[Any]) -> None:
+        """A simulated container's future resolved (on any thread): exit with its code."""
+        code = 1 if done.cancelled() or done.exception() is not None else int(done.result())
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the emulator stopped
+            self.loop.call_soon_threadsafe(self._finish, run, code)
 
     def _mark_running(self, run: PodRun, pod: dict[str, Any]) -> None:
         if run.finished or run.vanished:  # deleted while the process was starting

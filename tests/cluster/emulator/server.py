@@ -16,6 +16,7 @@ from aiohttp import web
 
 from . import resources
 from .access import Access
+from .disruption import Disruption
 from .errors import ApiError
 from .resources import ResourceType
 from .selectors import make_filter
@@ -56,6 +57,7 @@ class ApiServer:
         self.default_watch_timeout_s = default_watch_timeout_s
         self.request_counts: collections.Counter[tuple[str, str]] = collections.Counter()
         self.paused: str | None = None  # None, "503" or "refuse"
+        self.disruption: Disruption | None = None  # some requests fail or wait (disruption.py)
         self.access = Access(store)  # bearer tokens and RBAC (see access.py)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -112,6 +114,15 @@ class ApiServer:
         if self.paused:
             return _error(ApiError(503, "ServiceUnavailable", "the server is currently unable "
                                    "to handle the request (emulated outage)"))
+        disruption = self.disruption
+        if disruption is not None and disruption.hits():
+            error = disruption.error()
+            if error is not None:
+                response = _error(error)
+                if error.code == 429:
+                    response.headers["Retry-After"] = "1"
+                return response
+            await asyncio.sleep(disruption.delay_s)
         try:
             return await self._dispatch(request)
         except ApiError as exc:

@@ -1,0 +1,49 @@
+"""The invariants themselves, on hand-made snapshots: a harness that cries wolf hides real bugs."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from tests.chaos.invariants import Context, status_matches_database
+from tests.chaos.observe import History, Snapshot
+from tests.chaos.studies import chaos_studies
+from trial_worker.contract import ATTR_REASON
+
+NOW = datetime.datetime(2026, 11, 30, tzinfo=datetime.UTC)
+SPACE = {"x": FloatDistribution(-10, 10), "y": IntDistribution(0, 50)}
+
+
+def _trial(number: int, state: TrialState, value: float | None = None, reason: str | None = None,
+           params: dict[str, Any] | None = None) -> FrozenTrial:
+    params = {"x": float(number), "y": number} if params is None else params
+    return FrozenTrial(
+        number=number, state=state, value=value, datetime_start=NOW, datetime_complete=NOW,
+        params=params, distributions={k: SPACE[k] for k in params},
+        user_attrs={ATTR_REASON: reason} if reason else {}, system_attrs={}, intermediate_values={},
+        trial_id=number + 1,
+    )
+
+
+def _snapshot(trials: list[FrozenTrial], failed_shown: int) -> Snapshot:
+    status = {"phase": "Succeeded", "bestTrial": {"number": 0},
+              "trials": {"complete": 2, "failed": failed_shown, "pruned": 0, "running": 0}}
+    return Snapshot(at=NOW, studies={"gpu-a": {"metadata": {"uid": "u"}, "status": status}}, jobs=[],
+                    pods=[], secrets=[], trials={"gpu-a": trials})
+
+
+def test_an_incomplete_ask_is_no_trial_in_the_status_counts() -> None:
+    """A crash between asking a trial and writing its params leaves it FAIL ``incomplete``:
+    status.trials leaves it out (issue 11), and so must the invariant."""
+    complete = [_trial(0, TrialState.COMPLETE, 1.0), _trial(1, TrialState.COMPLETE, 2.0)]
+    incomplete = _trial(2, TrialState.FAIL, reason="incomplete", params={})
+    context = Context(chaos_studies(11), 20.0, final=True)
+
+    assert status_matches_database(_snapshot([*complete, incomplete], 0), History(), context) == []
+    raised = _trial(3, TrialState.FAIL, reason="objectiveRaised")
+    assert status_matches_database(_snapshot([*complete, incomplete, raised], 0), History(), context) == [
+        "gpu-a: status.trials.failed 0, database 1"
+    ]
