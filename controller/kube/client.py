@@ -273,7 +273,7 @@ class KubeApi:
             except ApiException as error:
                 if status_code(error) != 404:
                     raise
-        self.core.create_namespaced_service(namespace, manifest, _preload_content=False)
+        self.core.create_namespaced_service(namespace, cast(Any, manifest), _preload_content=False)
 
 
 def _owner_uids(obj: dict[str, Any]) -> set[str]:

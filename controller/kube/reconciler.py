@@ -18,7 +18,7 @@ import optuna
 import structlog
 from optuna.trial import TrialState
 
-from controller.budget.ledger import Ledger, NamespaceTotals, Totals
+from controller.budget.ledger import Ledger
 from controller.budget.metrics import ControllerMetrics
 from controller.budget.views import namespace_budget_view, study_budget_view
 from controller.credentials import (
@@ -30,13 +30,11 @@ from controller.credentials import (
 )
 from controller.kube import announcements
 from controller.kube import budgets as budgets_mod
-from controller.kube import outcome as outcome_mod
 from controller.kube import status as status_mod
 from controller.kube.client import KubeApi
 from controller.kube.deletion import DeletedStudy
 from controller.kube.executor import ExecutionReport, Executor, StudyRuntime
-from controller.kube.failures import failure_text
-from controller.kube.finishing import Finisher, FinishMemory
+from controller.kube.finishing import Finisher
 from controller.kube.manifests import (
     EXPORT_MOUNT_PATH,
     StudyRef,
@@ -51,9 +49,10 @@ from controller.kube.observe import (
     UNSCHEDULABLE_TIMEOUT_S,
     observe_cluster,
 )
-from controller.planner import Observation, Plan, decide, summarize
+from controller.kube.reporting import PassOutcome, ReconcilePass, StatusReporter, trial_views
+from controller.kube.study_state import StudyState
+from controller.planner import Observation, decide
 from controller.planner.confirmation import ATTR_CONFIRM_WARNING, budget_warning
-from controller.planner.summary import best_trial
 from controller.spec import SpecInvalid, StudySpec, validate_spec
 from controller.strategies import Spent
 from controller.strategies.live import LiveStrategy
@@ -61,7 +60,7 @@ from controller.strategies.warmstart import apply_warm_start
 from controller.studies.confirming import confirmation_sources
 from controller.studies.identity import earlier_studies, study_key
 from controller.studies.observe import observe_trials
-from controller.studies.record import ATTR_STARTED_AT, ATTR_STOP_DETAIL, ATTR_STOP_REASON, record_study
+from controller.studies.record import ATTR_STARTED_AT, record_study
 from controller.studies.storage import create_or_load_study, open_storage
 from controller.tracking import TrackingMirror
 from trial_worker.contract import connection_url
@@ -90,31 +89,6 @@ class ControllerConfig:
     )
 
 
-@dataclass
-class StudyState:
-    """What the controller remembers about a Study between reconciles (rebuilt after a restart).
-
-    ``uid``: the object it is about; a Study deleted and applied again under the same name is
-    another object, and gets a fresh state.
-    """
-
-    uid: str = ""
-    runtime: StudyRuntime | None = None
-    spec_json: str | None = None
-    limits: tuple[int | None, int | None] | None = None
-    started_at: float = 0.0
-    last_status: dict[str, Any] | None = None
-    namespace_ready: str | None = None  # the password mirrored last
-    credentials: CredentialCheck | None = None  # where the trial pods' password came from
-    stuck: tuple[str, str] | None = None
-    # Events posted by this process; whether one is due comes from the Study's status (announcements).
-    announced: set[str] = field(default_factory=set)
-    failure: tuple[int, str] | None = None  # (first failed trial, the message) once failures stop it
-    best_written: int | None = None
-    strategy: LiveStrategy | None = None  # one per Study: refreshed every reconcile
-    pareto: tuple[int, dict[str, Any]] | None = None  # (complete search trials, status.paretoFront)
-    finish: FinishMemory = field(default_factory=FinishMemory)
-
 
 @dataclass(frozen=True)
 class ReconcileResult:
@@ -141,11 +115,19 @@ class Reconciler:
         self.finisher = Finisher(
             kube, config.storage_url, config.trial_settings, config.export_mount_path
         )
-        self.metrics: ControllerMetrics | None = None  # set by the operator when it serves /metrics
         # spec.tracking: mirrored to MLflow from the database on its own thread, never in a reconcile.
         self.tracking = TrackingMirror(config.storage_url, read_secret=kube.read_secret_value)
+        self.reporter = StatusReporter(kube, self.tracking, self.announcer, self.finisher)
         self._states: dict[tuple[str, str], StudyState] = {}
         self._lock = threading.Lock()
+
+    @property
+    def metrics(self) -> ControllerMetrics | None:
+        return self.reporter.metrics
+
+    @metrics.setter
+    def metrics(self, metrics: ControllerMetrics | None) -> None:  # the operator's, when it serves /metrics
+        self.reporter.metrics = metrics
 
     def close(self) -> None:
         self.tracking.close()
@@ -174,7 +156,7 @@ class Reconciler:
             spec = validate_spec(body.get("spec"))
         except SpecInvalid as error:
             message = "; ".join(str(e) for e in error.errors)
-            self._write_status(
+            self.reporter.write_status(
                 ref,
                 state,
                 status_mod.invalid_status(message, generation, previous_status.get("conditions") or []),
@@ -191,13 +173,13 @@ class Reconciler:
             blocked = status_mod.credentials_blocked_status(
                 credentials.reason, credentials.message, previous_status.get("conditions") or []
             )
-            self._write_status(ref, state, blocked)
+            self.reporter.write_status(ref, state, blocked)
             return ReconcileResult(requeue_after=max(30.0, self.config.resync_s))
         try:
             runtime = self._runtime(ref, spec, state)
         except WarmStartFailed as error:
             message = str(error)
-            self._write_status(
+            self.reporter.write_status(
                 ref,
                 state,
                 status_mod.invalid_status(message, generation, previous_status.get("conditions") or []),
@@ -226,7 +208,7 @@ class Reconciler:
         if report.failed:
             trials, _ = observe_trials(runtime.study, spec.searchSpace)
         adopted = self.executor.adopt_unstarted(runtime, trials, view, report)
-        views = tuple(_views(trials, spec))
+        views = tuple(trial_views(trials, spec))
         totals = self.ledger.totals(runtime.key)
         study_budget = study_budget_view(totals, runtime.worst_case())
         namespace_totals = self.ledger.namespace_totals(ref.namespace, study_key=runtime.key)
@@ -273,9 +255,9 @@ class Reconciler:
             if plan.budget_waiting
             else None
         )
-        self._report(
-            body, ref, spec, runtime, state, plan, trials, report, generation, previous_status, totals,
-            namespace_totals, waiting,
+        self.reporter.report(
+            ReconcilePass(body, ref, runtime, state),
+            PassOutcome(plan, trials, report, totals, namespace_totals, waiting),
         )
         if plan.finished:
             # Sooner while the export Job runs: its Event and status.export follow it.
@@ -386,114 +368,6 @@ class Reconciler:
             self.ledger.set_study_limits(runtime.key, gpu_seconds=limits[0], cpu_seconds=limits[1])
             state.limits = limits
 
-    # -- status, events and the best configuration ---------------------------------------------
-
-    def _report(
-        self,
-        body: dict[str, Any],
-        ref: StudyRef,
-        spec: StudySpec,
-        runtime: StudyRuntime,
-        state: StudyState,
-        plan: Plan,
-        trials: list[optuna.trial.FrozenTrial],
-        report: ExecutionReport,
-        generation: int | None,
-        previous: dict[str, Any],
-        totals: Totals,
-        namespace_totals: NamespaceTotals | None = None,
-        waiting: tuple[str, str, float] | None = None,
-    ) -> None:
-        views = tuple(_views(trials, spec))
-        summary = summarize(spec, views)
-        confirm_of = confirmation_sources(trials)
-        search_views = tuple(v for v in views if v.number not in confirm_of)  # reruns never compete
-        best = best_trial(spec, search_views)
-        phase = status_mod.phase_for(plan, summary, invalid=False)
-        now = status_mod.now_iso()
-        failure = self._failure_text(ref, runtime, plan, state, previous)
-        conditions = status_mod.render_conditions(
-            [
-                *status_mod.conditions_for(
-                    phase,
-                    plan,
-                    stuck=state.stuck,
-                    budget_waiting=waiting[:2] if waiting else None,
-                    failure=failure,
-                ),
-                *(status_mod.Condition(*fields) for fields in self.tracking.conditions(runtime.key)),
-            ],
-            previous.get("conditions") or [],
-            now,
-        )
-        if state.credentials is not None:  # where the trial pods' password came from, or why not
-            check = state.credentials
-            credentials = status_mod.Condition(
-                status_mod.CREDENTIALS, check.problem is None, check.reason, check.message
-            )
-            conditions = status_mod.replace_conditions(
-                conditions, [credentials], previous.get("conditions") or [], now
-            )
-        budget = budgets_mod.study_budget_status(totals, namespace_totals)
-        if self.metrics is not None:
-            self.metrics.update_study(
-                ref.namespace,
-                ref.name,
-                totals.settled.gpu_seconds,
-                totals.reserved.gpu_seconds,
-                budgets_mod.study_remaining_seconds(totals, namespace_totals),
-                _trials_by_state(trials),
-            )
-        start_time = previous.get("startTime") or (now if summary.running or summary.finished else None)
-        completion = previous.get("completionTime") if plan.finished else None
-        if plan.finished and completion is None:
-            completion = now
-        status = status_mod.study_status(
-            spec,
-            phase=phase,
-            conditions=conditions,
-            summary=summary,
-            best=best,
-            budget=status_mod.BudgetFigures(),
-            generation=generation,
-            start_time=start_time,
-            completion_time=completion,
-            stop=plan.stop,
-            optuna_study=runtime.key,
-        )
-        status["budget"] = budget
-        self._analysis_status(spec, state, search_views, status)
-        if plan.finished:
-            status.update(self._finish(body, ref, runtime, plan, state, summary.finished, previous, failure))
-        self._write_status(ref, state, status)
-        self._events(body, state, plan, phase, report, summary.complete, previous, failure)
-
-    def _failure_text(
-        self, ref: StudyRef, runtime: StudyRuntime, plan: Plan, state: StudyState, previous: dict[str, Any]
-    ) -> str | None:
-        """Why failed trials stopped the study (read once: the first failed trial's log)."""
-        if plan.failure is None:
-            state.failure = None
-            return None
-        if state.failure is None or state.failure[0] != plan.failure.first_failed:
-            text = failure_text(self.kube, ref, runtime.study, plan.failure, previous)
-            state.failure = (plan.failure.first_failed, text)
-        return state.failure[1]
-
-    def _analysis_status(
-        self, spec: StudySpec, state: StudyState, search: tuple[Any, ...], status: dict[str, Any]
-    ) -> None:
-        """``status.strategy``, and for several metrics the Pareto set so far (capped)."""
-        if state.strategy is not None:
-            status["strategy"] = outcome_mod.strategy_status(state.strategy.choice)
-        if not spec.is_multi_objective:
-            return
-        complete = sum(1 for t in search if t.state == "COMPLETE")
-        if state.pareto is None or state.pareto[0] != complete:
-            front = outcome_mod.pareto_from_views(spec, search)
-            state.pareto = (complete, outcome_mod.pareto_status_from_views(spec, front))
-        status["paretoFront"] = state.pareto[1]
-
     def _warn_confirmation_budget(
         self, body: dict[str, Any], runtime: StudyRuntime, state: StudyState, budget: Any
     ) -> None:
@@ -510,71 +384,6 @@ class Reconciler:
         runtime.study.set_user_attr(ATTR_CONFIRM_WARNING, warning)
         self.kube.post_event(body, "ConfirmationBudget", warning, warning=True)
 
-    def _write_status(self, ref: StudyRef, state: StudyState, status: dict[str, Any]) -> None:
-        comparable = {k: v for k, v in status.items() if k != "conditions"}
-        comparable["conditions"] = [
-            {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status.get("conditions") or []
-        ]
-        if state.last_status == comparable:
-            return
-        self.kube.patch_study_status(ref.namespace, ref.name, status)
-        state.last_status = comparable
-
-    def _events(
-        self,
-        body: dict[str, Any],
-        state: StudyState,
-        plan: Plan,
-        phase: str,
-        report: ExecutionReport,
-        complete: int,
-        previous: dict[str, Any],
-        failure: str | None,
-    ) -> None:
-        """Per-trial Events for what this reconcile did; one-off ones when the status shows them
-        due (see :mod:`controller.kube.announcements`)."""
-        memory, once = state.announced, self.announcer.once
-        jobs = report.created or report.adopted
-        once(body, memory, "Started", announcements.started_due(previous, bool(jobs)), "StudyStarted",
-             f"started trial Jobs {jobs}")
-        for number, reason, detail in report.failed:
-            self.kube.post_event(
-                body, "TrialFailed", f"trial {number} failed: {reason}: {detail}", warning=True
-            )
-        for outcome in report.stuck:
-            self.kube.post_event(
-                body,
-                "TrialPodStuck",
-                f"trial {outcome.trial_number}: {outcome.reason}: {outcome.detail}",
-                warning=True,
-            )
-        once(body, memory, "Suspended", announcements.suspended_due(previous, phase), "StudySuspended",
-             "spec.suspend is true: no new trials start")
-        why = plan.stop.value if plan.stop else "finished"
-        finished = announcements.finished_due(previous, plan.finished)
-        ended = f"the study ended: {why} ({complete} trials complete)"
-        once(body, memory, "Finished", finished, "StudyFinished", ended)
-        if failure is not None:
-            once(body, memory, "FailureBudget", finished, "FailureBudgetExhausted", failure, warning=True)
-
-    def _finish(
-        self,
-        body: dict[str, Any],
-        ref: StudyRef,
-        runtime: StudyRuntime,
-        plan: Plan,
-        state: StudyState,
-        finished_trials: int,
-        previous: dict[str, Any],
-        failure: str | None = None,
-    ) -> dict[str, Any]:
-        """Stop reason, then the export's best configuration (status, ConfigMap) and the export."""
-        attrs = runtime.study.user_attrs
-        if plan.stop is not None and attrs.get(ATTR_STOP_REASON) != plan.stop.value:
-            runtime.study.set_user_attr(ATTR_STOP_REASON, plan.stop.value)
-        if failure is not None and attrs.get(ATTR_STOP_DETAIL) != failure:
-            runtime.study.set_user_attr(ATTR_STOP_DETAIL, failure)
-        return self.finisher.finish(body, ref, runtime.spec, state.finish, finished_trials, previous)
 
     # -- study deletion ------------------------------------------------------------------------
 
@@ -610,16 +419,3 @@ def _controller_storage(url: str) -> optuna.storages.RDBStorage:
         return open_storage(url)
     engine_kwargs = {"pool_size": POOL_SIZE, "max_overflow": 4, "pool_pre_ping": False}
     return optuna.storages.RDBStorage(full_url, engine_kwargs=engine_kwargs)
-
-
-def _trials_by_state(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for trial in trials:
-        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
-    return counts
-
-
-def _views(trials: list[optuna.trial.FrozenTrial], spec: StudySpec) -> list[Any]:
-    from controller.studies.observe import trial_view
-
-    return [trial_view(t, spec.searchSpace) for t in trials]
