@@ -20,9 +20,9 @@ from optuna.trial import FrozenTrial
 
 from controller.budget.accounting import worst_case
 from controller.budget.ledger import PROVISIONAL_TRIAL, Charge, Ledger, provisional_key
-from controller.budget.slots import CUDA_VISIBLE_DEVICES, GpuSlots
 from controller.budget.views import study_budget_view
 from controller.local.gang import STOP_GRACE_S, LocalGang, local_rendezvous
+from controller.local.pool import WORKER_ENV, WorkerPool
 from controller.local.progress import StudyProgress
 from controller.local.workers import LocalWorker, WorkerEvent
 from controller.planner import BudgetView, Observation, Plan, StopReason, TrialView, decide, summarize
@@ -127,24 +127,19 @@ class LocalRunner:
         self.name = manifest.metadata.name
         self.storage_url = resolve_storage_url(options.storage_url, self.spec.storage.url, self.name)
         self.parallelism = options.parallel or self.spec.parallelism
-        # gpus: k -> each worker owns k of this machine's GPUs; no more trials than slots at once.
-        self._gpu_slots = GpuSlots.for_trial(self.spec.trial.gpus)
-        self._worker_slots: dict[int, str] = {}
-        if self._gpu_slots is not None:
-            self.parallelism = min(self.parallelism, self._gpu_slots.capacity)
         self._clock = clock
         self._events: queue.Queue[WorkerEvent] = queue.Queue()
-        self._workers: dict[int, LocalWorker] = {}
-        self._idle: list[LocalWorker] = []
+        self.log_dir = options.log_dir or Path(".tunefleet") / "logs" / self.name
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._pool = WorkerPool(self._events, self.log_dir, options.workdir, self.spec.trial.gpus)
+        if self._pool.gpu_capacity is not None:  # no more trials at once than GPU slots
+            self.parallelism = min(self.parallelism, self._pool.gpu_capacity)
         self._inflight: dict[int, _InFlight] = {}
         self._gangs: dict[int, LocalGang] = {}  # ranks 1.. of multi-node trials, by trial number
         self._stopping: list[LocalGang] = []  # those of trials rank 0 ended, given time to exit
-        self._next_worker_id = 0
         self._interrupted = False
         self._recent_durations: deque[float] = deque(maxlen=20)
         self._start_s = 0.0  # how long starting a new trial took the runner, smoothed
-        self.log_dir = options.log_dir or Path(".tunefleet") / "logs" / self.name
-        self.log_dir.mkdir(parents=True, exist_ok=True)
         self.tracking_url: str | None = None  # the study's MLflow run, with spec.tracking.mlflow
         self.checkpoint_dir = (
             options.checkpoint_dir or Path(".tunefleet") / "checkpoints" / self.name
@@ -238,7 +233,7 @@ class LocalRunner:
                     if plan.finished:
                         break
                     if plan.stop is not None and not (plan.confirm or plan.confirming):
-                        self._retire_idle()  # nothing more to start: let them exit meanwhile
+                        self._pool.retire_idle()  # nothing more to start: let them exit meanwhile
                     self._wait_for_events(study)
                 except KeyboardInterrupt:
                     if self._interrupted:
@@ -339,7 +334,7 @@ class LocalRunner:
         for number in plan.drain:
             flight = self._inflight.pop(number)
             flight.worker.kill()
-            self._forget_worker(flight.worker)
+            self._pool.forget(flight.worker)
             fail_trial(study, number, plan.drain_reason or "drained")
             self._close(flight, time.monotonic())
 
@@ -357,7 +352,7 @@ class LocalRunner:
         if not self._ledger.reserve(provisional, self.name, PROVISIONAL_TRIAL, self._worst_case()):
             log.warning("the budget could not cover another trial's worst case", study=self.name)
             if not behind:
-                self._idle.append(worker)
+                self._pool.idle.append(worker)
             return False
         try:
             trial = create()
@@ -383,11 +378,11 @@ class LocalRunner:
 
     def _take_worker(self) -> tuple[LocalWorker, bool] | None:
         """An idle worker, a new one, or (prefetching) a busy one with nothing queued: ``behind``."""
-        if self._idle:
-            return self._idle.pop(), False
-        if len(self._workers) < self.parallelism:
-            return self._spawn_worker(), False
-        for worker in self._workers.values():
+        if self._pool.idle:
+            return self._pool.idle.pop(), False
+        if len(self._pool.workers) < self.parallelism:
+            return self._pool.spawn(), False
+        for worker in self._pool.workers.values():
             if self._can_queue_behind(worker):
                 return worker, True
         return None
@@ -405,7 +400,7 @@ class LocalRunner:
                 self._events,
                 self.log_dir,
                 self.options.workdir,
-                self._worker_env,
+                WORKER_ENV,
             )
 
     def _kill_at(self, flight: _InFlight) -> float:
@@ -451,44 +446,7 @@ class LocalRunner:
 
     def _start_workers(self) -> None:
         count = min(self.parallelism, self.spec.budget.maxTrials or self.parallelism)
-        self._idle.extend(self._spawn_worker() for _ in range(count))
-
-    def _retire_idle(self) -> None:
-        for worker in self._idle:
-            worker.retire()
-        self._idle.clear()
-
-    def _spawn_worker(self) -> LocalWorker:
-        worker_id = self._next_worker_id
-        self._next_worker_id += 1
-        worker = LocalWorker(
-            worker_id,
-            self._events,
-            self.log_dir / f"worker-{worker_id}.log",
-            self.options.workdir,
-            {**self._worker_env, **self._take_gpu_slot(worker_id)},
-        )
-        self._workers[worker_id] = worker
-        return worker
-
-    @property
-    def _worker_env(self) -> dict[str, str]:
-        return {"TUNEFLEET_LOG_FORMAT": "json"}
-
-    def _take_gpu_slot(self, worker_id: int) -> dict[str, str]:
-        if self._gpu_slots is None:
-            return {}
-        slot = self._worker_slots[worker_id] = self._gpu_slots.take()
-        return {CUDA_VISIBLE_DEVICES: slot}
-
-    def _forget_worker(self, worker: LocalWorker) -> None:
-        slot = self._worker_slots.pop(worker.worker_id, None)
-        if slot is not None and self._gpu_slots is not None:
-            self._gpu_slots.give_back(slot)
-        worker.retire()
-        self._workers.pop(worker.worker_id, None)
-        if worker in self._idle:
-            self._idle.remove(worker)
+        self._pool.idle.extend(self._pool.spawn() for _ in range(count))
 
     # -- events -------------------------------------------------------------------------------
 
@@ -510,7 +468,7 @@ class LocalRunner:
         self._enforce_max_duration(study)
 
     def _handle(self, study: optuna.Study, event: WorkerEvent) -> None:
-        worker = self._workers.get(event.worker_id)
+        worker = self._pool.workers.get(event.worker_id)
         if event.rank is not None:
             self._rank_ended(study, event)
             return
@@ -520,7 +478,7 @@ class LocalRunner:
         # The process ended. A trial it was running lost its worker; one queued behind it moves on.
         if worker is None:
             return
-        self._forget_worker(worker)
+        self._pool.forget(worker)
         code = event.exit_code if event.exit_code is not None else -1
         for number in list(worker.assigned):
             flight = self._inflight.get(number)
@@ -547,7 +505,7 @@ class LocalRunner:
         assert number is not None
         del self._inflight[number]
         flight.worker.kill()
-        self._forget_worker(flight.worker)
+        self._pool.forget(flight.worker)
         reason = "killed" if code < 0 else _reason_for_exit(code)
         fail_trial(study, number, reason, f"rank {event.rank} exited with code {code}")
         self._close(flight, time.monotonic())
@@ -583,9 +541,9 @@ class LocalRunner:
             following.started = now  # the worker went straight on to its queued trial
         elif self.spec.trial.isolation == "process":
             worker.retire()
-            self._forget_worker(worker)
+            self._pool.forget(worker)
         elif worker.trial_number is None:
-            self._idle.append(worker)
+            self._pool.idle.append(worker)
 
     def _enforce_max_duration(self, study: optuna.Study) -> None:
         now = time.monotonic()
@@ -594,7 +552,7 @@ class LocalRunner:
                 continue
             del self._inflight[number]
             flight.worker.kill()
-            self._forget_worker(flight.worker)
+            self._pool.forget(flight.worker)
             fail_trial(
                 study, number, "maxDuration", f"exceeded maxDuration ({self.spec.trial.maxDuration} s)"
             )
@@ -617,19 +575,12 @@ class LocalRunner:
         )
 
     def _kill_all(self) -> None:
-        for worker in list(self._workers.values()):
-            worker.kill()
+        self._pool.kill_all()
         for gang in self._gangs.values():
             gang.stop()
 
     def _shutdown(self) -> None:
-        for worker in list(self._workers.values()):
-            worker.retire()
-        for worker in list(self._workers.values()):
-            if worker.wait(timeout=5) is None:
-                worker.kill()
-        self._workers.clear()
-        self._idle.clear()
+        self._pool.shut_down()
         for gang in list(self._gangs.values()):
             gang.stop()
         for gang in self._stopping:  # no rank outlives the run

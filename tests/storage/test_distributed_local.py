@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState
 
 from controller.budget.ledger import Ledger
 from controller.planner import StopReason
+from tests.conftest import REPO_ROOT
 from tests.storage.test_local_runner import run_study, trials_of
 from tests.support.specs import study_document
 
@@ -54,3 +61,50 @@ def test_a_lost_rank_fails_the_whole_trial_and_it_is_retried_with_the_same_param
     assert "rank 1 exited with code -9" in first.user_attrs["tunefleet.detail"]
     assert retry.state == TrialState.COMPLETE
     assert retry.params == first.params and retry.user_attrs["tunefleet.retry_of"] == 0
+
+
+def test_the_torchrun_example_runs_locally_as_written(tmp_path: Path) -> None:
+    """examples/torchrun/study.yaml through ``tunefleet run``, with torchrun from the venv: only
+    maxTrials is lowered (to keep the suite short), the command is the example's."""
+    pytest.importorskip("torch", reason="needs the examples extra (torch CPU build)")
+    document = yaml.safe_load((REPO_ROOT / "examples" / "torchrun" / "study.yaml").read_text())
+    document["spec"]["budget"]["maxTrials"] = 2
+    spec = tmp_path / "study.yaml"
+    spec.write_text(yaml.safe_dump(document))
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    venv_bin = str(Path(sys.executable).parent)  # torchrun, as `make quickstart`'s venv has it
+    env = {**os.environ, "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "controller.cli",
+            "run",
+            str(spec),
+            "--storage",
+            storage,
+            "-q",
+            "--workdir",
+            str(REPO_ROOT),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    trials = optuna.load_study(study_name="torchrun-two-nodes", storage=storage).get_trials()
+    logs = "\n".join(f"{p.name}: {p.read_text()[-1500:]}" for p in sorted(tmp_path.rglob("trial-*.log")))
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE], logs
+    for trial in trials:
+        assert 0 < trial.value < 10 and len(trial.intermediate_values) == 8  # rank 0's 8 epochs
+    rank_1_logs = sorted(p.name for p in tmp_path.rglob("trial-*.rank-1.log"))
+    assert rank_1_logs, "no second node ran"
+    assert json.loads((tmp_path / "out" / "best_config.json").read_text())["params"].keys() == {
+        "lr",
+        "momentum",
+        "hidden",
+    }
