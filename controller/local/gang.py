@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import random
 import signal
 import socket
 import subprocess
@@ -26,11 +27,36 @@ STOP_GRACE_S = 10.0  # followers still finishing when rank 0 reported get this l
 
 
 def local_rendezvous(nodes: int) -> Rendezvous:
-    """Rank 0's place: a port the OS says is free now (the trial's processes bind it next)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    """Rank 0's place: a port free now, below the ephemeral range (the trial's processes bind it next).
+
+    A port the OS hands out for binding port 0 comes from the range it also uses for outgoing
+    connections, so another process's connection could take it before rank 0 binds it; a port
+    below that range is only ever taken by an explicit bind.
+    """
+    return Rendezvous(nodes=nodes, node_rank=0, master_addr=LOCAL_ADDRESS, master_port=_free_port())
+
+
+def _free_port() -> int:
+    low = _ephemeral_low()
+    candidates = random.Random().sample(range(max(1024, low - 12000), low), 64) if low > 14000 else []
+    for port in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((LOCAL_ADDRESS, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:  # all taken: any free port
         probe.bind((LOCAL_ADDRESS, 0))
-        port = int(probe.getsockname()[1])
-    return Rendezvous(nodes=nodes, node_rank=0, master_addr=LOCAL_ADDRESS, master_port=port)
+        return int(probe.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the OS assigns to outgoing connections (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 class LocalGang:

@@ -68,7 +68,7 @@ def test_the_torchrun_example_runs_locally_as_written(tmp_path: Path) -> None:
     maxTrials is lowered (to keep the suite short), the command is the example's."""
     pytest.importorskip("torch", reason="needs the examples extra (torch CPU build)")
     document = yaml.safe_load((REPO_ROOT / "examples" / "torchrun" / "study.yaml").read_text())
-    document["spec"]["budget"]["maxTrials"] = 2
+    document["spec"]["budget"]["maxTrials"] = 1
     spec = tmp_path / "study.yaml"
     spec.write_text(yaml.safe_dump(document))
     storage = f"sqlite:///{tmp_path / 'study.db'}"
@@ -98,7 +98,7 @@ def test_the_torchrun_example_runs_locally_as_written(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     trials = optuna.load_study(study_name="torchrun-two-nodes", storage=storage).get_trials()
     logs = "\n".join(f"{p.name}: {p.read_text()[-1500:]}" for p in sorted(tmp_path.rglob("trial-*.log")))
-    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE], logs
+    assert [t.state for t in trials] == [TrialState.COMPLETE], logs
     for trial in trials:
         assert 0 < trial.value < 10 and len(trial.intermediate_values) == 8  # rank 0's 8 epochs
     rank_1_logs = sorted(p.name for p in tmp_path.rglob("trial-*.rank-1.log"))

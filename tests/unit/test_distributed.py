@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 import pytest
@@ -149,3 +150,15 @@ def test_plan_counts_a_trials_gpus_and_cpus_as_nodes_times_each() -> None:
 
     assert affordable(1) == {"gpuHours": 8, "cpuHours": 8}
     assert affordable(2) == {"gpuHours": 4, "cpuHours": 4}
+
+
+def test_a_local_rendezvous_port_is_free_and_outside_the_range_outgoing_connections_take() -> None:
+    """Another process's outgoing connection can never take rank 0's port before it binds it."""
+    from controller.local.gang import _ephemeral_low, local_rendezvous
+
+    ports = {local_rendezvous(2).master_port for _ in range(20)}
+    assert all(1024 <= port < _ephemeral_low() for port in ports)
+    assert len(ports) > 1  # picked at random: two runs at once do not race for one port
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", port))
