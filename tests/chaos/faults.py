@@ -94,6 +94,7 @@ class FaultInjector:
         self._start = time.monotonic()
         self._next_at = self._start + self.rng.uniform(1.0, 2 * mean_gap_s)
         self._restarting: set[str] = set()
+        self._postgres_down = False  # stopped by a postgres_restart whose start is pending
 
     def elapsed(self) -> float:
         return time.monotonic() - self._start
@@ -241,13 +242,21 @@ class FaultInjector:
 
     def _postgres_restart(self, kind: str) -> None:
         postgres = self.env.postgres
-        if postgres is None or postgres.data_dir is None:
+        # Drawn again while the server is down: it is already down, and a second start scheduled
+        # behind the first would find it running and fail (seed 408 of the first 30-minute soak).
+        if postgres is None or postgres.data_dir is None or self._postgres_down:
             self.skipped[kind] += 1
             return
         down = self.rng.uniform(0.5, 4.0)
         postgres.stop("immediate")
+        self._postgres_down = True
         self._count(kind, f"down for {down:.1f} s")
-        self._later(down, postgres.start)
+
+        def back_up() -> None:
+            postgres.start()
+            self._postgres_down = False
+
+        self._later(down, back_up)
 
     def _disrupt(self, kind: str, disruption: Disruption) -> None:
         seconds = self.rng.uniform(2.0, 8.0)

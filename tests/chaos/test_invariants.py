@@ -47,3 +47,36 @@ def test_an_incomplete_ask_is_no_trial_in_the_status_counts() -> None:
     assert status_matches_database(_snapshot([*complete, incomplete, raised], 0), History(), context) == [
         "gpu-a: status.trials.failed 0, database 1"
     ]
+
+
+def test_a_postgres_restart_drawn_while_the_server_is_down_is_skipped_not_started_twice() -> None:
+    """Seed 408 of the first 30-minute soak: a second restart drawn while the server was down
+    scheduled a second start, which found the server running and failed the whole soak."""
+    from pathlib import Path
+
+    from tests.chaos.faults import Environment, FaultInjector
+
+    class Server:
+        data_dir = Path("/nonexistent")
+
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def stop(self, mode: str) -> None:
+            self.calls.append(f"stop {mode}")
+
+        def start(self) -> None:
+            if self.calls[-1] == "start":
+                raise AssertionError("started while running")
+            self.calls.append("start")
+
+    server = Server()
+    env = Environment(kube=None, postgres=server, replicas=[], studies=[], log=lambda line: None)  # type: ignore[arg-type]
+    faults = FaultInjector(408, env, window_s=10)
+    faults._postgres_restart("postgres_restart")
+    faults._postgres_restart("postgres_restart")
+    faults.repair_all()
+    faults._postgres_restart("postgres_restart")  # up again: the next one acts
+    faults.repair_all()
+    assert server.calls == ["stop immediate", "start", "stop immediate", "start"]
+    assert faults.skipped["postgres_restart"] == 1 and faults.injected["postgres_restart"] == 2
