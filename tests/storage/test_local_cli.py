@@ -21,6 +21,12 @@ from tests.support.specs import study_document, write_study
 pytestmark = pytest.mark.storage
 
 
+def _as_in_a_terminal() -> None:
+    # A test session started in the background (`cmd &`, nohup) ignores SIGINT, and a child
+    # inherits that, so Ctrl-C would do nothing. A user's `tunefleet run` in a terminal takes it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_run(spec: Path, storage_url: str, sleep_s: str, tmp_path: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "TUNEFLEET_TEST_SLEEP": sleep_s, "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.Popen(
@@ -41,7 +47,19 @@ def start_run(spec: Path, storage_url: str, sleep_s: str, tmp_path: Path) -> sub
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_as_in_a_terminal,
     )
+
+
+def finish(process: subprocess.Popen[str], timeout_s: float) -> str:
+    """Its output once it exits; killed (never left running) if it does not within ``timeout_s``."""
+    try:
+        output, _ = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        raise AssertionError(f"tunefleet run did not exit within {timeout_s} s:\n{output}") from None
+    return output
 
 
 def wait_for_running(storage_url: str, count: int, timeout_s: float = 60) -> None:
@@ -71,14 +89,14 @@ def test_ctrl_c_marks_running_trials_interrupted_and_a_rerun_finishes_them(
     process = start_run(spec, storage_url, "60", tmp_path)
     wait_for_running(storage_url, 2)
     process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=60)
+    output = finish(process, 60)
     assert process.returncode == 0, output
     assert "Interrupted" in output
     trials = optuna.load_study(study_name="test-study", storage=storage_url).get_trials()
     assert [t.user_attrs.get("tunefleet.reason") for t in trials] == ["interrupted", "interrupted"]
 
     rerun = start_run(spec, storage_url, "0", tmp_path)
-    output, _ = rerun.communicate(timeout=120)
+    output = finish(rerun, 120)
     assert rerun.returncode == 0, output
     assert "MaxTrialsReached" in output
     trials = optuna.load_study(study_name="test-study", storage=storage_url).get_trials()
@@ -94,10 +112,10 @@ def test_a_killed_runner_leaves_nothing_running_after_the_rerun(sqlite_url: str,
     process = start_run(spec, sqlite_url, "60", tmp_path)
     wait_for_running(sqlite_url, 2)
     process.kill()
-    process.communicate(timeout=30)
+    finish(process, 30)
 
     rerun = start_run(spec, sqlite_url, "0", tmp_path)
-    output, _ = rerun.communicate(timeout=120)
+    output = finish(rerun, 120)
     assert rerun.returncode == 0, output
     trials = optuna.load_study(study_name="test-study", storage=sqlite_url).get_trials()
     lost = [t for t in trials if t.user_attrs.get("tunefleet.reason") == "lost"]
