@@ -128,23 +128,27 @@ class ClusterIndex:
             return
         with self._lock:
             objects = self._study(meta.get("namespace", ""), study)
+            phase = (pod.get("status") or {}).get("phase")
             if event_type == "DELETED":
                 objects.pods.delete(uid, _version(pod))
+                # Its Job controller let it go (the job-tracking finalizer) only once it counted
+                # it; a pod that vanished mid-run (node lost, force-deleted) counts as failed.
+                self._job_counted(objects, pod, "succeeded" if phase == "Succeeded" else "failed")
                 return
             objects.pods.upsert(uid, pod)
-            if (pod.get("status") or {}).get("phase") in FINISHED_PHASES:
-                self._job_counted(objects, pod)
+            if phase in FINISHED_PHASES:
+                self._job_counted(objects, pod, "succeeded" if phase == "Succeeded" else "failed")
 
     @staticmethod
-    def _job_counted(objects: _StudyObjects, pod: dict[str, Any]) -> None:
+    def _job_counted(objects: _StudyObjects, pod: dict[str, Any], counted: str) -> None:
         """A Job with ``backoffLimit: 0`` whose one pod finished has counted it: say so in our
-        copy, or a Job whose finished pod is later removed would look like it awaits a pod."""
+        copy, or a Job whose pod is later removed would look like it awaits a pod (and hold its
+        trial's slot until the next full list)."""
         trial = (pod["metadata"].get("labels") or {}).get(TRIAL_LABEL)
         for name, job in list(objects.jobs.items.items()):
             labels = (job.get("metadata") or {}).get("labels") or {}
             status = job.get("status") or {}
             if labels.get(TRIAL_LABEL) == trial and not (status.get("succeeded") or status.get("failed")):
-                counted = "succeeded" if pod["status"]["phase"] == "Succeeded" else "failed"
                 objects.jobs.items[name] = {**job, "status": {**status, counted: 1}}
 
     def job_created(self, namespace: str, job: dict[str, Any]) -> None:

@@ -209,15 +209,40 @@ def free_port() -> int:
             return port
 
 
-def wait_for(predicate: Callable[[], T], timeout: float, message: str, interval: float = 0.2) -> T:
+def wait_for(
+    predicate: Callable[[], T],
+    timeout: float,
+    message: str | Callable[[], str],
+    interval: float = 0.2,
+) -> T:
+    """``message`` may be a callable, so what it shows (logs, states) is taken at the timeout."""
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s: {message}")
+            text = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout:.0f} s: {text}")
         time.sleep(interval)
+
+
+def cluster_snapshot(kube: KubeEmulator, storage_url: str, name: str, log_tail: int = 1500) -> str:
+    """What a failed wait needs to be understood: the Study's status, every trial, every trial
+    pod's phase and the tail of its log."""
+    lines = [f"status: {study_status(kube, name)}"]
+    try:
+        for trial in load_trials(storage_url, name):
+            lines.append(f"trial {trial.number}: {trial.state.name} {trial.user_attrs}")
+    except Exception as exc:  # the database may be the thing that broke
+        lines.append(f"trials unreadable: {exc!r}")
+    for pod in trial_pods(kube, name):
+        pod_name = pod["metadata"]["name"]
+        lines.append(f"pod {pod_name}: {(pod.get('status') or {}).get('phase')}")
+        log = kube.work_dir / "logs" / f"{NAMESPACE}.{pod_name}.log"
+        if log.exists():
+            lines.append(log.read_text(errors="replace")[-log_tail:])
+    return "\n".join(lines)
 
 
 def study_status(kube: KubeEmulator, name: str) -> dict[str, Any]:

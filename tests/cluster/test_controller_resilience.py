@@ -15,6 +15,7 @@ from tests.cluster.controller_harness import (
     NAMESPACE,
     STUDIES,
     ControllerProcess,
+    cluster_snapshot,
     finished,
     load_trials,
     prepare_cluster,
@@ -144,7 +145,10 @@ def test_postgres_restarted_mid_study_loses_no_finished_trial(
         wait_for(
             lambda: finished(kube_emulator, "pg"),
             180,
-            "the study did not finish after the restart\n" + controller.log()[-3000:],
+            lambda: "the study did not finish after the restart\n"
+            + controller.log()[-6000:]
+            + "\n"
+            + cluster_snapshot(kube_emulator, postgres_url, "pg"),
         )
     finally:
         controller.stop()

@@ -147,6 +147,20 @@ def test_a_job_whose_pod_finished_and_vanished_is_not_awaiting_a_pod() -> None:
     assert view.live == frozenset()
 
 
+def test_a_job_whose_running_pod_was_force_deleted_does_not_hold_its_trial_live() -> None:
+    """A node lost mid-trial: the pod goes without a final phase. Its Job has counted it (the
+    job-tracking finalizer let it go), so the trial's slot is free at once, not after the next
+    full list (60 s), and its retry can start."""
+    index = _primed()
+    index.job_created(NS, _job(3, version=20))
+    index.pod_event("MODIFIED", _pod(3, "Running", 21))
+    assert observe_cluster(index.jobs(NS, "s") or [], index.pods(NS, "s") or [], NOW).live == {3}
+    index.pod_event("DELETED", _pod(3, "Running", 22))
+    view = observe_cluster(index.jobs(NS, "s") or [], index.pods(NS, "s") or [], NOW)
+    assert view.live == frozenset()
+    assert (index.jobs(NS, "s") or [])[0]["status"] == {"failed": 1}
+
+
 def test_a_pod_whose_finalizer_we_removed_is_not_settled_again() -> None:
     index = _primed()
     finished = _pod(3, "Succeeded", 21)
