@@ -234,7 +234,7 @@ def cluster_snapshot(kube: KubeEmulator, storage_url: str, name: str, log_tail: 
     try:
         for trial in load_trials(storage_url, name):
             lines.append(f"trial {trial.number}: {trial.state.name} {trial.user_attrs}")
-    except Exception as exc:  # the database may be the thing that broke
+    except Exception as exc:  # noqa: BLE001 - the database may be the thing that broke
         lines.append(f"trials unreadable: {exc!r}")
     for pod in trial_pods(kube, name):
         pod_name = pod["metadata"]["name"]
