@@ -14,7 +14,6 @@ from typing import Any
 
 from optuna.trial import TrialState
 from pydantic import BaseModel
-from scipy import stats
 
 from controller.analysis.data import StudyData
 
@@ -62,6 +61,8 @@ def t_interval(samples: list[float], confidence: float = CONFIDENCE) -> Interval
     if n < 2:
         return Interval(n=n, mean=mean, std=None, low=None, high=None)
     std = math.sqrt(math.fsum((x - mean) ** 2 for x in samples) / (n - 1))
+    from scipy import stats  # loaded when an interval is computed: it costs a second at start
+
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
     return Interval(n=n, mean=mean, std=std, low=mean - half, high=mean + half)
 
