@@ -1,5 +1,10 @@
-"""Every strategy runs a real local study on SQLite and PostgreSQL: samplers, pruners, the grid,
-multi-objective constraints, warm start, convergence and exact maxTrials."""
+"""Every strategy runs a real local study: samplers, pruners, the grid, multi-objective
+constraints, warm start, convergence and exact maxTrials.
+
+What a strategy does does not depend on the storage backend, so those tests run on the embedded
+SQLite file (the local default); the ones where workers race for the study (the grid under
+parallelism, exact maxTrials, cost-aware TPE with several workers) run on PostgreSQL too.
+"""
 
 from __future__ import annotations
 
@@ -94,17 +99,17 @@ def trials_of(storage_url: str, name: str = "test-study") -> list[optuna.trial.F
 
 @pytest.mark.parametrize("sampler", ["random", "tpe", "gp", "cmaes", "qmc"])
 def test_every_single_objective_sampler_runs_to_completion(
-    sampler: str, storage_url: str, tmp_path: Path
+    sampler: str, sqlite_url: str, tmp_path: Path
 ) -> None:
     result = run_study(
         xy_document(strategy={"sampler": sampler, "pruner": "none"}, budget={"maxTrials": 5}),
-        storage_url,
+        sqlite_url,
         tmp_path,
     )
-    trials = trials_of(storage_url)
+    trials = trials_of(sqlite_url)
     assert result.stop_reason is StopReason.MAX_TRIALS
     assert len(trials) == 5 and all(t.state == TrialState.COMPLETE for t in trials)
-    recorded = optuna.load_study(study_name="test-study", storage=storage_url).user_attrs[
+    recorded = optuna.load_study(study_name="test-study", storage=sqlite_url).user_attrs[
         "tunefleet.strategy"
     ]
     assert recorded["sampler"] == sampler
@@ -112,7 +117,7 @@ def test_every_single_objective_sampler_runs_to_completion(
 
 @pytest.mark.parametrize("sampler", ["nsga2", "nsga3", "motpe"])
 def test_every_multi_objective_sampler_runs_with_constraints(
-    sampler: str, storage_url: str, tmp_path: Path
+    sampler: str, sqlite_url: str, tmp_path: Path
 ) -> None:
     document = xy_document(
         strategy={"sampler": sampler, "pruner": "none"},
@@ -120,26 +125,26 @@ def test_every_multi_objective_sampler_runs_with_constraints(
         objective={"metrics": TWO_METRICS, "constraints": ["memory"]},
         python=f"{HERE}:two_metrics_constrained",
     )
-    result = run_study(document, storage_url, tmp_path)
-    trials = trials_of(storage_url)
+    result = run_study(document, sqlite_url, tmp_path)
+    trials = trials_of(sqlite_url)
     assert result.stop_reason is StopReason.MAX_TRIALS
     assert all(t.state == TrialState.COMPLETE and "memory" in t.constraints for t in trials)
 
 
 @pytest.mark.parametrize("pruner", ["none", "median", "percentile", "hyperband", "asha", "wilcoxon"])
-def test_every_pruner_runs_to_completion(pruner: str, storage_url: str, tmp_path: Path) -> None:
+def test_every_pruner_runs_to_completion(pruner: str, sqlite_url: str, tmp_path: Path) -> None:
     settings = {"n_startup_trials": 1} if pruner in ("median", "percentile") else {}
     document = xy_document(
         strategy={"sampler": "random", "pruner": pruner, "prunerSettings": settings}, budget={"maxTrials": 8}
     )
-    result = run_study(document, storage_url, tmp_path)
-    trials = trials_of(storage_url)
+    result = run_study(document, sqlite_url, tmp_path)
+    trials = trials_of(sqlite_url)
     assert result.stop_reason is StopReason.MAX_TRIALS and len(trials) == 8
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     if pruner == "median":
         assert any(t.state == TrialState.PRUNED for t in trials)  # steps are worse than the median
     if pruner in ("hyperband", "asha"):
-        study = optuna.load_study(study_name="test-study", storage=storage_url)
+        study = optuna.load_study(study_name="test-study", storage=sqlite_url)
         assert study.user_attrs[ATTR_PINNED_STEPS] == 9
 
 
@@ -166,15 +171,15 @@ def test_grid_runs_exactly_the_grid_once_under_parallelism_three(storage_url: st
     assert {(o, None if m is None else round(m, 6)) for o, m in seen} == expected
 
 
-def test_pareto_export_is_the_non_dominated_feasible_set(storage_url: str, tmp_path: Path) -> None:
+def test_pareto_export_is_the_non_dominated_feasible_set(sqlite_url: str, tmp_path: Path) -> None:
     document = xy_document(
         strategy={"sampler": "motpe", "pruner": "none", "seed": 3},
         budget={"maxTrials": 16},
         objective={"metrics": TWO_METRICS, "constraints": ["memory"]},
         python=f"{HERE}:two_metrics_user_attr_constraint",
     )
-    run_study(document, storage_url, tmp_path)
-    study = optuna.load_study(study_name="test-study", storage=storage_url)
+    run_study(document, sqlite_url, tmp_path)
+    study = optuna.load_study(study_name="test-study", storage=sqlite_url)
     trials = study.get_trials()
     infeasible = {t.number for t in trials if t.constraints["memory"] > 0}
     assert infeasible and len(infeasible) < len(trials)
@@ -187,34 +192,34 @@ def test_pareto_export_is_the_non_dominated_feasible_set(storage_url: str, tmp_p
             for o in feasible
         )
     }
-    export = write_export(storage_url, "test-study", tmp_path / "out")
+    export = write_export(sqlite_url, "test-study", tmp_path / "out")
     exported = json.loads((export.directory / "best_config.json").read_text())
     assert {entry["trial"] for entry in exported["pareto"]} == brute
     assert {t.number for t in feasible_pareto_front(study, ["memory"])} == brute
 
 
 def test_warm_start_params_run_first_and_another_study_informs_the_sampler(
-    storage_url: str, tmp_path: Path
+    sqlite_url: str, tmp_path: Path
 ) -> None:
     first = xy_document(strategy={"sampler": "random", "pruner": "none"}, budget={"maxTrials": 5})
-    run_study(first, storage_url, tmp_path, name="source")
+    run_study(first, sqlite_url, tmp_path, name="source")
     warm = xy_document(
         strategy={"sampler": "tpe", "pruner": "none"},
         budget={"maxTrials": 4},
         parallelism=1,
         warmStart={"params": [{"x": 0.25, "y": 0.5}, {"x": 0.75}], "fromStudy": "source"},
     )
-    result = run_study(warm, storage_url, tmp_path)
-    trials = sorted(trials_of(storage_url), key=lambda t: t.number)
+    result = run_study(warm, sqlite_url, tmp_path)
+    trials = sorted(trials_of(sqlite_url), key=lambda t: t.number)
     imported = [t for t in trials if t.user_attrs.get("tunefleet.reason") == "imported"]
     own = [t for t in trials if t not in imported]
     assert result.stop_reason is StopReason.MAX_TRIALS
     assert len(imported) == 5 and len(own) == 4  # imported trials do not use up maxTrials
     assert own[0].params == {"x": 0.25, "y": 0.5}
     assert own[1].params["x"] == 0.75
-    assert {t.params["x"] for t in imported} == {t.params["x"] for t in trials_of(storage_url, "source")}
-    again = run_study(warm, storage_url, tmp_path)  # resuming does not import twice
-    assert again.stop_reason is StopReason.MAX_TRIALS and len(trials_of(storage_url)) == 9
+    assert {t.params["x"] for t in imported} == {t.params["x"] for t in trials_of(sqlite_url, "source")}
+    again = run_study(warm, sqlite_url, tmp_path)  # resuming does not import twice
+    assert again.stop_reason is StopReason.MAX_TRIALS and len(trials_of(sqlite_url)) == 9
 
 
 def test_warm_start_from_a_missing_study_names_the_field(storage_url: str, tmp_path: Path) -> None:
@@ -223,15 +228,15 @@ def test_warm_start_from_a_missing_study_names_the_field(storage_url: str, tmp_p
         run_study(document, storage_url, tmp_path)
 
 
-def test_patience_ends_the_study_converged(storage_url: str, tmp_path: Path) -> None:
+def test_patience_ends_the_study_converged(sqlite_url: str, tmp_path: Path) -> None:
     document = xy_document(
         strategy={"sampler": "random", "pruner": "none"},
         budget={"maxTrials": 200, "patience": 4},
         parallelism=1,
     )
-    result = run_study(document, storage_url, tmp_path)
+    result = run_study(document, sqlite_url, tmp_path)
     assert result.stop_reason is StopReason.CONVERGED
-    assert len(trials_of(storage_url)) < 200
+    assert len(trials_of(sqlite_url)) < 200
 
 
 def test_max_trials_is_exact_across_workers_and_retries(storage_url: str, tmp_path: Path) -> None:
@@ -250,7 +255,7 @@ def test_max_trials_is_exact_across_workers_and_retries(storage_url: str, tmp_pa
 
 
 def test_auto_starts_with_tpe_on_the_worst_case_and_revises_once_trials_are_measured(
-    storage_url: str, tmp_path: Path
+    sqlite_url: str, tmp_path: Path
 ) -> None:
     # maxDuration 10 min against 1 CPU-hour: 6 worst-case trials, a floor rather than an estimate,
     # so TPE (random for its first trials) and Hyperband (objective.steps says trials report 9
@@ -261,8 +266,8 @@ def test_auto_starts_with_tpe_on_the_worst_case_and_revises_once_trials_are_meas
         budget={"maxTrials": 24, "cpuHours": 1.0},
         trial={"python": f"{HERE}:xy_with_steps", "maxDuration": "10m"},
     )
-    run_study(document, storage_url, tmp_path)
-    study = optuna.load_study(study_name="test-study", storage=storage_url)
+    run_study(document, sqlite_url, tmp_path)
+    study = optuna.load_study(study_name="test-study", storage=sqlite_url)
     started = study.user_attrs["tunefleet.strategy"]
     assert (started["sampler"], started["pruner"]) == ("tpe", "hyperband")
     assert "only the worst case is known" in " ".join(started["reasons"])
@@ -305,7 +310,7 @@ def costlier_in_x(trial: optuna.Trial) -> float:
 
 
 def test_auto_turns_cost_aware_search_on_when_measured_costs_vary_widely(
-    storage_url: str, tmp_path: Path
+    sqlite_url: str, tmp_path: Path
 ) -> None:
     # 20 trials (auto prefers random below 20) and 216 CPU-seconds: ~6 trials at the worst case
     # (30 s, room for a slow start on a loaded machine), so TPE from the start. Measured, auto keeps
@@ -320,9 +325,9 @@ def test_auto_turns_cost_aware_search_on_when_measured_costs_vary_widely(
         python=f"{HERE}:costlier_in_x",  # xy_document sets trial.python
         trial={"maxDuration": "30s"},
     )
-    result = run_study(document, storage_url, tmp_path)
+    result = run_study(document, sqlite_url, tmp_path)
     assert result.stop_reason is StopReason.MAX_TRIALS
-    study = optuna.load_study(study_name="test-study", storage=storage_url)
+    study = optuna.load_study(study_name="test-study", storage=sqlite_url)
     assert study.user_attrs["tunefleet.strategy"]["costAware"] is False  # nothing measured yet
     revisions = study.user_attrs[ATTR_REVISIONS]
     assert revisions[-1]["sampler"] == "tpe" and revisions[-1]["costAware"] is True, revisions
