@@ -16,8 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import sqlalchemy as sa
-
 from controller.budget.ledger import Ledger
 from tests.chaos import invariants, observe
 from tests.chaos.faults import Environment, FaultInjector
@@ -73,7 +71,6 @@ def run_chaos(seed: int, work_dir: Path, postgres: PostgresServer, storage_url: 
               window_s: float = 30.0, end_timeout_s: float | None = None,
               log: Callable[[str], None] = print) -> ChaosResult:
     started = time.monotonic()
-    durable_commits(postgres, storage_url)
     studies = chaos_studies(seed)
     workers = InProcessWorkers()
     kube = KubeEmulator(work_dir / "kube", mode="simulate", behaviour=workers.behaviour).start()
@@ -165,15 +162,6 @@ def run_chaos(seed: int, work_dir: Path, postgres: PostgresServer, storage_url: 
         log_tail=tail,
         events=events,
     )
-
-
-def durable_commits(postgres: PostgresServer, storage_url: str) -> None:
-    """The test server trades durability for speed (``synchronous_commit=off``): a commit it
-    acknowledged can vanish when ``postgres_restart`` stops it at once, and then a trial has a Job
-    but no params, a pod no reservation. A production server keeps what it acknowledged; so does
-    the run's database, for every session opened after this (the first)."""
-    database = sa.engine.make_url(storage_url).database
-    postgres.execute(f'ALTER DATABASE "{database}" SET synchronous_commit = on')
 
 
 def _end_timeout(context: Context) -> float:
