@@ -23,7 +23,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from controller.analysis.data import StudyData, study_of
 from controller.analysis.importance import ImportanceReport
-from controller.analysis.lineage import lineage_figure, schedule_figure, segments_of
+from controller.analysis.lineage import segments_of
+from controller.analysis.lineage_plots import lineage_figure, schedule_figure
 
 MAX_INTERMEDIATE_TRIALS = 300  # one line per trial: more makes the page heavy and unreadable
 MAX_PARALLEL_LINES = 2000  # parallel coordinates: beyond this the lines are a solid block (and slow)

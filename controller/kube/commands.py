@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from controller.kube.manifests import (
+    DEADLINE_GRACE_SECONDS,
     DEFAULT_TRIAL_IMAGE,
     TRIAL_SERVICE_ACCOUNT,
     StudyRef,
@@ -36,14 +37,34 @@ STORAGE_URL_ENV = "TUNEFLEET_STORAGE_URL"
 DB_SECRET_ENV = "TUNEFLEET_DB_SECRET"
 TRIAL_SERVICE_ACCOUNT_ENV = "TUNEFLEET_TRIAL_SERVICE_ACCOUNT"
 TRIAL_IMAGE_ENV = "TUNEFLEET_TRIAL_IMAGE"
+DEADLINE_GRACE_ENV = "TUNEFLEET_TRIAL_DEADLINE_GRACE_S"
 RENDER_STORAGE_URL = "postgresql+psycopg2://tunefleet@tunefleet-postgresql:5432/tunefleet"
 
 
 def trial_settings_from_env(environ: Mapping[str, str] = os.environ) -> TrialPodSettings:
+    """Raises ValueError naming the variable when a setting is malformed."""
     return TrialPodSettings(
         service_account=environ.get(TRIAL_SERVICE_ACCOUNT_ENV) or TRIAL_SERVICE_ACCOUNT,
         default_image=environ.get(TRIAL_IMAGE_ENV) or DEFAULT_TRIAL_IMAGE,
+        deadline_grace_seconds=_deadline_grace(environ.get(DEADLINE_GRACE_ENV)),
     )
+
+
+def _deadline_grace(raw: str | None) -> int:
+    """Seconds past maxDuration before Kubernetes kills a trial pod the worker did not end.
+
+    The worker stops its own trial at maxDuration and stores why; the grace is the time it has
+    for that (and a checkpoint) before the kubelet's hard kill, and every reservation includes it.
+    """
+    if raw is None or not raw.strip():
+        return DEADLINE_GRACE_SECONDS
+    try:
+        seconds = int(raw)
+    except ValueError:
+        seconds = -1
+    if seconds < 1:
+        raise ValueError(f"{DEADLINE_GRACE_ENV} must be a whole number of seconds >= 1, got {raw!r}")
+    return seconds
 
 
 # -- tunefleet controller ----------------------------------------------------------------------
@@ -83,7 +104,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
     try:
         config = controller_config(os.environ)
-    except StorageUrlError as error:
+    except (StorageUrlError, ValueError) as error:
         print(f"tunefleet controller: {error}", file=sys.stderr)
         return 2
     if config.db_password:

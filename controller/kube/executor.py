@@ -31,7 +31,6 @@ from controller.crashpoints import crash_point
 from controller.kube.checkpoints import segment_for_job
 from controller.kube.client import KubeApi
 from controller.kube.manifests import (
-    DEADLINE_GRACE_SECONDS,
     KUBELET_REACTION_SECONDS,
     StudyRef,
     TrialPodSettings,
@@ -84,7 +83,7 @@ class StudyRuntime:
         return worst_case(
             trial.gpus_held,
             trial.cpus_held,
-            trial.maxDuration + DEADLINE_GRACE_SECONDS + KUBELET_REACTION_SECONDS,
+            trial.maxDuration + self.settings.deadline_grace_seconds + KUBELET_REACTION_SECONDS,
             termination_grace(self.spec),
         )
 

@@ -124,6 +124,8 @@ class TrialPodSettings:
     db_secret_name: str = DB_SECRET_NAME
     default_image: str = DEFAULT_TRIAL_IMAGE
     job_ttl_seconds: int = JOB_TTL_SECONDS
+    # maxDuration plus this is the pod's activeDeadlineSeconds, and part of every reservation.
+    deadline_grace_seconds: int = DEADLINE_GRACE_SECONDS
 
 
 def optuna_study_name(study: StudyRef) -> str:
@@ -238,7 +240,7 @@ def trial_pod_template(
     pod = template.setdefault("spec", {}) or {}
     template["spec"] = pod
     pod["restartPolicy"] = "Never"
-    pod["activeDeadlineSeconds"] = spec.trial.maxDuration + DEADLINE_GRACE_SECONDS
+    pod["activeDeadlineSeconds"] = spec.trial.maxDuration + settings.deadline_grace_seconds
     pod["serviceAccountName"] = settings.service_account
     pod["automountServiceAccountToken"] = False
     pod.pop("serviceAccount", None)  # the deprecated alias would contradict serviceAccountName

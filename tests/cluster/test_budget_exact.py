@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from controller.budget.ledger import Ledger
-from controller.kube.manifests import DEADLINE_GRACE_SECONDS, KUBELET_REACTION_SECONDS
+from controller.kube.commands import DEADLINE_GRACE_ENV
+from controller.kube.manifests import KUBELET_REACTION_SECONDS
 from tests.cluster.controller_harness import (
     NAMESPACE,
     STUDIES,
@@ -38,7 +39,11 @@ from trial_worker.contract import ATTR_ATTEMPT, ATTR_REASON
 
 pytestmark = pytest.mark.timeout(300)
 MAX_DURATION_S = 5
-DEADLINE_S = MAX_DURATION_S + DEADLINE_GRACE_SECONDS  # the pod's activeDeadlineSeconds
+# The controller's deadline grace, shortened (30 s by default): only the deadline ends a hung
+# trial, and the budget arithmetic is the same at any grace.
+DEADLINE_GRACE_S = 5
+SHORT_GRACE_ENV = {DEADLINE_GRACE_ENV: str(DEADLINE_GRACE_S)}
+DEADLINE_S = MAX_DURATION_S + DEADLINE_GRACE_S  # the pod's activeDeadlineSeconds
 HUNG_POD_BILLS_S = DEADLINE_S + TRIAL_TERMINATION_GRACE_S  # the deadline, then the whole kill grace
 WORST_CASE_S = HUNG_POD_BILLS_S + KUBELET_REACTION_SECONDS  # what one one-GPU trial reserves
 HANGS_FOR_S = 600  # the objective would sleep this long: only the deadline can end the trial
@@ -112,7 +117,7 @@ def test_a_budget_worth_exactly_three_trials_runs_exactly_three(
     body["spec"]["budget"]["gpuHours"] = limit / 3600
     # Every trial hangs and fails: the GPU budget, not the failure budget, must end the study.
     body["spec"]["budget"]["maxFailedTrials"] = 8
-    controller = ControllerProcess(kube_emulator, postgres_url, tmp_path).start()
+    controller = ControllerProcess(kube_emulator, postgres_url, tmp_path, env=SHORT_GRACE_ENV).start()
     watch = BudgetWatch(postgres_url, limit, study="exact")
     frozen: set[str] = set()
     seen_pids: set[int] = set()  # every trial process, frozen ones included: none may survive

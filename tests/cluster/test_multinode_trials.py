@@ -29,7 +29,7 @@ from tests.cluster.controller_harness import (
 )
 from tests.cluster.emulator import KubeEmulator
 from tests.cluster.test_budget_cluster import BudgetWatch, pod_gpu_seconds
-from tests.cluster.test_budget_exact import HANGS_FOR_S, MAX_DURATION_S, WORST_CASE_S
+from tests.cluster.test_budget_exact import HANGS_FOR_S, MAX_DURATION_S, SHORT_GRACE_ENV, WORST_CASE_S
 from trial_worker.contract import ATTR_REASON, ATTR_RETRY_OF
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
@@ -222,7 +222,7 @@ def test_a_budget_of_exactly_two_hung_two_pod_trials_bills_every_pod_and_never_o
     body["spec"]["budget"]["gpuHours"] = limit / 3600
     # Every trial hangs and fails: the GPU budget, not the failure budget, must end the study.
     body["spec"]["budget"]["maxFailedTrials"] = 8
-    controller = ControllerProcess(kube_emulator, postgres_url, tmp_path).start()
+    controller = ControllerProcess(kube_emulator, postgres_url, tmp_path, env=SHORT_GRACE_ENV).start()
     watch = BudgetWatch(postgres_url, limit, study="hung")
     frozen: set[str] = set()
     try:

@@ -8,7 +8,12 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from controller.kube.commands import render_objects, split_password
+from controller.kube.commands import (
+    DEADLINE_GRACE_ENV,
+    render_objects,
+    split_password,
+    trial_settings_from_env,
+)
 from controller.kube.manifests import (
     ACCOUNTING_FINALIZER,
     TERMINATION_GRACE_SECONDS,
@@ -297,3 +302,17 @@ def test_a_longer_termination_grace_in_the_template_is_kept_and_reserved() -> No
         _job(default)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         == TERMINATION_GRACE_SECONDS
     )
+
+
+def test_the_pod_deadline_is_max_duration_plus_the_grace_the_controller_is_given() -> None:
+    spec = _spec()
+    assignment = build_assignment(spec, REF, 3, 1234, STORAGE, PrunerConfig(name="median"))
+    assert _pod(trial_job(spec, REF, assignment))["activeDeadlineSeconds"] == 3600 + 30
+    settings = trial_settings_from_env({DEADLINE_GRACE_ENV: "5"})
+    assert _pod(trial_job(spec, REF, assignment, settings))["activeDeadlineSeconds"] == 3605
+
+
+@pytest.mark.parametrize("raw", ["0", "-3", "ten", "1.5"])
+def test_a_malformed_deadline_grace_is_refused_naming_the_variable(raw: str) -> None:
+    with pytest.raises(ValueError, match=f"{DEADLINE_GRACE_ENV} must be a whole number of seconds >= 1"):
+        trial_settings_from_env({DEADLINE_GRACE_ENV: raw})
