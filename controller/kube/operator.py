@@ -101,6 +101,11 @@ class Operator:
         if self.options.health_port and self._health is None:  # kopf may retry a failed start
             await self._serve_health(self.options.health_port)
         self.reconciler = await self._open_reconciler()
+
+        def tracking_health_changed(namespace: str, name: str) -> None:
+            loop.call_soon_threadsafe(self.poke, namespace, name)
+
+        self.reconciler.tracking.on_health_change = tracking_health_changed
         if self.options.metrics_port:
             self._metrics = await asyncio.to_thread(self._serve_metrics, self.options.metrics_port)
             self.reconciler.metrics = self._metrics

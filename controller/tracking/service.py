@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -108,6 +108,10 @@ class TrackingMirror:
         self._stopping = False
         self._storage: RDBStorage | None = None
         self._ledger: Ledger | None = None
+        # Called (namespace, name) from the mirror's thread when a study's health changes, so
+        # its TrackingDegraded condition is written now, not at its next periodic reconcile
+        # (minutes for a study that has ended).
+        self.on_health_change: Callable[[str, str], None] | None = None
 
     # -- what the controller and the runner call ---------------------------------------------
 
@@ -212,7 +216,10 @@ class TrackingMirror:
                     self._lock.wait(max(0.05, min(upcoming, default=now + self.interval_s) - now))
                     continue
             for watched in due:
+                before = watched.health.reason
                 self._pass(watched)
+                if watched.health.reason != before and watched.namespace and self.on_health_change:
+                    self.on_health_change(watched.namespace, watched.name)
                 with self._lock:
                     if watched.gone and self._studies.get(watched.key) is watched:
                         del self._studies[watched.key]

@@ -195,6 +195,36 @@ def test_a_wrong_uri_or_a_refused_credential_says_so_naming_the_field(
     assert f'tunefleet_tracking_failures_total{{namespace="",reason="{reason}",study="health"}}' in exposition
 
 
+def test_a_change_of_tracker_health_is_announced_once_so_the_condition_is_written_at_once(
+    tmp_path: Path,
+) -> None:
+    """The controller pokes the Study's reconcile on each announcement: without it, an ended
+    study showed TrackingDegraded only at its next periodic reconcile, half a minute later."""
+    storage = f"sqlite:///{tmp_path / 'health.db'}"
+    optuna.create_study(study_name="team-a/health/uid", storage=storage).optimize(
+        lambda t: t.suggest_float("x", 0, 1), 1
+    )
+    announced: list[tuple[str, str]] = []
+    mirror = TrackingMirror(storage, interval_s=0.2)
+    mirror.on_health_change = lambda namespace, name: announced.append((namespace, name))
+    try:
+        tracking = Tracking.model_validate({"mlflow": {"trackingUri": "http://127.0.0.1:9"}})
+        mirror.watch("team-a/health/uid", "health", tracking, "team-a")
+        wait_for(lambda: announced, 30)
+        wait_for(lambda: _failures(mirror) >= 3, 30)
+    finally:
+        mirror.close()
+    assert announced == [("team-a", "health")]  # unreachable once; the retries changed nothing
+
+
+def _failures(mirror: TrackingMirror) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in _exposition(mirror).splitlines()
+        if line.startswith("tunefleet_tracking_failures_total{")
+    )
+
+
 def _exposition(mirror: TrackingMirror) -> str:
     from prometheus_client import CollectorRegistry, generate_latest
 
