@@ -163,7 +163,11 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     manifest = load_study_file(args.spec)
     url = normalize_storage_url(args.storage or os.environ.get(STORAGE_URL_ENV) or RENDER_STORAGE_URL)
-    objects = render_objects(manifest, args.namespace, args.trial, url, args.all)
+    try:
+        objects = render_objects(manifest, args.namespace, args.trial, url, args.all)
+    except ValueError as error:  # a malformed TUNEFLEET_* setting, named in the message
+        print(f"tunefleet render: {error}", file=sys.stderr)
+        return 2
     sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False, explicit_start=True))
     return 0
 

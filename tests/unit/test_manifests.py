@@ -237,6 +237,18 @@ def test_tunefleet_render_prints_the_job_offline(capsys: pytest.CaptureFixture[s
     _validate(job)
 
 
+def test_tunefleet_render_refuses_a_malformed_deadline_grace_by_name(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from controller.cli import main
+
+    monkeypatch.setenv(DEADLINE_GRACE_ENV, "soon")
+    assert main(["render", "examples/cluster-gpu-study.yaml", "--trial", "5"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"{DEADLINE_GRACE_ENV} must be a whole number of seconds >= 1, got 'soon'" in captured.err
+
+
 def test_a_queue_name_puts_the_job_in_that_kueue_local_queue() -> None:
     queued = _job(_spec(queueName="team-a-gpus"))
     assert queued["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a-gpus"
