@@ -63,6 +63,10 @@ def main() -> None:
         dist.all_reduce(val)
         if rank == 0:
             print(f"val_loss={(val[0] / val[1]).item():.6f} step={epoch} world_size={world}", flush=True)
+    # Both ranks reach the end before either tears the group down: a gloo peer that sees the
+    # other's sockets close while it still holds the group can abort (SIGABRT), failing a trial
+    # whose every step was already reported.
+    dist.barrier()
     dist.destroy_process_group()
 
 

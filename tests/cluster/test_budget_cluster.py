@@ -486,7 +486,7 @@ def test_an_empty_daily_gpubudget_makes_studies_wait_until_it_is_raised(
     watch = BudgetWatch(postgres_url, limit)
     try:
         wait_for_gpubudget(kube_emulator)
-        body = with_sleep(namespace_study("waits", max_trials=8, parallelism=1), 1.0)
+        body = with_sleep(namespace_study("waits", max_trials=4, parallelism=1), 1.0)
         kube_emulator.api.create(STUDIES, body, NAMESPACE)
 
         def waiting_condition() -> dict[str, Any] | None:
@@ -514,7 +514,7 @@ def test_an_empty_daily_gpubudget_makes_studies_wait_until_it_is_raised(
     watch.close()
     assert study_status(kube_emulator, "waits")["stopReason"] == "MaxTrialsReached"
     assert (condition(kube_emulator, "waits", "BudgetWaiting") or {}).get("status") == "False"
-    assert accounting_errors(kube_emulator, postgres_url, "waits") == [0] * 8
+    assert accounting_errors(kube_emulator, postgres_url, "waits") == [0] * 4
     print(f"BudgetWaiting: overspend {watch.overspend} over {watch.samples} samples (limit {limit} GPU-s "
           "until raised to 3600)")
     assert watch.overspend <= 0
