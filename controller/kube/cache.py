@@ -129,15 +129,16 @@ class ClusterIndex:
         with self._lock:
             objects = self._study(meta.get("namespace", ""), study)
             phase = (pod.get("status") or {}).get("phase")
+            counted = "succeeded" if phase == "Succeeded" else "failed"
             if event_type == "DELETED":
                 objects.pods.delete(uid, _version(pod))
                 # Its Job controller let it go (the job-tracking finalizer) only once it counted
                 # it; a pod that vanished mid-run (node lost, force-deleted) counts as failed.
-                self._job_counted(objects, pod, "succeeded" if phase == "Succeeded" else "failed")
+                self._job_counted(objects, pod, counted)
                 return
             objects.pods.upsert(uid, pod)
             if phase in FINISHED_PHASES:
-                self._job_counted(objects, pod, "succeeded" if phase == "Succeeded" else "failed")
+                self._job_counted(objects, pod, counted)
 
     @staticmethod
     def _job_counted(objects: _StudyObjects, pod: dict[str, Any], counted: str) -> None:

@@ -239,8 +239,8 @@ def cluster_snapshot(kube: KubeEmulator, storage_url: str, name: str, log_tail: 
     for pod in trial_pods(kube, name):
         pod_name = pod["metadata"]["name"]
         lines.append(f"pod {pod_name}: {(pod.get('status') or {}).get('phase')}")
-        log = kube.work_dir / "logs" / f"{NAMESPACE}.{pod_name}.log"
-        if log.exists():
+        log = kube.runner.log_path(NAMESPACE, pod_name)  # the kubelet's own record of it
+        if log is not None and log.exists():
             lines.append(log.read_text(errors="replace")[-log_tail:])
     return "\n".join(lines)
 
