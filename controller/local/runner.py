@@ -21,7 +21,8 @@ from optuna.trial import FrozenTrial
 from controller.budget.accounting import worst_case
 from controller.budget.ledger import PROVISIONAL_TRIAL, Charge, Ledger, provisional_key
 from controller.budget.views import study_budget_view
-from controller.local.gang import STOP_GRACE_S, LocalGang, local_rendezvous
+from controller.local.assignments import LocalAssignments
+from controller.local.gang import STOP_GRACE_S, LocalGang
 from controller.local.pool import WORKER_ENV, WorkerPool
 from controller.local.progress import StudyProgress
 from controller.local.workers import LocalWorker, WorkerEvent
@@ -38,12 +39,11 @@ from controller.strategies.live import LiveStrategy
 from controller.strategies.warmstart import apply_warm_start
 from controller.studies.asking import (
     abandon_incomplete,
-    active_parameters,
     missing_for_start,
     queue_for_worker,
     start_retry,
 )
-from controller.studies.confirming import confirmation_sources, pruner_for, start_confirmation
+from controller.studies.confirming import confirmation_sources, start_confirmation
 from controller.studies.observe import fail_trial, observe_trials
 from controller.studies.record import (
     ATTR_STARTED_AT,
@@ -53,18 +53,13 @@ from controller.studies.record import (
     record_study,
     spec_hash,
 )
-from controller.studies.segments import new_trial_starts, segment_assignment
+from controller.studies.segments import new_trial_starts
 from controller.studies.storage import create_or_load_study, open_storage, resolve_storage_url
 from controller.tracking import finish_local_mirror, start_local_mirror
 from trial_worker.contract import (
     ATTR_DETAIL,
-    ATTR_SEED,
     Assignment,
-    CommandObjective,
     ExitCode,
-    MetricDirection,
-    PythonObjective,
-    SegmentAssignment,
     TrialReport,
 )
 
@@ -144,6 +139,9 @@ class LocalRunner:
         self.checkpoint_dir = (
             options.checkpoint_dir or Path(".tunefleet") / "checkpoints" / self.name
         ).resolve()
+        self._assignments = LocalAssignments(
+            self.spec, self.storage_url, self.name, options.workdir, self.log_dir, self.checkpoint_dir
+        )
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -365,7 +363,7 @@ class LocalRunner:
         # Should the worker die meanwhile, its exit event hands this trial on (or fails it, retried).
         if behind:
             queue_for_worker(study, trial)
-        self._hand_over(worker, self._assignment(trial, queued=behind), key)
+        self._hand_over(worker, self._assignments.for_trial(trial, self._strategy.pruner, behind), key)
         took = time.perf_counter() - began
         self._start_s = took if self._start_s == 0.0 else 0.8 * self._start_s + 0.2 * took
         return True
@@ -408,41 +406,6 @@ class LocalRunner:
         if flight.started is None:
             return math.inf
         return flight.started + self.spec.trial.maxDuration + LOCAL_GRACE_S
-
-    def _assignment(self, trial: optuna.Trial, queued: bool) -> Assignment:
-        entry = self.spec.trial
-        objective = (
-            PythonObjective(entry=entry.python)
-            if entry.python
-            else CommandObjective(argv=entry.command or [])
-        )
-        return Assignment(
-            storage_url=self.storage_url,
-            study_name=self.name,
-            trial_number=trial.number,
-            objective=objective,
-            metrics=[
-                MetricDirection(name=m.name, direction=m.direction) for m in self.spec.objective.metrics
-            ],
-            constraints=self.spec.objective.constraints,
-            # A confirmation run measures the full value: never pruned.
-            pruner=pruner_for(trial.user_attrs, self._strategy.pruner),
-            seed=int(trial.user_attrs[ATTR_SEED]),  # the trial is complete: never a default seed
-            active_params=active_parameters(self.spec.searchSpace, trial.params),
-            max_duration_s=entry.maxDuration,
-            deterministic=self.spec.reproducibility.deterministic,
-            workdir=self.options.workdir,
-            log_path=str((self.log_dir / f"trial-{trial.number}.log").resolve()),
-            queued=queued,
-            rendezvous=local_rendezvous(entry.nodes) if entry.nodes > 1 else None,
-            segment=self._segment(trial),
-        )
-
-    def _segment(self, trial: optuna.Trial) -> SegmentAssignment | None:
-        """A PBT segment's steps and checkpoints (its record is read only for PBT studies)."""
-        if not self.spec.is_population_based:
-            return None
-        return segment_assignment(trial.user_attrs, trial.number, root=str(self.checkpoint_dir))
 
     def _start_workers(self) -> None:
         count = min(self.parallelism, self.spec.budget.maxTrials or self.parallelism)
