@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     from controller.kube.commands import add_commands
 
     add_commands(sub)  # controller, render, release-finalizers
+    from controller.gateway.command import add_gateway_command
+
+    add_gateway_command(sub)  # gateway (issue 12)
     return parser
 
 

@@ -16,6 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 ASSIGNMENT_ENV = "TUNEFLEET_ASSIGNMENT"
 DB_PASSWORD_ENV = "TUNEFLEET_DB_PASSWORD"
+
+# The trial gateway (issue 12): on the cluster a trial reaches its study at
+# ``tunefleet-gateway://HOST:PORT`` with a per-trial token, never with the database password.
+GATEWAY_SCHEME = "tunefleet-gateway"
+GATEWAY_TOKEN_ENV = "TUNEFLEET_GATEWAY_TOKEN"
+GATEWAY_CA_ENV = "TUNEFLEET_GATEWAY_CA"  # the CA certificate (PEM text) that signed the gateway's
+GATEWAY_SERVER_NAME_ENV = "TUNEFLEET_GATEWAY_SERVER_NAME"  # optional: the TLS name to check
 CONTRACT_VERSION: Literal[1] = 1
 
 PRUNER_NAMES = ("none", "median", "percentile", "hyperband", "asha", "wilcoxon")

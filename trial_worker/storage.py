@@ -9,13 +9,23 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import TrialState
 
-from trial_worker.contract import Assignment, connection_url
+from trial_worker.contract import GATEWAY_SCHEME, Assignment, connection_url
 
 _storages: dict[str, BaseStorage] = {}
 
 
 def open_storage(url: str) -> BaseStorage:
-    """One storage per URL per process: a warm worker reuses its connection pool."""
+    """One storage per URL per process: a warm worker reuses its connection pool.
+
+    ``tunefleet-gateway://HOST:PORT`` (the cluster) reaches the study through the trial gateway,
+    with the token and CA in the pod's environment; no database password is involved.
+    """
+    if url.startswith(GATEWAY_SCHEME + "://"):
+        if url not in _storages:
+            from trial_worker.gateway import open_gateway
+
+            _storages[url] = open_gateway(url)
+        return _storages[url]
     full_url = connection_url(url)
     if full_url not in _storages:
         engine_kwargs: dict[str, Any]
@@ -105,4 +115,20 @@ def with_retries(action: Any, attempts: int = 8, first_delay_s: float = 0.5) -> 
 def _is_transient(exc: Exception) -> bool:
     import sqlalchemy.exc
 
-    return isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError))
+    if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+        return True
+    return _is_transient_rpc(exc)
+
+
+def _is_transient_rpc(exc: Exception) -> bool:
+    """The trial gateway restarting or unreachable (UNAVAILABLE, DEADLINE_EXCEEDED), or shedding
+    load (RESOURCE_EXHAUSTED)."""
+    if not type(exc).__module__.startswith("grpc"):
+        return False
+    import grpc
+
+    return isinstance(exc, grpc.RpcError) and exc.code() in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    )

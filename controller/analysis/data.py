@@ -17,10 +17,11 @@ import structlog
 from optuna.storages import InMemoryStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from controller.analysis.ledger_snapshot import ATTR_LEDGER, decode_ledger
 from controller.budget.ledger import Charge, Ledger, Totals
 from controller.planner.confirmation import ATTR_CONFIRM_OF, CONFIRM_KIND
 from controller.studies.record import ATTR_SPEC
-from trial_worker.contract import ATTR_KIND
+from trial_worker.contract import ATTR_KIND, GATEWAY_SCHEME
 
 log = structlog.get_logger("tunefleet.analysis")
 
@@ -88,7 +89,14 @@ def study_of(trials: list[FrozenTrial], directions: list[str], metrics: list[str
 
 
 def load_study_data(storage_url: str, study_name: str) -> StudyData:
-    """Read a study and its ledger charges; raises KeyError if the study does not exist."""
+    """Read a study and its ledger charges; raises KeyError if the study does not exist.
+
+    A ``tunefleet-gateway://`` URL (the export Job on a cluster) reads through the trial gateway
+    with the token in ``TUNEFLEET_GATEWAY_TOKEN``; the ledger's figures then come from the study's
+    :data:`~controller.analysis.ledger_snapshot.ATTR_LEDGER` attribute, which the controller wrote.
+    """
+    if storage_url.startswith(f"{GATEWAY_SCHEME}://"):
+        return _load_through_gateway(storage_url, study_name)
     from controller.studies.storage import open_storage
 
     storage = open_storage(storage_url)
@@ -109,6 +117,46 @@ def load_study_data(storage_url: str, study_name: str) -> StudyData:
         totals = ledger.totals(study_name)
     finally:
         ledger.close()
+    return StudyData(
+        name=study_name,
+        metrics=metrics,
+        directions=directions,
+        user_attrs=user_attrs,
+        trials=trials,
+        charges=charges,
+        totals=totals,
+    )
+
+
+def _load_through_gateway(storage_url: str, study_name: str) -> StudyData:
+    """Optuna's reads only (the gateway serves nothing else); the ledger from the study attribute."""
+    # The gateway client is the worker's side of the gateway contract (see tests/unit/test_layers.py).
+    from trial_worker.gateway import open_gateway
+
+    storage = open_gateway(storage_url)
+    try:
+        try:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+        except KeyError:
+            raise KeyError(f"no study named {study_name!r} behind the gateway") from None
+        user_attrs = dict(study.user_attrs)
+        trials = study.get_trials(deepcopy=False)
+        directions = [d.name.lower() for d in study.directions]
+        metrics = metric_names(user_attrs, study.metric_names, len(directions))
+        recorded = storage.get_study_system_attrs(study._study_id).get(ATTR_LEDGER)
+    finally:
+        storage.close()
+    charges: dict[int, Charge] = {}
+    totals: Totals | None = None
+    if recorded is None:
+        log.info("the study holds no ledger figures; the export shows no charges", study=study_name,
+                 attribute=ATTR_LEDGER)
+    else:
+        try:
+            charges, totals = decode_ledger(recorded)
+        except ValueError as error:
+            log.warning("the study's ledger figures are unreadable; the export shows no charges",
+                        study=study_name, attribute=ATTR_LEDGER, error=str(error))
     return StudyData(
         name=study_name,
         metrics=metrics,

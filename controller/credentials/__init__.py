@@ -9,6 +9,7 @@ from controller.credentials.sources import (
     PasswordSources,
     SecretReader,
     SecretUnreadable,
+    check_gateway,
     check_password,
 )
 
@@ -17,6 +18,7 @@ __all__ = [
     "PasswordSources",
     "SecretReader",
     "SecretUnreadable",
+    "check_gateway",
     "check_password",
     "follow_rotation",
     "rotate_password",

@@ -7,6 +7,9 @@ or lacks the key is never passed over in silence: the check carries a problem th
 into a Study condition, an Event and an error log line. A ``secretRef`` the user named but the
 controller cannot read blocks new trials (they would log in with some other password); the
 controller's own Secret falls back to the password the controller started with, and says so.
+
+With the trial gateway on (``TUNEFLEET_GATEWAY_ADDRESS``) trial pods hold no password at all: only
+the controller's own Secret is read (:func:`check_gateway`), for the controller's own connections.
 """
 
 from __future__ import annotations
@@ -63,13 +66,21 @@ class CredentialCheck:
     problem: SecretUnreadable | None = None
     blocking: bool = False
     controller_password: str | None = None
+    gateway: bool = False  # trial pods go through the trial gateway: ``password`` is unused
 
     @property
     def reason(self) -> str:
-        return self.problem.reason if self.problem is not None else "SecretRead"
+        if self.problem is not None:
+            return self.problem.reason
+        return "TrialGateway" if self.gateway else "SecretRead"
 
     @property
     def message(self) -> str:
+        if self.gateway:
+            said = "trial pods reach the database only through the trial gateway, each with its own token"
+            if self.problem is None:
+                return said
+            return f"{self.problem.describe()}: the controller keeps the password it started with; {said}"
         if self.problem is None:
             return f"trial pods get the database password from {self.source}"
         if self.blocking:
@@ -85,18 +96,29 @@ class CredentialCheck:
         )
 
 
+def check_gateway(reader: SecretReader, sources: PasswordSources) -> CredentialCheck:
+    """With the trial gateway: the controller's own password only (``spec.storage.secretRef`` is
+    unused, trial pods log in to nothing)."""
+    controller_password, problem = _controller_password(reader, sources)
+    return CredentialCheck("", "the trial gateway", problem, controller_password=controller_password,
+                           gateway=True)
+
+
+def _controller_password(
+    reader: SecretReader, sources: PasswordSources
+) -> tuple[str | None, SecretUnreadable | None]:
+    if not sources.db_secret:
+        return None, None
+    try:
+        return reader.read_secret_value(sources.controller_namespace, sources.db_secret, PASSWORD_KEY), None
+    except SecretUnreadable as problem:
+        return None, problem
+
+
 def check_password(reader: SecretReader, sources: PasswordSources, namespace: str,
                    secret_ref: str | None) -> CredentialCheck:
     """The trial pods' password for a Study in ``namespace`` whose spec names ``secret_ref``."""
-    controller_password: str | None = None
-    fallback_problem: SecretUnreadable | None = None
-    if sources.db_secret:
-        try:
-            controller_password = reader.read_secret_value(
-                sources.controller_namespace, sources.db_secret, PASSWORD_KEY
-            )
-        except SecretUnreadable as problem:
-            fallback_problem = problem
+    controller_password, fallback_problem = _controller_password(reader, sources)
     if secret_ref:
         try:
             value = reader.read_secret_value(namespace, secret_ref, PASSWORD_KEY)

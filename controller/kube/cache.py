@@ -270,16 +270,17 @@ class IndexedKubeApi(KubeApi):
         response = self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False)
         return self.index.listed(namespace, study, "pods", _body(response))
 
-    def create_job(self, namespace: str, job: dict[str, Any]) -> bool:
+    def create_job(self, namespace: str, job: dict[str, Any]) -> dict[str, Any] | None:
         try:
             response = self.batch.create_namespaced_job(namespace, cast(Any, job), _preload_content=False)
         except ApiException as error:
             if status_code(error) == 409:
                 self.index.job_created(namespace, job)  # it exists; until a list shows the real one
-                return False
+                return None
             raise
-        self.index.job_created(namespace, _body(response) or job)
-        return True
+        created = dict(_body(response) or job)
+        self.index.job_created(namespace, created)
+        return created
 
     def delete_job(self, namespace: str, name: str) -> None:
         super().delete_job(namespace, name)

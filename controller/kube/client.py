@@ -76,15 +76,16 @@ class KubeApi:
         response = self.core.list_pod_for_all_namespaces(label_selector=selector, _preload_content=False)
         return list(_body(response).get("items") or [])
 
-    def create_job(self, namespace: str, job: dict[str, Any]) -> bool:
-        """Create the Job; False if one of that name exists already (adopted, not duplicated)."""
+    def create_job(self, namespace: str, job: dict[str, Any]) -> dict[str, Any] | None:
+        """Create the Job and return it as stored (uid, creationTimestamp); None if one of that
+        name exists already (adopted, not duplicated)."""
         try:
-            self.batch.create_namespaced_job(namespace, cast(Any, job), _preload_content=False)
+            response = self.batch.create_namespaced_job(namespace, cast(Any, job), _preload_content=False)
         except ApiException as error:
             if status_code(error) == 409:
-                return False
+                return None
             raise
-        return True
+        return dict(_body(response) or job)
 
     def delete_job(self, namespace: str, name: str) -> None:
         body: Any = {"propagationPolicy": "Background"}
@@ -225,6 +226,28 @@ class KubeApi:
         if raw is None:
             raise SecretUnreadable(namespace, name, key, "SecretKeyMissing")
         return base64.b64decode(raw).decode()
+
+    def delete_secret(self, namespace: str, name: str) -> bool:
+        """Delete a Secret; False when there was none (404)."""
+        try:
+            self.core.delete_namespaced_secret(name, namespace, _preload_content=False)
+        except ApiException as error:
+            if status_code(error) != 404:
+                raise
+            return False
+        return True
+
+    def create_secret(self, manifest: dict[str, Any]) -> bool:
+        """Create a Secret; False when one of that name exists (kept: the controller may create
+        Secrets in study namespaces but neither read nor replace a trial's)."""
+        meta = manifest["metadata"]
+        try:
+            self.core.create_namespaced_secret(meta["namespace"], cast(Any, manifest), _preload_content=False)
+        except ApiException as error:
+            if status_code(error) != 409:
+                raise
+            return False
+        return True
 
     def ensure_object(self, manifest: dict[str, Any]) -> None:
         """Create a namespaced ServiceAccount, Service, Secret or ConfigMap; replace Secret/ConfigMap data."""

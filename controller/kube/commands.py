@@ -21,6 +21,7 @@ from controller.kube.manifests import (
     trial_job,
     trial_service_account,
 )
+from controller.kube.trial_access import gateway_from_env, gateway_secret
 from controller.multinode.manifests import job_companions
 from trial_worker.contract import (
     DB_PASSWORD_ENV,
@@ -42,11 +43,13 @@ RENDER_STORAGE_URL = "postgresql+psycopg2://tunefleet@tunefleet-postgresql:5432/
 
 
 def trial_settings_from_env(environ: Mapping[str, str] = os.environ) -> TrialPodSettings:
-    """Raises ValueError naming the variable when a setting is malformed."""
+    """Raises ValueError naming the variable when a setting is malformed (or a gateway file is
+    missing or unreadable, see :func:`controller.kube.trial_access.gateway_from_env`)."""
     return TrialPodSettings(
         service_account=environ.get(TRIAL_SERVICE_ACCOUNT_ENV) or TRIAL_SERVICE_ACCOUNT,
         default_image=environ.get(TRIAL_IMAGE_ENV) or DEFAULT_TRIAL_IMAGE,
         deadline_grace_seconds=_deadline_grace(environ.get(DEADLINE_GRACE_ENV)),
+        gateway=gateway_from_env(environ),
     )
 
 
@@ -149,12 +152,19 @@ def render_objects(
     )
     seed = trial_seed(spec.strategy.seed or 0, trial_number)
     settings = trial_settings_from_env()
-    assignment = build_assignment(spec, ref, trial_number, seed, split_password(storage_url)[0], pruner)
+    gateway = settings.gateway
+    trial_url = gateway.storage_url if gateway is not None else split_password(storage_url)[0]
+    assignment = build_assignment(spec, ref, trial_number, seed, trial_url, pruner)
     job = trial_job(spec, ref, assignment, settings)
     objects = [job, *job_companions(job, spec)]
+    if gateway is not None:  # created with the Job, once the Job's uid and creation time are known
+        stored = {"metadata": {**job["metadata"], "uid": "<the Job's uid>"}}
+        objects.append(gateway_secret(stored, "<signed by the controller for this trial>", gateway.ca_pem))
     if include_namespace_objects:
         objects.append(trial_service_account(ref.namespace, settings))
-        objects.append(db_credentials_secret(ref.namespace, "<mirrored from the database Secret>", settings))
+        if gateway is None:
+            password = "<mirrored from the database Secret>"
+            objects.append(db_credentials_secret(ref.namespace, password, settings))
     return objects
 
 

@@ -43,6 +43,7 @@ from controller.kube.manifests import (
 )
 from controller.kube.observe import ClusterView, PodOutcome
 from controller.kube.provenance import pod_provenance, record_provenance
+from controller.kube.trial_access import TrialLifetime, job_created_at, needs_secret, trial_secret
 from controller.multinode.manifests import job_companions, speaks_for_trial
 from controller.multinode.observe import all_pods_done
 from controller.planner import Plan
@@ -71,8 +72,10 @@ class StudyRuntime:
     study: optuna.Study
     study_seed: int
     pruner: PrunerConfig
-    storage_url: str  # without a password: it goes into every assignment
+    storage_url: str  # without a password (or the trial gateway's): it goes into every assignment
     settings: TrialPodSettings
+    # uids of this study's Jobs whose gateway Secret is known to exist (trial gateway on).
+    secured: set[str] = field(default_factory=set)
 
     @property
     def key(self) -> str:
@@ -346,8 +349,36 @@ class Executor:
         )
         for companion in job_companions(job, runtime.spec):  # a multi-node trial's Service
             self.kube.ensure_object(companion)
-        if self.kube.create_job(ref.namespace, job):
+        created = self.kube.create_job(ref.namespace, job)
+        if created is not None:
             report.created.append(number)
+            self._secure(runtime, created)
+
+    # -- the trial gateway's per-trial Secrets ---------------------------------------------------
+
+    def secure_jobs(self, runtime: StudyRuntime, jobs: Iterable[dict[str, Any]]) -> None:
+        """Each live Job's gateway Secret exists: once per Job and runtime, for Jobs a crash (or a
+        failed call) left without one after their creation. Nothing without the trial gateway."""
+        if runtime.settings.gateway is None:
+            return
+        for job in jobs:
+            uid = job["metadata"].get("uid")
+            if uid and uid not in runtime.secured and needs_secret(job):
+                self._secure(runtime, job)
+
+    def _secure(self, runtime: StudyRuntime, job: dict[str, Any]) -> None:
+        """The stored Job's Secret with its trial's token; one that exists is kept (its pod may have
+        read it already, and the chart lets the controller create trial Secrets, not read them)."""
+        gateway = runtime.settings.gateway
+        if gateway is None:
+            return
+        lifetime = TrialLifetime(
+            job_created_at(job, default=datetime.datetime.now(datetime.UTC).timestamp()),
+            runtime.spec.trial.maxDuration,
+            runtime.settings.deadline_grace_seconds,
+        )
+        self.kube.create_secret(trial_secret(job, gateway, runtime.key, lifetime))
+        runtime.secured.add(job["metadata"]["uid"])
 
     # -- study deletion ------------------------------------------------------------------------
 

@@ -6,10 +6,17 @@ mean where confirmation runs happened), once per change of the finished trials. 
 PVC and runs ``tunefleet export`` into it; when that Job completes, an ``ExportWritten`` Event
 names the claim and path (``ExportFailed`` when it failed). ``status.export`` mirrors the Job,
 so a restarted controller neither reruns the export nor posts the Event again.
+
+With the trial gateway on, the export Job holds no database password: it reads through the
+gateway with a read-only token for its study, from a Secret owned by the Job
+(:func:`controller.kube.trial_access.export_secret`). The gateway serves Optuna's storage only, so
+before creating the Job the controller copies the study's ledger figures (charges per trial, the
+totals) into the study as a system attribute (:mod:`controller.analysis.ledger_snapshot`).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +25,8 @@ import structlog
 
 from controller.analysis.confidence import confidence_report
 from controller.analysis.data import load_study_data
+from controller.analysis.ledger_snapshot import ATTR_LEDGER, encode_ledger
+from controller.budget.ledger import Ledger
 from controller.export.best_config import BestConfig, best_config
 from controller.kube import outcome
 from controller.kube.client import KubeApi
@@ -31,7 +40,9 @@ from controller.kube.manifests import (
     export_job_name,
     optuna_study_name,
 )
+from controller.kube.trial_access import export_secret, job_created_at, needs_secret
 from controller.spec import StudySpec
+from controller.studies.storage import open_storage
 
 log = structlog.get_logger("tunefleet.controller")
 
@@ -45,6 +56,7 @@ class FinishMemory:
     config_map: str | None = None  # the document last written to ``<study>-best``
     export: outcome.ExportJobState | None = None
     export_announced: bool = False
+    export_secured: bool = False  # this process saw to the export Job's gateway Secret
 
 
 class Finisher:
@@ -121,10 +133,17 @@ class Finisher:
             jobs = self.kube.list_jobs(ref.namespace, f"{EXPORT_LABEL}={ref.name}")
             job = next((j for j in jobs if j["metadata"]["name"] == name), None)
             if job is None:
+                if self.settings.gateway is not None:
+                    record_ledger(self.storage_url, optuna_study_name(ref))
                 manifest = export_job(spec, ref, self.storage_url, self.settings, self.export_mount_path)
-                if self.kube.create_job(ref.namespace, manifest):
+                job = self.kube.create_job(ref.namespace, manifest)
+                if job is not None:
                     log.info("export job created", study=optuna_study_name(ref), job=name)
-            memory.export = outcome.export_job_state(job) or outcome.ExportJobState("Running")
+                memory.export = outcome.ExportJobState("Running")
+            else:
+                memory.export = outcome.export_job_state(job) or outcome.ExportJobState("Running")
+            if job is not None and memory.export.phase not in outcome.EXPORT_DONE:
+                self._secure_export(job, ref, memory)
         if memory.export.phase in outcome.EXPORT_DONE and not memory.export_announced:
             memory.export_announced = True
             where = f"PersistentVolumeClaim {spec.export.persistentVolumeClaim}, path {spec.export.path}"
@@ -138,6 +157,35 @@ class Finisher:
                     warning=True,
                 )
         return outcome.export_status(spec, name, memory.export)
+
+    def _secure_export(self, job: dict[str, Any], ref: StudyRef, memory: FinishMemory) -> None:
+        """The stored export Job's gateway Secret exists (once per process: a crash between the Job
+        and its Secret leaves a Job whose pod waits for it); one that exists is kept."""
+        gateway = self.settings.gateway
+        if gateway is None or memory.export_secured or not job["metadata"].get("uid"):
+            return
+        if not needs_secret(job):
+            return
+        created = job_created_at(job, default=datetime.datetime.now(datetime.UTC).timestamp())
+        self.kube.create_secret(export_secret(job, gateway, optuna_study_name(ref), created))
+        memory.export_secured = True
+
+
+def record_ledger(storage_url: str, study_key: str) -> None:
+    """Copy the study's ledger figures into its Optuna study, where the export reads them through
+    the trial gateway (which serves Optuna's storage, not the ledger)."""
+    ledger = Ledger(storage_url)
+    try:
+        value = encode_ledger(ledger.charges_by_trial(study_key), ledger.totals(study_key))
+    finally:
+        ledger.close()
+    storage = open_storage(storage_url)
+    try:
+        study_id = storage.get_study_id_from_name(study_key)
+        storage.set_study_system_attr(study_id, ATTR_LEDGER, value)
+    finally:
+        storage.engine.dispose()
+    log.info("ledger figures recorded for the export", study=study_key, trials=len(value["charges"]))
 
 
 def _final_best(storage_url: str, study_key: str) -> BestConfig | None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.kube.checkpoints import mount_checkpoints
+from controller.kube.trial_access import CA_ENV, TOKEN_ENV, GatewayAccess, gateway_env
 from controller.multinode.manifests import spread_over_nodes
 from controller.spec import StudySpec
 from trial_worker.contract import (
@@ -126,6 +127,15 @@ class TrialPodSettings:
     job_ttl_seconds: int = JOB_TTL_SECONDS
     # maxDuration plus this is the pod's activeDeadlineSeconds, and part of every reservation.
     deadline_grace_seconds: int = DEADLINE_GRACE_SECONDS
+    # Set (TUNEFLEET_GATEWAY_ADDRESS): trial pods reach storage through the gateway with a token.
+    gateway: GatewayAccess | None = None
+
+    def trial_storage_env(self, job: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+        """How the trial container of Job ``job`` logs in: its token, or the mirrored password."""
+        if self.gateway is not None:
+            return gateway_env(job, labels)
+        secret = {"secretKeyRef": {"name": self.db_secret_name, "key": DB_SECRET_KEY}}
+        return [{"name": DB_PASSWORD_ENV, "valueFrom": secret}]
 
 
 def optuna_study_name(study: StudyRef) -> str:
@@ -257,7 +267,8 @@ def trial_pod_template(
     containers = [dict(c) for c in pod.get("containers") or []]
     trial_index = next((i for i, c in enumerate(containers) if c.get("name") == TRIAL_CONTAINER), None)
     user_trial = containers.pop(trial_index) if trial_index is not None else {}
-    trial = _trial_container(spec, user_trial, assignment, settings)
+    storage_env = settings.trial_storage_env(job_name(labels[STUDY_LABEL], assignment.trial_number), labels)
+    trial = _trial_container(spec, user_trial, assignment, settings, storage_env)
     mount_checkpoints(spec, pod, trial)  # population-based training's volume, when the spec names one
     pod["containers"] = [trial, *(_harden(c) for c in containers)]
     if pod.get("initContainers"):
@@ -266,22 +277,21 @@ def trial_pod_template(
 
 
 def _trial_container(
-    spec: StudySpec, user: dict[str, Any], assignment: Assignment, settings: TrialPodSettings
+    spec: StudySpec,
+    user: dict[str, Any],
+    assignment: Assignment,
+    settings: TrialPodSettings,
+    storage_env: list[dict[str, Any]],
 ) -> dict[str, Any]:
     container = copy.deepcopy(user)
     container["name"] = TRIAL_CONTAINER
     container["image"] = spec.trial.image or container.get("image") or settings.default_image
     container["command"] = [WORKER_COMMAND]
     container.pop("args", None)
-    reserved = {ASSIGNMENT_ENV, DB_PASSWORD_ENV}
+    reserved = {ASSIGNMENT_ENV, DB_PASSWORD_ENV, TOKEN_ENV, CA_ENV}
     env = [e for e in container.get("env") or [] if e.get("name") not in reserved]
     env.append({"name": ASSIGNMENT_ENV, "value": assignment.model_dump_json()})
-    env.append(
-        {
-            "name": DB_PASSWORD_ENV,
-            "valueFrom": {"secretKeyRef": {"name": settings.db_secret_name, "key": DB_SECRET_KEY}},
-        }
-    )
+    env.extend(storage_env)
     container["env"] = env
     container["resources"] = _resources(spec, container.get("resources") or {})
     return _harden(container)
@@ -397,9 +407,12 @@ def export_job(
     """A short-lived Job that mounts ``spec.export``'s PVC and runs ``tunefleet export`` into it.
 
     The controller pod mounts no volume; this Job runs in the Study's namespace (where the PVC
-    is), with the trial image (it holds ``tunefleet``), the trial ServiceAccount (no token) and
-    the mirrored database password. It carries the export label, not the study label, so it is
-    never taken for a trial. ``storage_url`` must carry no password.
+    is), with the trial image (it holds ``tunefleet``) and the trial ServiceAccount (no token).
+    With the trial gateway (``settings.gateway``) it reads through the gateway: ``storage_url`` is
+    replaced by the gateway's, and its env takes a read-only token and the CA from the Secret the
+    controller creates after it (:func:`controller.kube.trial_access.export_secret`), no password.
+    Without it, the mirrored database password. It carries the export label, not the study label,
+    so it is never taken for a trial. ``storage_url`` must carry no password.
     """
     if spec.export is None:
         raise ValueError("export: the spec sets no export (spec.export.persistentVolumeClaim)")
@@ -408,8 +421,13 @@ def export_job(
     settings = settings or TrialPodSettings()
     target = f"{mount_path.rstrip('/')}/{spec.export.path.strip('/')}".rstrip("/") or "/"
     labels = {EXPORT_LABEL: study.name, MANAGED_BY_LABEL: "tunefleet"}
+    if study.uid:
+        labels[STUDY_UID_LABEL] = study.uid  # names its gateway Secret apart from an earlier object's
+    name = export_job_name(study.name)
+    if settings.gateway is not None:
+        storage_url = settings.gateway.storage_url
     metadata: dict[str, Any] = {
-        "name": export_job_name(study.name),
+        "name": name,
         "namespace": study.namespace,
         "labels": dict(labels),
     }
@@ -429,13 +447,7 @@ def export_job(
                 "--out",
                 target,
             ],
-            "env": [
-                {
-                    "name": DB_PASSWORD_ENV,
-                    "valueFrom": {"secretKeyRef": {"name": settings.db_secret_name, "key": DB_SECRET_KEY}},
-                },
-                {"name": "HOME", "value": "/tmp"},
-            ],
+            "env": [*settings.trial_storage_env(name, labels), {"name": "HOME", "value": "/tmp"}],
             "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
             "volumeMounts": [{"name": EXPORT_VOLUME, "mountPath": mount_path}],
         }

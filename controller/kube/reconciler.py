@@ -24,6 +24,7 @@ from controller.budget.views import namespace_budget_view, study_budget_view
 from controller.credentials import (
     CredentialCheck,
     PasswordSources,
+    check_gateway,
     check_password,
     follow_rotation,
     rotate_password,
@@ -88,6 +89,11 @@ class ControllerConfig:
         default_factory=lambda: os.environ.get("TUNEFLEET_EXPORT_MOUNT_PATH") or EXPORT_MOUNT_PATH
     )
 
+    @property
+    def trial_storage_url(self) -> str:
+        """What trial assignments name: the trial gateway when it is on, else the database."""
+        gateway = self.trial_settings.gateway
+        return gateway.storage_url if gateway is not None else self.storage_url
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,7 @@ class Reconciler:
         self.tracking = TrackingMirror(config.storage_url, read_secret=kube.read_secret_value)
         self.reporter = StatusReporter(kube, self.tracking, self.announcer, self.finisher)
         self._states: dict[tuple[str, str], StudyState] = {}
+        self._gateway_namespaces: set[str] = set()  # prepared for the trial gateway by this process
         self._lock = threading.Lock()
 
     @property
@@ -197,6 +204,7 @@ class Reconciler:
         self._announce_identity(body, ref, state, previous_status)
         selector = study_selector(ref.name)
         jobs = [j for j in self.kube.list_jobs(ref.namespace, selector) if ref.owns(j)]
+        self.executor.secure_jobs(runtime, jobs)  # with the trial gateway: each live Job's token
         pods = [p for p in self.kube.list_pods(ref.namespace, selector) if ref.owns(p)]
         view = observe_cluster(
             jobs, pods, now, self.config.unschedulable_timeout_s, self.config.image_pull_timeout_s
@@ -273,6 +281,8 @@ class Reconciler:
 
     def _prepare_namespace(self, ref: StudyRef, spec: StudySpec, state: StudyState) -> CredentialCheck:
         """The trial ServiceAccount and the mirrored database password in the study's namespace."""
+        if self.config.trial_settings.gateway is not None:
+            return self._prepare_gateway_namespace(ref.namespace)
         check = check_password(self.kube, self.password_sources, ref.namespace, spec.storage.secretRef)
         if check.controller_password is not None:
             rotate_password(check.controller_password, source=f"Secret {self.config.db_secret}")
@@ -282,6 +292,27 @@ class Reconciler:
         self.kube.ensure_object(trial_service_account(ref.namespace, settings))
         self.kube.ensure_object(db_credentials_secret(ref.namespace, check.password, settings))
         state.namespace_ready = check.password
+        return check
+
+    def _prepare_gateway_namespace(self, namespace: str) -> CredentialCheck:
+        """With the trial gateway: the trial ServiceAccount, and no password in the namespace.
+
+        The mirrored password Secret an earlier version left is deleted, once per namespace and
+        process (its trial pods, if any still run, read it at their start).
+        """
+        check = check_gateway(self.kube, self.password_sources)
+        if check.controller_password is not None:
+            rotate_password(check.controller_password, source=f"Secret {self.config.db_secret}")
+        with self._lock:
+            if namespace in self._gateway_namespaces:
+                return check
+        settings = self.config.trial_settings
+        self.kube.ensure_object(trial_service_account(namespace, settings))
+        if self.kube.delete_secret(namespace, settings.db_secret_name):
+            log.info("deleted the mirrored database password", namespace=namespace,
+                     secret=settings.db_secret_name)
+        with self._lock:
+            self._gateway_namespaces.add(namespace)
         return check
 
     def _announce_credentials(
@@ -328,7 +359,7 @@ class Reconciler:
             study=study,
             study_seed=study_seed,
             pruner=strategy.pruner,
-            storage_url=self.config.storage_url,
+            storage_url=self.config.trial_storage_url,
             settings=self.config.trial_settings,
         )
         if state.runtime is None:

@@ -83,17 +83,20 @@ def test_no_wildcards_anywhere(scenario_objects: Objects, scenario: str) -> None
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_secrets_are_read_only_by_name_and_never_listed(scenario_objects: Objects, scenario: str) -> None:
+def test_secrets_are_never_listed_changed_or_read_but_by_name(
+    scenario_objects: Objects, scenario: str
+) -> None:
     for role in roles(scenario_objects(scenario)):
         for rule in role["rules"]:
             if "secrets" not in rule["resources"]:
                 continue
             assert rule["apiGroups"] == [""] and rule["resources"] == ["secrets"]
-            assert not {"list", "watch", "deletecollection", "delete"} & set(rule["verbs"]), rule
-            if set(rule["verbs"]) - {"create", "get"}:
-                # update/patch reach only the credentials Secret the controller mirrors.
-                assert rule["resourceNames"] == [TRIAL_SECRET], rule
-            if "get" in rule["verbs"]:
+            verbs = set(rule["verbs"])
+            assert not {"list", "watch", "deletecollection", "update", "patch"} & verbs, rule
+            if "delete" in verbs:
+                # Only the password Secret earlier versions mirrored into study namespaces.
+                assert rule["resourceNames"] == [TRIAL_SECRET] and verbs == {"delete"}, rule
+            if "get" in verbs:
                 assert rule.get("resourceNames"), rule  # reads by name only
 
 
@@ -110,7 +113,9 @@ def test_cluster_wide_mode_grants_the_controller_what_it_needs(scenario_objects:
     cluster_role = one(objects, "ClusterRole", CONTROLLER_ROLE)
     granted = grants(cluster_role["rules"])
     assert granted >= NEEDED_IN_STUDY_NAMESPACES | NEEDED_CLUSTER_WIDE
-    assert ("", "secrets", "get") in grants(cluster_role["rules"], with_names=True)
+    # By name: the old mirrored password Secret is deleted, never read.
+    assert ("", "secrets", "delete") in grants(cluster_role["rules"], with_names=True)
+    assert ("", "secrets", "get") not in grants(cluster_role["rules"], with_names=True)
     # The only Role: reading the database Secret in the release namespace.
     assert [r["metadata"]["name"] for r in find(objects, "Role")] == [f"{CONTROLLER_ROLE}-database"]
     binding = one(objects, "ClusterRoleBinding", CONTROLLER_ROLE)
@@ -174,8 +179,10 @@ def test_rbac_can_be_left_to_the_platform_team(render: Callable[..., list[Manife
 def test_the_controller_reads_exactly_the_secrets_it_uses(
     scenario_objects: Objects, render: Callable[..., list[Manifest]], scenario: str, study_namespace: str
 ) -> None:
-    """The database Secret TUNEFLEET_DB_SECRET names (a rotated password), the mirrored
-    credentials, and spec.storage.secretRef names the values list; nothing else, never a list."""
+    """The database Secret TUNEFLEET_DB_SECRET names (a rotated password) and the
+    spec.storage.secretRef names the values list; nothing else, never a list. In study namespaces
+    it creates the trials' gateway Secrets and may delete the password Secret earlier versions
+    mirrored there, but can no longer read or write it: trial pods get no password."""
     values = {**SCENARIOS[scenario], "rbac": {"storageSecretNames": ["team-db"]}}
     for objects, may_use_team_db in ((scenario_objects(scenario), False), (render(values), True)):
         container = pod_spec(controller_deployment(objects))["containers"][0]
@@ -188,9 +195,12 @@ def test_the_controller_reads_exactly_the_secrets_it_uses(
         assert may("get", RELEASE_NAMESPACE, db_secret)
         assert not may("get", RELEASE_NAMESPACE, "someone-elses")
         assert not may("get", study_namespace, db_secret)
+        assert may("delete", study_namespace, TRIAL_SECRET)
         for verb in ("get", "update", "patch"):
-            assert may(verb, study_namespace, TRIAL_SECRET)
-        assert may("create", study_namespace, None)
+            assert not may(verb, study_namespace, TRIAL_SECRET)
+        assert may("create", study_namespace, None)  # <job>-gateway, per trial
+        assert not may("delete", study_namespace, "someone-elses")
+        assert not may("delete", RELEASE_NAMESPACE, db_secret)
         assert may("get", study_namespace, "team-db") is may_use_team_db
         assert not may("update", study_namespace, "team-db")
         assert not may("get", study_namespace, "someone-elses")
@@ -208,6 +218,110 @@ def test_mlflow_credential_secrets_are_readable_by_name_only_when_named(
     ]
     default = one(render({}), "ClusterRole", CONTROLLER_ROLE)
     readable = {
-        name for r in default["rules"] if "secrets" in r["resources"] for name in r.get("resourceNames", [])
+        name
+        for r in default["rules"]
+        if "secrets" in r["resources"] and "get" in r["verbs"]
+        for name in r.get("resourceNames", [])
     }
-    assert readable == {TRIAL_SECRET}
+    assert readable == set()
+
+
+# -- rights for people: aggregated into Kubernetes' built-in view, edit and admin ----------------
+
+AGGREGATE_LABEL = "rbac.authorization.k8s.io/aggregate-to-{}"
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+# What the built-in roles fold in: edit carries view's rules, admin carries edit's.
+BUILT_IN_CHAIN = {"view": ("view",), "edit": ("view", "edit"), "admin": ("view", "edit", "admin")}
+
+
+def aggregated_roles(objects: list[Manifest]) -> list[Manifest]:
+    return [
+        o
+        for o in objects
+        if o["kind"] == "ClusterRole"
+        and any(key.startswith(AGGREGATE_LABEL.format("")) for key in o["metadata"].get("labels", {}))
+    ]
+
+
+def built_in_role(objects: list[Manifest], name: str) -> Manifest:
+    """The built-in ClusterRole ``name`` as the aggregation controller fills it from the chart's roles."""
+    rules = [
+        rule
+        for role in aggregated_roles(objects)
+        if any(
+            role["metadata"]["labels"].get(AGGREGATE_LABEL.format(x)) == "true" for x in BUILT_IN_CHAIN[name]
+        )
+        for rule in role["rules"]
+    ]
+    return {"kind": "ClusterRole", "metadata": {"name": name}, "rules": rules}
+
+
+def holder_of(objects: list[Manifest], built_in: str, namespace: str) -> Authorizer:
+    """RBAC where user alice holds the built-in role in ``namespace`` (a RoleBinding, as usual)."""
+    binding = {
+        "kind": "RoleBinding",
+        "metadata": {"name": f"alice-{built_in}", "namespace": namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": built_in},
+        "subjects": [{"kind": "User", "name": "alice"}],
+    }
+    return Authorizer([built_in_role(objects, built_in), binding])
+
+
+ALICE = Subject("alice")
+
+
+def test_aggregated_roles_carry_the_aggregation_labels(scenario_objects: Objects) -> None:
+    objects = scenario_objects("default")
+    for built_in in BUILT_IN_CHAIN:
+        role = one(objects, "ClusterRole", f"{RELEASE}-tunefleet-{built_in}")
+        assert role["metadata"]["labels"][AGGREGATE_LABEL.format(built_in)] == "true"
+        assert {rule["apiGroups"][0] for rule in role["rules"]} == {"tunefleet.dev"}
+    assert len(aggregated_roles(objects)) == 3
+    # Nobody is bound to them by the chart: the built-in roles carry them to whoever holds those.
+    bound = {o["roleRef"]["name"] for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")}
+    assert not bound & {o["metadata"]["name"] for o in aggregated_roles(objects)}
+
+
+@pytest.mark.parametrize("built_in", ["edit", "admin"])
+def test_a_namespace_editor_manages_studies_and_only_reads_budgets(
+    scenario_objects: Objects, built_in: str
+) -> None:
+    authorizer = holder_of(scenario_objects("default"), built_in, "team-a")
+
+    def may(verb: str, resource: str, namespace: str = "team-a", subresource: str | None = None) -> bool:
+        return authorizer.allows(
+            ALICE, Request(verb, "tunefleet.dev", resource, namespace, None, subresource)
+        )
+
+    for verb in ("get", "list", "watch", "create", "update", "patch", "delete"):
+        assert may(verb, "studies"), verb
+        assert not may(verb, "studies", namespace="team-b"), verb  # only where the role is held
+    for verb in ("get", "list", "watch"):
+        assert may(verb, "gpubudgets")
+    for verb in WRITE_VERBS:
+        assert not may(verb, "gpubudgets"), verb
+        assert not may(verb, "gpubudgets", subresource="status"), verb
+        assert not may(verb, "studies", subresource="status"), verb  # the controller's to write
+
+
+def test_a_viewer_reads_studies_and_budgets_and_changes_nothing(scenario_objects: Objects) -> None:
+    authorizer = holder_of(scenario_objects("default"), "view", "team-a")
+    for resource in ("studies", "gpubudgets"):
+        for verb in ("get", "list", "watch"):
+            assert authorizer.allows(ALICE, Request(verb, "tunefleet.dev", resource, "team-a"))
+        for verb in WRITE_VERBS:
+            assert not authorizer.allows(ALICE, Request(verb, "tunefleet.dev", resource, "team-a"))
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_no_aggregated_role_writes_a_gpu_budget(scenario_objects: Objects, scenario: str) -> None:
+    """Budgets are what the product enforces: only cluster admins set them."""
+    for role in aggregated_roles(scenario_objects(scenario)):
+        for rule in role["rules"]:
+            budgets = {r for r in rule["resources"] if r.split("/")[0] == "gpubudgets"}
+            assert not (budgets and WRITE_VERBS & set(rule["verbs"])), (role["metadata"]["name"], rule)
+
+
+def test_aggregated_roles_can_be_left_out(render: Callable[..., list[Manifest]]) -> None:
+    assert aggregated_roles(render({"rbac": {"aggregateToDefaultRoles": False}})) == []
+    assert find(render({"rbac": {"aggregateToDefaultRoles": False}}), "ClusterRole", CONTROLLER_ROLE)

@@ -55,6 +55,10 @@ def test_every_rendered_object_is_valid_kubernetes(
             assert obj["apiVersion"] == "monitoring.coreos.com/v1"
             assert obj["spec"]["selector"]["matchLabels"] and obj["spec"]["endpoints"]
             continue
+        if obj["kind"] == "Certificate":
+            assert obj["apiVersion"] == "cert-manager.io/v1"
+            assert obj["spec"]["secretName"] and obj["spec"]["dnsNames"] and obj["spec"]["issuerRef"]["name"]
+            continue
         try:
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as error:
@@ -88,7 +92,9 @@ def test_namespaced_objects_land_in_the_release_or_a_watched_namespace(
 
 
 @pytest.mark.parametrize("version", ["v1.29.0", "v1.33.0"])
-@pytest.mark.parametrize("scenario", ["default", "replicas-2-watch-namespaces", "external-database"])
+@pytest.mark.parametrize(
+    "scenario", ["default", "replicas-2-watch-namespaces", "external-database", "gateway-cert-manager"]
+)
 def test_helm_lint_strict_reports_no_warning(scenario: str, version: str) -> None:
     report = helm_python.lint(
         CHART_DIR, SCENARIOS[scenario], strict=True, namespace=RELEASE_NAMESPACE, kube_version=version
@@ -104,6 +110,12 @@ def test_helm_lint_strict_reports_no_warning(scenario: str, version: str) -> Non
         ({"controller": {"resourcse": {"limits": {"cpu": 1}}}}, "resourcse"),
         ({"postgresql": {"persistence": {"sise": "20Gi"}}}, "sise"),
         ({"dashboard": {"enable": True}}, "enable"),
+        ({"gateway": {"replicas": 3}}, "replicas"),
+        ({"gateway": {"poolSise": 10}}, "poolSise"),
+        ({"gateway": {"tls": {"certManager": {"enable": True}}}}, "enable"),
+        ({"gateway": {"tls": {"certManager": {"issuerRef": {"nmae": "ca"}}}}}, "nmae"),
+        ({"gateway": {"tokenKeys": {"secret": "keys"}}}, "secret"),
+        ({"rbac": {"aggregateToDefaultRole": False}}, "aggregateToDefaultRole"),
     ],
 )
 def test_a_typo_in_values_fails_rendering_and_names_the_key(
@@ -119,6 +131,10 @@ def test_a_typo_in_values_fails_rendering_and_names_the_key(
         ({"replicaCount": -1}, "replicaCount"),
         ({"watchNamespaces": ["Team_A"]}, "watchNamespaces"),
         ({"externalDatabase": {"sslmode": "sometimes"}}, "sslmode"),
+        ({"gateway": {"poolSize": 0}}, "poolSize"),
+        ({"gateway": {"maxInFlight": "many"}}, "maxInFlight"),
+        ({"gateway": {"replicaCount": 0}}, "replicaCount"),
+        ({"gateway": {"tls": {"certManager": {"issuerRef": {"kind": "Vault"}}}}}, "kind"),
     ],
 )
 def test_values_of_the_wrong_shape_fail_rendering(
@@ -131,6 +147,13 @@ def test_values_of_the_wrong_shape_fail_rendering(
 def test_external_database_without_its_secret_fails_with_a_next_step(chart: helm_python.Chart) -> None:
     with pytest.raises(helm_python.HelmRenderError, match=r"externalDatabase\.existingSecret is required"):
         chart.render({"externalDatabase": {"host": "pg"}}, name="tf", namespace=RELEASE_NAMESPACE)
+
+
+def test_cert_manager_without_an_issuer_fails_with_a_next_step(chart: helm_python.Chart) -> None:
+    values = {"gateway": {"tls": {"certManager": {"enabled": True}}}}
+    needed = r"gateway\.tls\.certManager\.issuerRef\.name is required"
+    with pytest.raises(helm_python.HelmRenderError, match=needed):
+        chart.render(values, name="tf", namespace=RELEASE_NAMESPACE)
 
 
 def test_no_database_at_all_fails_with_a_next_step(chart: helm_python.Chart) -> None:

@@ -4,21 +4,19 @@ the network policy and the uninstall hook."""
 from __future__ import annotations
 
 import base64
-import json
-import threading
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from collections.abc import Callable
 
 import helm_python
 import pytest
-import yaml
 
 from tests.chart.chart_support import (
+    GATEWAY_KEYS_SECRET,
+    GATEWAY_TLS_SECRET,
     RELEASE,
     RELEASE_NAMESPACE,
     SCENARIOS,
     Manifest,
+    assert_hardened,
     controller_deployment,
     env_of,
     find,
@@ -27,6 +25,7 @@ from tests.chart.chart_support import (
     pod_spec,
     render_objects,
     render_templates,
+    render_upgrade,
 )
 
 pytestmark = pytest.mark.chart
@@ -36,19 +35,6 @@ POSTGRES = f"{RELEASE}-tunefleet-postgresql"
 BUNDLED_URL = (
     f"postgresql://tunefleet@{POSTGRES}.{RELEASE_NAMESPACE}.svc.cluster.local:5432/tunefleet?sslmode=disable"
 )
-
-
-def assert_hardened(pod: dict[str, Any], container: dict[str, Any], uid: int) -> None:
-    pod_context = pod["securityContext"]
-    context = container["securityContext"]
-    assert pod_context["runAsNonRoot"] is True and pod_context["runAsUser"] == uid
-    assert pod_context["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert context["allowPrivilegeEscalation"] is False
-    assert context["readOnlyRootFilesystem"] is True
-    assert context["capabilities"]["drop"] == ["ALL"]
-    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    assert "emptyDir" in volumes[mounts["/tmp"]], "a read-only root needs a writable /tmp"
 
 
 def test_controller_runs_standalone_with_health_and_metrics(scenario_objects: Objects) -> None:
@@ -138,89 +124,27 @@ def test_generated_password_is_random_and_kept_on_uninstall(chart: helm_python.C
     assert len(base64.b64decode(first["data"]["password"])) == 32
 
 
-class _OneSecretApiServer(BaseHTTPRequestHandler):
-    """Just enough of the Kubernetes API for Helm's `lookup` of one live Secret."""
-
-    secret: ClassVar[Manifest] = {}
-
-    def do_GET(self) -> None:
-        path = self.path.split("?")[0]
-        name = self.secret["metadata"]["name"]
-        body: Manifest
-        if path == "/api/v1":
-            body = {
-                "kind": "APIResourceList",
-                "groupVersion": "v1",
-                "resources": [
-                    {
-                        "name": "secrets",
-                        "singularName": "secret",
-                        "namespaced": True,
-                        "kind": "Secret",
-                        "verbs": ["get"],
-                    }
-                ],
-            }
-        elif path == f"/api/v1/namespaces/{RELEASE_NAMESPACE}/secrets/{name}":
-            body = self.secret
-        else:
-            body = {
-                "kind": "Status",
-                "apiVersion": "v1",
-                "status": "Failure",
-                "reason": "NotFound",
-                "code": 404,
-            }
-        payload = json.dumps(body).encode()
-        self.send_response(404 if body["kind"] == "Status" else 200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def api_server_with_db_secret() -> Iterator[str]:
+def test_upgrade_reuses_the_live_password(chart: helm_python.Chart) -> None:
+    """Helm's `lookup` finds the Secret of the first install, so an upgrade keeps the database
+    reachable instead of rotating the password under PostgreSQL's feet."""
     live_password = base64.b64encode(b"password-from-the-first-install").decode()
-    _OneSecretApiServer.secret = {
+    live = {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": POSTGRES, "namespace": RELEASE_NAMESPACE},
         "data": {"password": live_password},
     }
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _OneSecretApiServer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
-def test_upgrade_reuses_the_live_password(chart: helm_python.Chart, api_server_with_db_secret: str) -> None:
-    """Helm's `lookup` finds the Secret of the first install, so an upgrade keeps the database
-    reachable instead of rotating the password under PostgreSQL's feet."""
-    with helm_python.Config(
-        kube_apiserver=api_server_with_db_secret, kube_token="test", namespace=RELEASE_NAMESPACE
-    ) as config:
-        rendered = config.render(chart, name=RELEASE, namespace=RELEASE_NAMESPACE, is_upgrade=True)
-    secret = one(
-        [doc for doc in yaml.safe_load_all(rendered["tunefleet/templates/postgresql.yaml"]) if doc],
-        "Secret",
-        POSTGRES,
-    )
-    assert secret["data"]["password"] == _OneSecretApiServer.secret["data"]["password"]
+    secret = one(render_upgrade(chart, [live]), "Secret", POSTGRES)
+    assert secret["data"]["password"] == live_password
 
 
 def test_external_database_replaces_the_bundled_one(scenario_objects: Objects) -> None:
     objects = scenario_objects("external-database")
-    assert find(objects, "StatefulSet") == [] and find(objects, "Secret") == []
-    assert find(objects, "NetworkPolicy") == []
+    assert find(objects, "StatefulSet") == [] and find(objects, "Secret", POSTGRES) == []
+    assert find(objects, "NetworkPolicy", POSTGRES) == []
+    # Only the gateway's own Secrets: its TLS certificate and its token keys.
+    secrets = {o["metadata"]["name"] for o in find(objects, "Secret")}
+    assert secrets == {GATEWAY_TLS_SECRET, GATEWAY_KEYS_SECRET}
     env = env_of(only_container(controller_deployment(objects)))
     assert env["TUNEFLEET_STORAGE_URL"] == (
         "postgresql://hpo_user@pg.example.com:6432/hpo?sslmode=verify-full"
@@ -229,28 +153,33 @@ def test_external_database_replaces_the_bundled_one(scenario_objects: Objects) -
     assert env["TUNEFLEET_DB_SECRET"] == "hpo-db"
 
 
-def test_network_policy_admits_only_tunefleet_and_trial_pods_to_postgresql(
-    scenario_objects: Objects,
+def _component_peers(rule: Manifest) -> set[str]:
+    return {peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for peer in rule["from"]}
+
+
+@pytest.mark.parametrize(
+    ("scenario", "components"),
+    [
+        ("default", {"controller", "gateway", "uninstall-hook"}),
+        ("dashboard", {"controller", "gateway", "uninstall-hook", "dashboard"}),
+    ],
+)
+def test_network_policy_admits_only_the_password_holders_to_postgresql(
+    scenario_objects: Objects, scenario: str, components: set[str]
 ) -> None:
-    policy = one(scenario_objects("dashboard"), "NetworkPolicy", POSTGRES)
-    assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == ("postgresql")
+    """Trial pods hold no password and no longer reach PostgreSQL: only the components that do."""
+    policy = one(scenario_objects(scenario), "NetworkPolicy", POSTGRES)
+    assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "postgresql"
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
     (rule,) = policy["spec"]["ingress"]
     assert rule["ports"] == [{"port": 5432, "protocol": "TCP"}]
-    components = {
-        peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
-        for peer in rule["from"]
-        if "matchLabels" in peer.get("podSelector", {})
-    }
-    assert components == {"controller", "dashboard", "uninstall-hook"}
-    trial_peers = [peer for peer in rule["from"] if "namespaceSelector" in peer]
-    assert trial_peers == [
-        {
-            "namespaceSelector": {},
-            "podSelector": {"matchExpressions": [{"key": "tunefleet.dev/study", "operator": "Exists"}]},
-        }
-    ]
-    default_policy = one(scenario_objects("default"), "NetworkPolicy", POSTGRES)
-    assert "dashboard" not in str(default_policy)
+    assert _component_peers(rule) == components
+    for peer in rule["from"]:
+        # No namespaceSelector: the release namespace only; exact labels of this release, so a pod
+        # labelled tunefleet.dev/study (which anyone can set) matches none of them.
+        assert set(peer) == {"podSelector"} and set(peer["podSelector"]) == {"matchLabels"}
+        assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == RELEASE
+    assert "tunefleet.dev/study" not in str(policy)
 
 
 def test_policy_peers_select_the_pods_the_chart_runs(scenario_objects: Objects) -> None:
@@ -293,7 +222,7 @@ def test_metrics_service_and_service_monitor_reach_the_controller(scenario_objec
         "targetPort": "metrics",
         "protocol": "TCP",
     }
-    monitor = one(objects, "ServiceMonitor")
+    monitor = one(objects, "ServiceMonitor", f"{RELEASE}-tunefleet-controller")
     assert monitor["metadata"]["labels"]["release"] == "prom"
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"

@@ -15,6 +15,7 @@ from typing import Any
 import kubernetes
 import pytest
 
+from tests.cluster.controller_harness import running_gateways, stop_gateways
 from tests.cluster.emulator import KubeEmulator
 
 _HERE = Path(__file__).resolve().parent
@@ -33,6 +34,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _HERE in item.path.resolve().parents:
             item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(autouse=True)
+def _stop_trial_gateways() -> Iterator[None]:
+    """The trial gateways a test's controllers started (controller_harness.cluster_gateway); not
+    those of module-scoped fixtures, started before."""
+    before = running_gateways()
+    yield
+    stop_gateways(keep=before)
 
 
 @pytest.fixture

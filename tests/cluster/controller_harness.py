@@ -18,8 +18,10 @@ import optuna
 import sqlalchemy as sa
 
 from controller.kube.crd import build_crds
+from controller.kube.trial_access import ADDRESS_ENV, CA_FILE_ENV, TOKEN_KEYS_ENV
 from tests.cluster.emulator import ApiError, KubeEmulator
 from tests.support.chart_install import DB_SECRET, database_values, render_chart
+from tests.support.gateway import RunningGateway
 
 T = TypeVar("T")
 VENV_BIN = Path(sys.executable).parent
@@ -72,6 +74,55 @@ def study_manifest(
     return body
 
 
+# The chart always runs the trial gateway, so the cluster tier does too; "0" runs it without (the
+# transition path of controllers from before the gateway: a mirrored password in each namespace).
+GATEWAY_SWITCH_ENV = "TUNEFLEET_TEST_GATEWAY"
+_gateways: dict[int, RunningGateway] = {}
+
+
+def gateway_by_default() -> bool:
+    return os.environ.get(GATEWAY_SWITCH_ENV, "1") != "0"
+
+
+def cluster_gateway(kube: KubeEmulator, storage_url: str, work_dir: Path) -> RunningGateway:
+    """The emulated cluster's trial gateway (``tunefleet gateway``, a real process), started once
+    per emulator: every controller of the test signs for it, and trial pods dial it on
+    127.0.0.1. :func:`stop_gateways` ends them (the cluster conftest does, after each test)."""
+    gateway = _gateways.get(id(kube))
+    if gateway is None or gateway.storage_url != storage_url:
+        workdir = work_dir / f"gateway-{len(_gateways)}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        gateway = RunningGateway(storage_url=storage_url, workdir=workdir)
+        gateway.start()
+        _gateways[id(kube)] = gateway
+    return gateway
+
+
+def running_gateways() -> set[int]:
+    return set(_gateways)
+
+
+def stop_gateways(keep: set[int] | None = None) -> None:
+    """Stop the emulators' gateways, but those in ``keep`` (a longer-lived fixture's)."""
+    for key in [k for k in _gateways if k not in (keep or set())]:
+        _gateways.pop(key).stop()
+
+
+def stop_gateway(kube: KubeEmulator) -> None:
+    gateway = _gateways.pop(id(kube), None)
+    if gateway is not None:
+        gateway.stop()
+
+
+def gateway_env(gateway: RunningGateway | None) -> dict[str, str]:
+    """The controller's gateway settings, as the chart's mounted files would give them; without a
+    gateway, the chart's address blanked out (the controller then mirrors the password)."""
+    if gateway is None:
+        return {ADDRESS_ENV: ""}
+    return {ADDRESS_ENV: gateway.address, TOKEN_KEYS_ENV: str(gateway.key_file),
+            CA_FILE_ENV: str(gateway.ca_file)}
+
+
 class ControllerProcess:
     """``tunefleet controller`` as a child process, as the chart's Deployment would run it.
 
@@ -81,7 +132,9 @@ class ControllerProcess:
     environment, and a token of the chart's controller ServiceAccount, so the emulator authorizes
     every request against the chart's RBAC. ``env`` goes in through the chart's
     ``controller.extraEnv``; ``"--peering", NAME`` renders the chart with two replicas;
-    ``chart_values`` are merged over the rest. Output goes to ``log_path``.
+    ``chart_values`` are merged over the rest. Output goes to ``log_path``. ``gateway`` (default:
+    :func:`gateway_by_default`): trial pods go through the emulated cluster's trial gateway
+    (:func:`cluster_gateway`), as with the chart; False: the mirrored password, as before it.
     """
 
     def __init__(
@@ -95,13 +148,16 @@ class ControllerProcess:
         health_port: int = 0,
         metrics_port: int = 0,
         chart_values: dict[str, Any] | None = None,
+        gateway: bool | None = None,
     ) -> None:
         self.kube = kube
+        use_gateway = gateway_by_default() if gateway is None else gateway
+        self.gateway = cluster_gateway(kube, storage_url, work_dir) if use_gateway else None
         self.log_path = work_dir / f"{name}.log"
         self.kubeconfig_path = work_dir / f"{name}.kubeconfig"
         self.health_port = health_port or free_port()
         self.metrics_port = metrics_port or free_port()
-        extra_env = {"TUNEFLEET_RESYNC_S": "2", **(env or {})}
+        extra_env = {"TUNEFLEET_RESYNC_S": "2", **gateway_env(self.gateway), **(env or {})}
         values: dict[str, Any] = {
             **database_values(storage_url),
             "controller": {

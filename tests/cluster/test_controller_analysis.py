@@ -3,6 +3,7 @@ the export on a PVC and the reproducibility record of the trial images."""
 
 from __future__ import annotations
 
+import csv
 import json
 import statistics
 import subprocess
@@ -13,6 +14,8 @@ import optuna
 import pytest
 import yaml
 
+from controller.budget.ledger import Charge, Ledger
+from controller.kube.trial_access import gateway_secret_name
 from controller.strategies.live import current_strategy
 from tests.cluster.controller_harness import (
     NAMESPACE,
@@ -28,6 +31,7 @@ from tests.cluster.controller_harness import (
     wait_for,
 )
 from tests.cluster.emulator import KubeEmulator
+from trial_worker.contract import DB_PASSWORD_ENV
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -198,6 +202,8 @@ def test_spec_export_writes_the_files_on_the_claim_and_posts_an_event(
     def exported() -> bool:
         return (study_status(kube_emulator, "exq").get("export") or {}).get("phase") in ("Written", "Failed")
 
+    # With the trial gateway on (the chart's way, and the harness's default), the export Job reads
+    # through it with a read-only token; the ledger's figures come from the study's attribute.
     status = _run_study(
         kube_emulator,
         postgres_url,
@@ -217,6 +223,21 @@ def test_spec_export_writes_the_files_on_the_claim_and_posts_an_event(
     job = kube_emulator.api.get("jobs.batch", NAMESPACE, "exq-export")
     volume = job["spec"]["template"]["spec"]["volumes"][0]
     assert volume["persistentVolumeClaim"]["claimName"] == "results"
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][container["command"].index("--storage") + 1].startswith("tunefleet-gateway://")
+    assert all(e["name"] != DB_PASSWORD_ENV for e in container["env"])  # no password, a token
+    secret = gateway_secret_name(job["metadata"]["name"], job["metadata"]["labels"])
+    owner = kube_emulator.api.get("secrets", NAMESPACE, secret)["metadata"]["ownerReferences"][0]
+    assert owner["name"] == "exq-export"
+    # The charges in trials.csv are the ledger's, copied into the study before the Job ran.
+    with (out / "trials.csv").open() as table:
+        exported_gpu = {int(row["number"]): int(row["gpu_seconds"]) for row in csv.DictReader(table)}
+    ledger = Ledger(postgres_url)
+    try:
+        charged = ledger.charges_by_trial(optuna_key(postgres_url, "exq"))
+    finally:
+        ledger.close()
+    assert charged and exported_gpu == {n: charged.get(n, Charge()).gpu_seconds for n in exported_gpu}
     events = [
         e for e in kube_emulator.api.list("events", NAMESPACE)
         if e["involvedObject"]["name"] == "exq" and e["reason"] == "ExportWritten"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from controller.kube.trial_access import gateway_secret_name
 from tests.cluster.controller_harness import (
     DB_PASSWORD,
     NAMESPACE,
@@ -78,8 +79,15 @@ def test_eight_trials_three_at_a_time_end_with_the_best_in_status(
 
     best_config = kube_emulator.api.get("configmaps", NAMESPACE, "quad-best")
     assert json.loads(best_config["data"]["best_config.json"])["trial"] == best.number
-    secret = kube_emulator.api.get("secrets", NAMESPACE, "tunefleet-db-credentials")
-    assert "password" in secret["data"]
+    if controller.gateway is None:  # TUNEFLEET_TEST_GATEWAY=0: the mirrored password, as before
+        secret = kube_emulator.api.get("secrets", NAMESPACE, "tunefleet-db-credentials")
+        assert "password" in secret["data"]
+    else:  # each trial's token, in a Secret its Job owns; no password in the namespace
+        assert kube_emulator.api.find("secrets", NAMESPACE, "tunefleet-db-credentials") is None
+        for job in jobs:
+            name = gateway_secret_name(job["metadata"]["name"], job["metadata"]["labels"])
+            secret = kube_emulator.api.get("secrets", NAMESPACE, name)
+            assert secret["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
     account = kube_emulator.api.get("serviceaccounts", NAMESPACE, "tunefleet-trial")
     assert account["automountServiceAccountToken"] is False
     reasons = {e.get("reason") for e in kube_emulator.api.list("events", NAMESPACE)}

@@ -35,7 +35,9 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
 
+from controller.kube.trial_access import ADDRESS_ENV, CA_FILE_ENV, TOKEN_KEYS_ENV
 from tests.support.chart_install import DB_SECRET, ChartInstall, database_values, render_chart
+from tests.support.gateway import RunningGateway
 from tests.support.kubeconfig import service_account_kubeconfig
 from tests.support.postgres import PostgresServer
 
@@ -212,6 +214,7 @@ class TunefleetInstall:
     database: Database
     controller: LocalController
     work_dir: Path
+    gateway: RunningGateway
 
     @property
     def namespace(self) -> str:
@@ -238,6 +241,7 @@ class TunefleetInstall:
         from controller.kube.release_finalizers import release_all
 
         self.controller.stop()
+        self.gateway.stop()
         with contextlib.suppress(ApiException):
             release_all(kube=KubeApi(self.api_client))
         dynamic = DynamicClient(self.api_client)
@@ -278,6 +282,15 @@ def install(
         "stringData": {"password": database.password},
     })
 
+    # The chart's gateway Deployment, as a local process: trial pods of the process kubelet dial
+    # it on 127.0.0.1, so its certificate names that address, not the chart's Service.
+    gateway_dir = work_dir / "gateway"
+    gateway_dir.mkdir(exist_ok=True)
+    gateway = RunningGateway(storage_url=database.url, workdir=gateway_dir, password=database.password)
+    gateway.start()
+    gateway_env = {ADDRESS_ENV: gateway.address, TOKEN_KEYS_ENV: str(gateway.key_file),
+                   CA_FILE_ENV: str(gateway.ca_file)}
+
     account_namespace, account = chart.controller_service_account
     kubeconfig = service_account_kubeconfig(
         api_client, admin_kubeconfig, account_namespace, account, work_dir / "controller.kubeconfig"
@@ -292,12 +305,13 @@ def install(
             # What the chart's Deployment sets, Secrets (as they are now) and fields resolved as
             # the kubelet resolves them when it starts the pod.
             **chart.controller_env({DB_SECRET: _secret_data(core, chart.namespace, DB_SECRET)}),
+            **gateway_env,  # the chart's mounted key and CA files are the local gateway's
             # In a pod the ServiceAccount's token is mounted; here it comes through a kubeconfig.
             "KUBECONFIG": str(kubeconfig),
         }
 
     controller = LocalController(chart.controller_args, environment, work_dir / "controller.log", health_port)
-    return TunefleetInstall(api_client, chart, database, controller, work_dir)
+    return TunefleetInstall(api_client, chart, database, controller, work_dir, gateway)
 
 
 def _secret_data(core: kubernetes.client.CoreV1Api, namespace: str, name: str) -> dict[str, str]:

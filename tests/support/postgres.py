@@ -55,6 +55,7 @@ class PostgresServer:
     data_dir: Path | None = None
     _bin: Path | None = None
     _as_postgres: bool = False
+    max_connections: int = 300  # the tests' own; bench/gateway_scale.py uses PostgreSQL's default, 100
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg2://{self.user}@{self.host}:{self.port}/{database}"
@@ -136,7 +137,8 @@ class PostgresServer:
             raise PostgresUnavailable("this server was not started by the tests; cannot restart it")
         options = " ".join(
             [
-                f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1 -c max_connections=300",
+                f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1",
+                f"-c max_connections={self.max_connections}",
                 # A throwaway server: fsync and full-page writes guard only against an OS crash,
                 # which no test causes. Commits stay synchronous: a server killed mid-study
                 # (`stop -m immediate`, as the restart tests and chaos do) must lose nothing it

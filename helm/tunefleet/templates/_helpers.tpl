@@ -129,8 +129,8 @@ escaping): pass (dict "ctx" $ "scheme" "postgresql").
 {{- include "tunefleet.databaseUrl" (dict "ctx" . "scheme" "postgresql") }}
 {{- end }}
 
-{{/* Environment shared by the controller and the pre-delete hook. */}}
-{{- define "tunefleet.controllerEnv" -}}
+{{/* The database, as the controller, the hook and the gateway read it. */}}
+{{- define "tunefleet.databaseEnv" -}}
 - name: TUNEFLEET_STORAGE_URL
   value: {{ include "tunefleet.storageUrl" . | quote }}
 - name: TUNEFLEET_DB_PASSWORD
@@ -138,6 +138,11 @@ escaping): pass (dict "ctx" $ "scheme" "postgresql").
     secretKeyRef:
       name: {{ include "tunefleet.databaseSecretName" . }}
       key: {{ include "tunefleet.databaseSecretKey" . }}
+{{- end }}
+
+{{/* Environment shared by the controller and the pre-delete hook. */}}
+{{- define "tunefleet.controllerEnv" -}}
+{{ include "tunefleet.databaseEnv" . }}
 - name: TUNEFLEET_DB_SECRET
   value: {{ include "tunefleet.databaseSecretName" . | quote }}
 - name: TUNEFLEET_LOG_FORMAT
@@ -155,5 +160,56 @@ escaping): pass (dict "ctx" $ "scheme" "postgresql").
 {{- range .Values.watchNamespaces }}
 - --namespace
 - {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+The trial gateway. Its Service name is fixed (trial pods and the docs name it), one per namespace.
+Secrets are mounted as files under gatewayDir: the controller gets the CA and the token keys, never
+the server's private key; the gateway gets its certificate, its key and the token keys.
+*/}}
+{{- define "tunefleet.gatewayServiceName" -}}tunefleet-gateway{{- end }}
+{{- define "tunefleet.gatewayGrpcPort" -}}7443{{- end }}
+{{- define "tunefleet.gatewayHttpPort" -}}8080{{- end }}
+{{- define "tunefleet.gatewayDir" -}}/etc/tunefleet/gateway{{- end }}
+{{- define "tunefleet.gatewayTokenKeysFile" -}}token-keys{{- end }}
+
+{{- define "tunefleet.gatewayName" -}}
+{{- printf "%s-gateway" (include "tunefleet.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* HOST:PORT trial pods dial (TUNEFLEET_GATEWAY_ADDRESS); a name the certificate covers. */}}
+{{- define "tunefleet.gatewayAddress" -}}
+{{- printf "%s.%s.svc:%s" (include "tunefleet.gatewayServiceName" .) .Release.Namespace (include "tunefleet.gatewayGrpcPort" .) }}
+{{- end }}
+
+{{/* The DNS names of the gateway Service, as a list: the certificate's subject alternative names. */}}
+{{- define "tunefleet.gatewayDnsNames" -}}
+{{- $svc := include "tunefleet.gatewayServiceName" . }}
+{{- $ns := .Release.Namespace }}
+{{- toJson (list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns .Values.clusterDomain)) }}
+{{- end }}
+
+{{/* Secret (kubernetes.io/tls) with tls.crt, tls.key and ca.crt: generated, or cert-manager's. */}}
+{{- define "tunefleet.gatewayTlsSecretName" -}}
+{{- printf "%s-gateway-tls" (include "tunefleet.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Secret with the token keys (one per line; the first signs, every one verifies). */}}
+{{- define "tunefleet.gatewayTokenKeysSecretName" -}}
+{{- if .Values.gateway.tokenKeys.existingSecret }}
+{{- .Values.gateway.tokenKeys.existingSecret }}
+{{- else }}
+{{- printf "%s-gateway-token-keys" (include "tunefleet.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "tunefleet.gatewayTokenKeysSecretKey" -}}
+{{- if .Values.gateway.tokenKeys.existingSecret }}{{ .Values.gateway.tokenKeys.existingSecretKey }}{{ else }}keys{{ end }}
+{{- end }}
+
+{{- define "tunefleet.validateGateway" -}}
+{{- if and .Values.gateway.tls.certManager.enabled (not .Values.gateway.tls.certManager.issuerRef.name) }}
+{{- fail "gateway.tls.certManager.issuerRef.name is required when gateway.tls.certManager.enabled is true: name the cert-manager Issuer or ClusterIssuer that signs the gateway's certificate" }}
 {{- end }}
 {{- end }}

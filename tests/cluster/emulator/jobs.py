@@ -68,7 +68,7 @@ def _fails_the_job(spec: dict[str, Any], pod: dict[str, Any]) -> bool:
                 code = ((container.get("state") or {}).get("terminated") or {}).get("exitCode")
                 if code is None:
                     continue
-                listed = code in codes.get("values") or []
+                listed = code in (codes.get("values") or [])
                 if listed == (codes.get("operator") == "In"):
                     return True
     return False

@@ -1,0 +1,467 @@
+"""1,000 trial workers at once: through one gateway replica, and straight to PostgreSQL.
+
+    .venv/bin/python -m bench.gateway_scale [--workers 1000] [--studies 50] [--seconds 60]
+
+Each simulated trial worker does what a trial pod does once a second: report an intermediate
+value and ask ``should_prune`` (Optuna's MedianPruner), and tells its trial at the end; then it
+takes the next trial.
+
+Through the gateway, a worker is by default a light client: it makes exactly the RPCs Optuna's
+``GrpcStorageProxy`` makes for ``load_study`` + ``optuna.Trial`` + report/should_prune/tell
+(GetStudyIdFromName, GetStudyDirections, GetTrialIdFromStudyIdTrialNumber, GetTrial; per step
+SetTrialIntermediateValue, then GetTrials with the client cache's included_trial_ids and
+trial_id_greater_than; SetTrialStateValues at the end), over the same TLS channel, retry policy
+and bearer token (``trial_worker.gateway.GatewayStorage``'s stub), and computes the median of
+the completed trials at that step from the reply's protobuf. It skips only the client-side
+decoding of every trial into ``FrozenTrial``s (strptime, json), which on 2 shared cores with
+1,000 workers would cost more CPU than the gateway itself and so measure the load generator;
+a real trial pod pays it on its own CPU. ``--optuna-clients`` runs real ``optuna.Trial`` objects
+instead. The direct run always uses a real ``RDBStorage`` per worker, as trial pods did.
+
+Trials are asked the way the controller asks them (one direct connection per load process, never
+counted as a worker's), and each worker's trial has its own token. The workers are threads in
+several processes, spread over ``--studies`` studies (a shared fleet: many teams, each a study of
+modest parallelism).
+
+Two runs, one after the other, against one real PostgreSQL (``max_connections`` at its default,
+100):
+- gateway: every worker talks to one ``tunefleet gateway`` replica (TLS, tokens, a pool of
+  ``--pool`` connections);
+- direct: every worker opens its own connection, as trial pods did before the gateway.
+
+Printed per run: p50/p99 latency of report, should_prune and tell (seconds of the worker's call,
+retries included), errors by kind, the calls served, the gateway's CPU seconds per call (its
+process only; the load generators and PostgreSQL share the same 2 cores), and the most
+connections ``pg_stat_activity`` showed; for the direct run, what PostgreSQL answered the
+connections it refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import multiprocessing
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+STEPS = 12  # intermediate values per trial: a trial lasts ~12 s
+OPERATIONS = ("report", "should_prune", "tell")
+
+
+@dataclass
+class LoadPlan:
+    """What one load process runs."""
+
+    mode: str  # "gateway" or "direct"
+    studies: list[str]
+    workers: int
+    seconds: float
+    db_url: str
+    gateway_url: str = ""
+    ca_pem: str = ""
+    key_file: str = ""
+    seed: int = 0
+    optuna_clients: bool = False
+
+
+@dataclass
+class LoadResult:
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {op: [] for op in OPERATIONS})
+    errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    trials_told: int = 0
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _error_kind(exc: BaseException) -> str:
+    code = getattr(exc, "code", None)
+    if callable(code):
+        try:
+            return f"grpc {code().name}"
+        except Exception:  # noqa: BLE001 - a code() that fails still names the exception
+            pass
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "too many clients" in text or "remaining connection slots" in text:
+        return "postgres: " + text.split("FATAL:")[-1].strip()[:90]
+    return f"{type(exc).__name__}: {text[:90]}"
+
+
+# -- one load process ----------------------------------------------------------------------------
+
+
+class TrialSource:
+    """Asks new trials as the controller does: one direct connection, shared by the process."""
+
+    def __init__(self, plan: LoadPlan) -> None:
+        import optuna
+
+        from controller.gateway.tokens import TokenKeys
+
+        self._lock = threading.Lock()
+        storage = optuna.storages.RDBStorage(
+            plan.db_url, engine_kwargs={"pool_size": 1, "max_overflow": 1}
+        )
+        self._studies = {
+            name: optuna.load_study(study_name=name, storage=storage) for name in plan.studies
+        }
+        self._keys = TokenKeys.from_file(Path(plan.key_file)) if plan.key_file else None
+
+    def next_trial(self, study_name: str) -> tuple[int, str]:
+        """A RUNNING trial's number and (in gateway mode) its token."""
+        from controller.gateway.tokens import TokenClaims
+
+        with self._lock:
+            trial = self._studies[study_name].ask()
+        token = ""
+        if self._keys is not None:
+            namespace = study_name.split("/", 1)[0]
+            claims = TokenClaims(
+                namespace=namespace, study=study_name, trial=trial.number, expires=int(time.time()) + 3600
+            )
+            token = self._keys.mint(claims)
+        return trial.number, token
+
+
+def _client_storage(plan: LoadPlan, token: str) -> Any:
+    if plan.mode == "gateway":
+        from trial_worker.gateway import GatewayStorage
+
+        return GatewayStorage.from_url(plan.gateway_url, token=token, ca_pem=plan.ca_pem)
+    import optuna
+
+    return optuna.storages.RDBStorage(plan.db_url, engine_kwargs={"pool_size": 1, "max_overflow": 1})
+
+
+def _simulated_worker(plan: LoadPlan, source: TrialSource, index: int, deadline: float,
+                      result: LoadResult, lock: threading.Lock) -> None:
+    import optuna
+
+    rng = random.Random(plan.seed * 100_000 + index)
+    study_name = plan.studies[index % len(plan.studies)]
+    time.sleep(rng.random())  # workers start spread over the first second, as pods do
+    storage: Any = None
+    while time.time() < deadline:
+        try:
+            number, token = source.next_trial(study_name)
+            if plan.mode == "gateway" or storage is None:
+                storage = _client_storage(plan, token)
+            study = optuna.load_study(
+                study_name=study_name, storage=storage, pruner=optuna.pruners.MedianPruner(n_startup_trials=3)
+            )
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+            trial = optuna.Trial(study, trial_id)
+            quality = rng.random()
+            next_tick = time.time()
+            for step in range(STEPS):
+                next_tick += 1.0
+                time.sleep(max(0.0, next_tick - time.time()))
+                began = time.perf_counter()
+                trial.report(quality * (step + 1) / STEPS, step)
+                reported = time.perf_counter()
+                pruned = trial.should_prune()
+                asked = time.perf_counter()
+                with lock:
+                    result.latencies["report"].append(reported - began)
+                    result.latencies["should_prune"].append(asked - reported)
+                if pruned or time.time() >= deadline:
+                    break
+            began = time.perf_counter()
+            storage.set_trial_state_values(trial_id, optuna.trial.TrialState.COMPLETE, [quality])
+            with lock:
+                result.latencies["tell"].append(time.perf_counter() - began)
+                result.trials_told += 1
+        except Exception as exc:  # noqa: BLE001 - every failure is counted by kind, and the worker goes on
+            with lock:
+                result.errors[_error_kind(exc)] += 1
+            storage = None
+            time.sleep(1.0)
+
+
+class _PruneCache:
+    """What Optuna's GrpcClientCache keeps, reduced to what the MedianPruner reads."""
+
+    def __init__(self) -> None:
+        self.completed: dict[int, dict[int, float]] = {}  # trial number -> step -> value
+        self.unfinished: set[int] = set()
+        self.last_finished = -1
+
+    def add(self, trials: Any) -> None:
+        from optuna.storages._grpc.auto_generated import api_pb2
+
+        for trial in trials:
+            if trial.state in (api_pb2.RUNNING, api_pb2.WAITING):
+                self.unfinished.add(trial.trial_id)
+                continue
+            self.last_finished = max(self.last_finished, trial.trial_id)
+            self.unfinished.discard(trial.trial_id)
+            if trial.state == api_pb2.COMPLETE:
+                self.completed[trial.number] = dict(trial.intermediate_values)
+
+    def should_prune(self, curve: dict[int, float], step: int) -> bool:
+        """MedianPruner(n_startup_trials=3) for a maximized objective."""
+        if len(self.completed) < 3:
+            return False
+        at_step = sorted(values[step] for values in self.completed.values() if step in values)
+        if not at_step:
+            return False
+        middle = len(at_step) // 2
+        median = at_step[middle] if len(at_step) % 2 else (at_step[middle - 1] + at_step[middle]) / 2
+        return max(curve.values()) < median
+
+
+def _light_worker(plan: LoadPlan, source: TrialSource, index: int, deadline: float,
+                  result: LoadResult, lock: threading.Lock) -> None:
+    from optuna.storages._grpc.auto_generated import api_pb2
+
+    from trial_worker.gateway import GatewayStorage
+
+    rng = random.Random(plan.seed * 100_000 + index)
+    study_name = plan.studies[index % len(plan.studies)]
+    time.sleep(rng.random())
+    while time.time() < deadline:
+        storage: Any = None
+        try:
+            number, token = source.next_trial(study_name)
+            storage = GatewayStorage.from_url(plan.gateway_url, token=token, ca_pem=plan.ca_pem)
+            stub = storage._stub
+            study_id = stub.GetStudyIdFromName(
+                api_pb2.GetStudyIdFromNameRequest(study_name=study_name)
+            ).study_id
+            stub.GetStudyDirections(api_pb2.GetStudyDirectionsRequest(study_id=study_id))
+            trial_id = stub.GetTrialIdFromStudyIdTrialNumber(
+                api_pb2.GetTrialIdFromStudyIdTrialNumberRequest(study_id=study_id, trial_number=number)
+            ).trial_id
+            stub.GetTrial(api_pb2.GetTrialRequest(trial_id=trial_id))
+            cache, curve = _PruneCache(), {}
+            quality = rng.random()
+            next_tick = time.time()
+            for step in range(STEPS):
+                next_tick += 1.0
+                time.sleep(max(0.0, next_tick - time.time()))
+                began = time.perf_counter()
+                curve[step] = quality * (step + 1) / STEPS
+                stub.SetTrialIntermediateValue(api_pb2.SetTrialIntermediateValueRequest(
+                    trial_id=trial_id, step=step, intermediate_value=curve[step]
+                ))
+                reported = time.perf_counter()
+                cache.add(stub.GetTrials(api_pb2.GetTrialsRequest(
+                    study_id=study_id, included_trial_ids=cache.unfinished,
+                    trial_id_greater_than=cache.last_finished,
+                )).trials)
+                pruned = cache.should_prune(curve, step)
+                asked = time.perf_counter()
+                with lock:
+                    result.latencies["report"].append(reported - began)
+                    result.latencies["should_prune"].append(asked - reported)
+                if pruned or time.time() >= deadline:
+                    break
+            began = time.perf_counter()
+            stub.SetTrialStateValues(api_pb2.SetTrialStateValuesRequest(
+                trial_id=trial_id, state=api_pb2.COMPLETE, values=[quality]
+            ))
+            with lock:
+                result.latencies["tell"].append(time.perf_counter() - began)
+                result.trials_told += 1
+        except Exception as exc:  # noqa: BLE001 - every failure is counted by kind, and the worker goes on
+            with lock:
+                result.errors[_error_kind(exc)] += 1
+            time.sleep(1.0)
+        finally:
+            if storage is not None:
+                storage.close()
+
+
+def run_load(plan: LoadPlan) -> LoadResult:
+    """One load process: ``plan.workers`` threads until ``plan.seconds`` have passed."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    source = TrialSource(plan)
+    result, lock = LoadResult(), threading.Lock()
+    deadline = time.time() + plan.seconds
+    light = plan.mode == "gateway" and not plan.optuna_clients
+    worker = _light_worker if light else _simulated_worker
+    threads = [
+        threading.Thread(target=worker, args=(plan, source, i, deadline, result, lock), daemon=True)
+        for i in range(plan.workers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=plan.seconds + 120)
+    return result
+
+
+# -- the driver ----------------------------------------------------------------------------------
+
+
+class ConnectionWatch:
+    """The most connections PostgreSQL showed to the benchmark's database, sampled 4x a second."""
+
+    def __init__(self, db_url: str) -> None:
+        import sqlalchemy
+
+        self._engine = sqlalchemy.create_engine(db_url, pool_size=1, max_overflow=0)
+        self._connection = self._engine.connect()  # held from the start: counted, and never refused
+        self.most = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        import sqlalchemy
+
+        query = sqlalchemy.text(
+            "select count(*) from pg_stat_activity"
+            " where datname = current_database() and pid <> pg_backend_pid()"
+        )
+        while not self._stop.wait(0.25):
+            self.most = max(self.most, int(self._connection.execute(query).scalar_one()))
+            self._connection.rollback()
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        self._connection.close()
+        self._engine.dispose()
+        return self.most
+
+
+def _merge(results: list[LoadResult]) -> LoadResult:
+    merged = LoadResult()
+    for result in results:
+        for op in OPERATIONS:
+            merged.latencies[op].extend(result.latencies[op])
+        merged.errors.update(result.errors)
+        merged.trials_told += result.trials_told
+    return merged
+
+
+def _gateway_calls(http_port: int) -> float:
+    """Calls the gateway counted (its Prometheus counter), refused and shed ones included."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5).read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("tunefleet_gateway_calls_total{")
+    )
+
+
+def run_mode(mode: str, args: argparse.Namespace, db_url: str, studies: list[str],
+             gateway: Any = None) -> tuple[LoadResult, int, str]:
+    per_process = args.workers // args.processes
+    plans = [
+        LoadPlan(
+            mode=mode,
+            studies=studies[i::args.processes],
+            workers=per_process,
+            seconds=args.seconds,
+            db_url=db_url,
+            gateway_url=gateway.url if gateway else "",
+            ca_pem=gateway.ca_pem if gateway else "",
+            key_file=str(gateway.key_file) if gateway else "",
+            seed=i,
+            optuna_clients=args.optuna_clients,
+        )
+        for i in range(args.processes)
+    ]
+    watch = ConnectionWatch(db_url)
+    cpu_before = _cpu_seconds(gateway.process.pid) if gateway else 0.0
+    calls_before = _gateway_calls(gateway.http_port) if gateway else 0.0
+    with multiprocessing.get_context("spawn").Pool(args.processes) as pool:
+        results = pool.map(run_load, plans)
+    most = watch.stop()
+    summary = ""
+    if gateway:
+        cpu = _cpu_seconds(gateway.process.pid) - cpu_before
+        calls = _gateway_calls(gateway.http_port) - calls_before
+        per_call = 1000 * cpu / max(calls, 1)
+        summary = f"gateway: {calls:.0f} calls, {cpu:.1f} CPU s, {per_call:.2f} ms CPU per call"
+    return _merge(results), most, summary
+
+
+def _print(mode: str, result: LoadResult, most: int, summary: str) -> None:
+    print(f"\n== {mode}: {result.trials_told} trials told")
+    print(f"  {'operation':<13} {'calls':>7} {'p50 ms':>9} {'p99 ms':>9}")
+    for op in OPERATIONS:
+        values = result.latencies[op]
+        print(f"  {op:<13} {len(values):>7} {1000 * _percentile(values, 0.5):>9.1f} "
+              f"{1000 * _percentile(values, 0.99):>9.1f}")
+    print(f"  most PostgreSQL connections seen: {most}")
+    if summary:
+        print(f"  {summary}")
+    errors = sum(result.errors.values())
+    print(f"  errors: {errors}")
+    for kind, count in result.errors.most_common(6):
+        print(f"    {count:>6}  {kind}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=1000)
+    parser.add_argument("--studies", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--pool", type=int, default=20, help="the gateway's PostgreSQL pool")
+    parser.add_argument("--optuna-clients", action="store_true",
+                        help="gateway workers run real optuna.Trial objects (client CPU included)")
+    parser.add_argument("--modes", nargs="+", default=["gateway", "direct"], choices=["gateway", "direct"])
+    args = parser.parse_args()
+
+    import optuna
+
+    from tests.support.gateway import running_gateway
+    from tests.support.postgres import remove_server, start_server
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    server = start_server()
+    try:
+        server.max_connections = 100  # PostgreSQL's default, not the tests' 300
+        server.stop()
+        server.start()
+        db_url = server.create_database()
+        storage = optuna.storages.RDBStorage(db_url)
+        studies = [f"team-{i}/study/{i:04d}" for i in range(args.studies)]
+        for name in studies:
+            optuna.create_study(study_name=name, storage=storage, direction="maximize")
+        storage.engine.dispose()
+        print(f"{args.workers} workers in {args.processes} processes, {args.studies} studies, "
+              f"{args.seconds:.0f} s per run, one report + should_prune per worker per second")
+        for mode in args.modes:
+            if mode == "gateway":
+                with tempfile.TemporaryDirectory() as tmp, running_gateway(
+                    db_url, None, Path(tmp), pool_size=args.pool
+                ) as gateway:
+                    result, most, summary = run_mode(mode, args, db_url, studies, gateway)
+            else:
+                result, most, summary = run_mode(mode, args, db_url, studies)
+            _print(mode, result, most, summary)
+    finally:
+        remove_server(server)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""The gateway's Prometheus metrics (served on the HTTP side port's /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CALLS = Counter(
+    "tunefleet_gateway_calls",
+    "Storage calls by method and gRPC status code (PERMISSION_DENIED: refused by the token's rules; "
+    "RESOURCE_EXHAUSTED: shed).",
+    ["method", "code"],
+)
+CALL_SECONDS = Histogram(
+    "tunefleet_gateway_call_seconds",
+    "Time to serve a storage call, refusals and shed calls included.",
+    ["method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+REFUSALS = Counter(
+    "tunefleet_gateway_refusals",
+    "Calls refused, by method and reason (other-study, other-trial, trial-ended, bad-token, ...).",
+    ["method", "reason"],
+)
+IN_FLIGHT = Gauge("tunefleet_gateway_in_flight", "Storage calls being served now.")

@@ -1,0 +1,253 @@
+"""The worker's side of the trial gateway: Optuna's gRPC storage client over TLS, with a token.
+
+``GatewayStorage`` is Optuna's own ``GrpcStorageProxy`` (so the objective gets a real
+``optuna.Trial``) whose channel verifies the gateway's certificate against the CA the pod was
+given, sends ``authorization: Bearer <token>`` on every call, and retries calls the gateway
+could not serve (UNAVAILABLE: restarting or unreachable; RESOURCE_EXHAUSTED: shedding load) with
+backoff for up to ``retry_budget_s``. Every storage call a trial makes is idempotent (a report
+or attribute rewrites the same value; a retried tell that already landed is recognised), so a
+gateway restart costs the trial nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+from optuna.storages import GrpcStorageProxy
+from optuna.storages._grpc.auto_generated import api_pb2_grpc
+from optuna.storages._grpc.client import GrpcClientCache
+from optuna.trial import TrialState
+
+from trial_worker.contract import (
+    GATEWAY_CA_ENV,
+    GATEWAY_SCHEME,
+    GATEWAY_SERVER_NAME_ENV,
+    GATEWAY_TOKEN_ENV,
+)
+
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+# An attempt that outlives ATTEMPT_TIMEOUT_S (a replica lost without closing its connections) is
+# retried too: every call a trial makes may be repeated.
+RETRIED = RETRYABLE | {grpc.StatusCode.DEADLINE_EXCEEDED}
+ATTEMPT_TIMEOUT_S = 60.0
+DEFAULT_RETRY_BUDGET_S = 60.0
+
+# gRPC's own retries (at most 5 attempts, it caps them) absorb a blip and obey the gateway's
+# pushback; the interceptor below keeps trying for longer, e.g. while a gateway restarts.
+SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "optuna.StorageService"}],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": sorted(code.name for code in RETRYABLE),
+                },
+            }
+        ]
+    }
+)
+
+
+class GatewayConfigError(ValueError):
+    """The gateway URL or the pod's token/CA settings are missing or malformed (names the variable)."""
+
+
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+    ),
+    grpc.ClientCallDetails,
+):
+    """One attempt's call details: the caller's, with a deadline per attempt."""
+
+
+class _RetryTransient(grpc.UnaryUnaryClientInterceptor):
+    """Retry UNAVAILABLE and RESOURCE_EXHAUSTED with backoff, honouring ``retry-after-ms``."""
+
+    def __init__(self, budget_s: float, sleep: Callable[[float], None] = time.sleep) -> None:
+        self._budget_s = budget_s
+        self._sleep = sleep
+
+    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        details = _CallDetails(
+            client_call_details.method,
+            client_call_details.timeout or ATTEMPT_TIMEOUT_S,
+            client_call_details.metadata,
+            client_call_details.credentials,
+            client_call_details.wait_for_ready,
+            client_call_details.compression,
+        )
+        give_up_at = time.monotonic() + self._budget_s
+        delay = 0.1
+        while True:
+            call = continuation(details, request)
+            if call.code() not in RETRIED:
+                return call
+            wait = max(delay, _retry_after_s(call)) * random.uniform(1.0, 1.5)
+            if time.monotonic() + wait > give_up_at:
+                return call
+            self._sleep(wait)
+            delay = min(delay * 2, 5.0)
+
+
+def _retry_after_s(call: Any) -> float:
+    for key, value in call.trailing_metadata() or ():
+        if key == "retry-after-ms":
+            try:
+                return float(value) / 1000.0
+            except ValueError:
+                return 0.0
+    return 0.0
+
+
+class GatewayStorage(GrpcStorageProxy):
+    """Optuna's gRPC storage client for the tunefleet trial gateway (TLS + per-trial token).
+
+    Args:
+        host: The gateway's host name or address.
+        port: Its gRPC port.
+        token: The trial's token (``TUNEFLEET_GATEWAY_TOKEN``).
+        ca_pem: The CA certificate (PEM) the gateway's certificate must chain to.
+        server_name: The name the certificate must carry, when it is not ``host``.
+        retry_budget_s: How long a call keeps retrying while the gateway is unavailable.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        token: str,
+        ca_pem: bytes,
+        server_name: str | None = None,
+        retry_budget_s: float = DEFAULT_RETRY_BUDGET_S,
+    ) -> None:
+        self._token = token
+        self._ca_pem = ca_pem
+        self._server_name = server_name
+        self._retry_budget_s = retry_budget_s
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            super().__init__(host=host, port=port)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        token: str,
+        ca_pem: str | bytes,
+        server_name: str | None = None,
+        retry_budget_s: float = DEFAULT_RETRY_BUDGET_S,
+    ) -> GatewayStorage:
+        """The client for ``tunefleet-gateway://HOST:PORT`` with this token and CA."""
+        host, port = parse_gateway_url(url)
+        pem = ca_pem.encode() if isinstance(ca_pem, str) else ca_pem
+        return cls(
+            host=host, port=port, token=token, ca_pem=pem, server_name=server_name,
+            retry_budget_s=retry_budget_s,
+        )
+
+    def _secure_channel(self) -> grpc.Channel:
+        credentials = grpc.composite_channel_credentials(
+            grpc.ssl_channel_credentials(root_certificates=self._ca_pem),
+            grpc.access_token_call_credentials(self._token),  # authorization: Bearer <token>
+        )
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", -1),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", SERVICE_CONFIG),
+            # Reconnect soon after a gateway restart (gRPC's default backoff grows to two minutes).
+            ("grpc.initial_reconnect_backoff_ms", 500),
+            ("grpc.max_reconnect_backoff_ms", 5000),
+            # Notice a gateway that vanished without closing the connection (a lost node).
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+        ]
+        if self._server_name:
+            options.append(("grpc.ssl_target_name_override", self._server_name))
+        return grpc.secure_channel(f"{self._host}:{self._port}", credentials, options=options)
+
+    def _setup(self) -> None:
+        self._raw_channel = self._secure_channel()
+        self._channel = grpc.intercept_channel(self._raw_channel, _RetryTransient(self._retry_budget_s))
+        self._stub = api_pb2_grpc.StorageServiceStub(self._channel)
+        self._cache = GrpcClientCache(self._stub)
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        state.pop("_raw_channel", None)
+        return state
+
+    def wait_server_ready(self, timeout: float | None = None) -> None:
+        """Wait until the gateway accepts a TLS connection (its certificate verified)."""
+        try:
+            with self._secure_channel() as channel:
+                grpc.channel_ready_future(channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError as error:
+            raise ConnectionError(f"the trial gateway at {self._host}:{self._port} did not answer") from error
+
+    def close(self) -> None:
+        self._raw_channel.close()
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        try:
+            return bool(super().set_trial_state_values(trial_id, state, values))
+        except (grpc.RpcError, UpdateFinishedTrialError):
+            # A tell retried after the gateway went away without answering finds the trial ended
+            # (by that very tell): the outcome is stored, so the tell succeeded.
+            if state.is_finished() and self._stored(trial_id, state, values):
+                return True
+            raise
+
+    def _stored(self, trial_id: int, state: TrialState, values: Sequence[float] | None) -> bool:
+        stored = self.get_trial(trial_id)
+        if stored.state != state:
+            return False
+        return values is None or list(stored.values or []) == [float(v) for v in values]
+
+
+def parse_gateway_url(url: str) -> tuple[str, int]:
+    """``tunefleet-gateway://HOST:PORT`` -> (HOST, PORT)."""
+    scheme, sep, rest = url.partition("://")
+    host, colon, port = rest.rstrip("/").rpartition(":")
+    if scheme != GATEWAY_SCHEME or not sep or not colon or not host or not port.isdigit():
+        raise GatewayConfigError(f"gateway URL {url!r}: expected {GATEWAY_SCHEME}://HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def open_gateway(url: str, environ: Mapping[str, str] | None = None) -> GatewayStorage:
+    """The storage for a ``tunefleet-gateway://`` URL, with the token and CA the pod was given."""
+    env = os.environ if environ is None else environ
+    parse_gateway_url(url)  # a malformed URL is named before a missing token
+    token = (env.get(GATEWAY_TOKEN_ENV) or "").strip()
+    if not token:
+        raise GatewayConfigError(f"{GATEWAY_TOKEN_ENV} is not set: the trial's gateway token is missing")
+    ca = env.get(GATEWAY_CA_ENV) or ""
+    if not ca.strip():
+        raise GatewayConfigError(f"{GATEWAY_CA_ENV} is not set: the gateway's CA certificate is missing")
+    if "-----BEGIN" not in ca:
+        try:
+            ca = Path(ca).read_text()
+        except OSError as error:
+            raise GatewayConfigError(
+                f"{GATEWAY_CA_ENV} holds neither a PEM certificate nor a readable file: {error}"
+            ) from None
+    server_name = env.get(GATEWAY_SERVER_NAME_ENV) or None
+    return GatewayStorage.from_url(url, token=token, ca_pem=ca, server_name=server_name)
