@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import collections
 import multiprocessing
-import os
 import random
 import sys
 import tempfile
@@ -53,6 +52,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench.controller_scale import _cpu_seconds, _percentile  # noqa: E402  (the same figures, one definition)
 
 STEPS = 12  # intermediate values per trial: a trial lasts ~12 s
 OPERATIONS = ("report", "should_prune", "tell")
@@ -79,18 +80,6 @@ class LoadResult:
     latencies: dict[str, list[float]] = field(default_factory=lambda: {op: [] for op in OPERATIONS})
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
     trials_told: int = 0
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _error_kind(exc: BaseException) -> str:
