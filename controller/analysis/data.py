@@ -108,6 +108,7 @@ def load_study_data(storage_url: str, study_name: str) -> StudyData:
         user_attrs = dict(study.user_attrs)
         trials = _read_trials(storage, study)
         directions = [d.name.lower() for d in study.directions]
+        metrics = metric_names(user_attrs, study.metric_names, len(directions))
     finally:
         storage.engine.dispose()
     ledger = Ledger(storage_url)
@@ -118,7 +119,7 @@ def load_study_data(storage_url: str, study_name: str) -> StudyData:
         ledger.close()
     return StudyData(
         name=study_name,
-        metrics=metric_names(user_attrs, study.metric_names, len(directions)),
+        metrics=metrics,
         directions=directions,
         user_attrs=user_attrs,
         trials=trials,
@@ -141,6 +142,7 @@ def _load_through_gateway(storage_url: str, study_name: str) -> StudyData:
         user_attrs = dict(study.user_attrs)
         trials = study.get_trials(deepcopy=False)
         directions = [d.name.lower() for d in study.directions]
+        metrics = metric_names(user_attrs, study.metric_names, len(directions))
         recorded = storage.get_study_system_attrs(study._study_id).get(ATTR_LEDGER)
     finally:
         storage.close()
@@ -157,7 +159,7 @@ def _load_through_gateway(storage_url: str, study_name: str) -> StudyData:
                         study=study_name, attribute=ATTR_LEDGER, error=str(error))
     return StudyData(
         name=study_name,
-        metrics=metric_names(user_attrs, study.metric_names, len(directions)),
+        metrics=metrics,
         directions=directions,
         user_attrs=user_attrs,
         trials=trials,
