@@ -2,16 +2,43 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import os
 import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import TrialState
 
-from trial_worker.contract import GATEWAY_SCHEME, Assignment, connection_url
+from trial_worker.contract import GATEWAY_SCHEME, GATEWAY_TOKEN_ENV, Assignment, connection_url
 
 _storages: dict[str, BaseStorage] = {}
+# Where the gateway token and CA are read: the process environment (a trial pod's), unless a
+# caller that runs several trials in one process gives each its own (``pod_environment``).
+_environment: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "tunefleet_pod_environment", default=None
+)
+
+
+@contextlib.contextmanager
+def pod_environment(environ: Mapping[str, str]) -> Iterator[None]:
+    """Within this block (this thread or task), gateway credentials come from ``environ``."""
+    reset = _environment.set(environ)
+    try:
+        yield
+    finally:
+        _environment.reset(reset)
+
+
+def _cache_key(url: str) -> str:
+    """A gateway storage holds one trial's token, so it is cached per URL and token."""
+    if not url.startswith(GATEWAY_SCHEME + "://"):
+        return url
+    environ = _environment.get() or os.environ
+    return f"{url}#{environ.get(GATEWAY_TOKEN_ENV, '')}"
 
 
 def open_storage(url: str) -> BaseStorage:
@@ -21,11 +48,12 @@ def open_storage(url: str) -> BaseStorage:
     with the token and CA in the pod's environment; no database password is involved.
     """
     if url.startswith(GATEWAY_SCHEME + "://"):
-        if url not in _storages:
+        key = _cache_key(url)
+        if key not in _storages:
             from trial_worker.gateway import open_gateway
 
-            _storages[url] = open_gateway(url)
-        return _storages[url]
+            _storages[key] = open_gateway(url, _environment.get())
+        return _storages[key]
     full_url = connection_url(url)
     if full_url not in _storages:
         engine_kwargs: dict[str, Any]
@@ -61,10 +89,22 @@ _studies: dict[tuple[str, str], optuna.Study] = {}
 def _study(url: str, name: str) -> optuna.Study:
     """One Study object per study and process: a warm worker keeps Optuna's trial cache, so each
     trial reads only what changed instead of the whole study."""
-    key = (url, name)
+    key = (_cache_key(url), name)
     if key not in _studies:
         _studies[key] = optuna.load_study(study_name=name, storage=open_storage(url))
     return _studies[key]
+
+
+def forget_storage(url: str) -> None:
+    """Close and drop the storage (and Study) this context's credentials opened for ``url``: a
+    process that ran a trial for a pod it no longer runs holds its token no longer."""
+    key = _cache_key(url)
+    for study_key in [k for k in _studies if k[0] == key]:
+        del _studies[study_key]
+    storage = _storages.pop(key, None)
+    close = getattr(storage, "close", None)
+    if close is not None:
+        close()
 
 
 def load_trial(

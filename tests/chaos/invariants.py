@@ -264,7 +264,8 @@ def no_finalizer_after_end(snap: Snapshot, history: History, ctx: Context) -> li
 
 def no_orphans(snap: Snapshot, history: History, ctx: Context) -> list[str]:
     """Every Job belongs to its Study (owner reference) and to a trial the database has; an
-    ended study runs no Job; no tunefleet Secret but the shared credentials."""
+    ended study runs no Job; no tunefleet Secret but the shared credentials and the gateway token
+    Secrets of Jobs that still exist (garbage-collected with their Job)."""
     broken = []
     trials = _trials(snap)
     for job in snap.jobs:
@@ -280,10 +281,15 @@ def no_orphans(snap: Snapshot, history: History, ctx: Context) -> list[str]:
             broken.append(f"Job {job['metadata']['name']} runs trial {number}, which {study} does not have")
         if _status(snap, study or "").get("phase") in ENDED and (job.get("status") or {}).get("active"):
             broken.append(f"Job {job['metadata']['name']} still runs after {study} ended")
+    jobs = {job["metadata"]["uid"] for job in snap.jobs}
     for secret in snap.secrets:
-        labels = secret["metadata"].get("labels") or {}
-        if labels.get(MANAGED_BY_LABEL) == "tunefleet" and secret["metadata"]["name"] not in EXPECTED_SECRETS:
-            broken.append(f"Secret {secret['metadata']['name']} is left behind")
+        meta = secret["metadata"]
+        ours = (meta.get("labels") or {}).get(MANAGED_BY_LABEL) == "tunefleet"
+        if not ours or meta["name"] in EXPECTED_SECRETS:
+            continue
+        owners = meta.get("ownerReferences") or []
+        if not any(ref.get("kind") == "Job" and ref.get("uid") in jobs for ref in owners):
+            broken.append(f"Secret {meta['name']} is left behind (no existing Job owns it)")
     return broken
 
 

@@ -2,6 +2,8 @@
 
 A replica may be started with a named crash point (``TUNEFLEET_CRASH_AT``, see
 ``controller/crashpoints.py``): it SIGKILLs itself the first time it reaches that step.
+
+Both replicas sign trial tokens for the emulated cluster's one trial gateway (as the chart's do).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ from typing import Any
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from tests.chaos.invariants import Context, status_matches_database
+from controller.kube.manifests import MANAGED_BY_LABEL, STUDY_LABEL
+from tests.chaos.invariants import Context, no_orphans, status_matches_database
 from tests.chaos.observe import History, Snapshot
 from tests.chaos.studies import chaos_studies
 from trial_worker.contract import ATTR_REASON
@@ -46,6 +47,25 @@ def test_an_incomplete_ask_is_no_trial_in_the_status_counts() -> None:
     raised = _trial(3, TrialState.FAIL, reason="objectiveRaised")
     assert status_matches_database(_snapshot([*complete, incomplete, raised], 0), History(), context) == [
         "gpu-a: status.trials.failed 0, database 1"
+    ]
+
+
+def test_a_token_secret_is_an_orphan_only_once_its_job_is_gone() -> None:
+    """Each trial's gateway Secret lives as long as its Job (the Job owns it): kept Jobs keep
+    theirs; a Secret whose Job was deleted and not collected is left behind."""
+    job = {"metadata": {"name": "gpu-a-t0", "uid": "job-0", "labels": {STUDY_LABEL: "gpu-a"},
+                        "ownerReferences": [{"kind": "Study", "uid": "u"}]}}
+    secrets = [
+        {"metadata": {"name": f"gpu-a-t{n}-gateway-0f5d820f", "labels": {MANAGED_BY_LABEL: "tunefleet"},
+                      "ownerReferences": [{"kind": "Job", "uid": f"job-{n}"}]}}
+        for n in (0, 1)
+    ]
+    snapshot = Snapshot(at=NOW, studies={"gpu-a": {"metadata": {"uid": "u"}, "status": {}}}, jobs=[job],
+                        pods=[], secrets=secrets, trials={})
+    context = Context(chaos_studies(11), 20.0, final=True)
+
+    assert no_orphans(snapshot, History(), context) == [
+        "Secret gpu-a-t1-gateway-0f5d820f is left behind (no existing Job owns it)"
     ]
 
 

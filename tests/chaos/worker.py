@@ -9,6 +9,10 @@ process per trial would cost the shared CPUs more than the controller under test
 A real container stops running code when it is killed; here the objective polls its pod
 (``current_pod_alive``) and unwinds with :class:`PodGone`, a ``BaseException`` the worker does
 not catch, so a killed trial tells nothing, as a killed process would.
+
+Each thread reaches its study as its pod would: through the trial gateway, with the token and CA
+of the pod's environment as the kubelet resolves it (``trial_worker.storage.pod_environment``),
+and drops that connection when its pod ends.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from typing import Any
 
 import trial_worker.run
 from tests.cluster.emulator import KubeEmulator
+from tests.cluster.emulator.podenv import container_env
 from trial_worker.contract import ASSIGNMENT_ENV, Assignment
 from trial_worker.run import run_assignment
+from trial_worker.storage import forget_storage, pod_environment
 
 _current = threading.local()
 EXIT_KILLED = 137
@@ -69,18 +75,25 @@ class InProcessWorkers:
         if raw is None:
             return (0.1, 2)  # ExitCode.BAD_ASSIGNMENT, as the worker exits without one
         assignment = Assignment.model_validate_json(raw)
+        assert self.kube is not None
+        # The kubelet (on this thread) found every Secret the env names before calling this.
+        pod_env = container_env(self.kube.api.store, pod, container, {})
         meta = pod["metadata"]
         self.started += 1
-        return (self._pool.submit(self._run, meta["namespace"], meta["name"], meta["uid"], assignment),)
+        return (self._pool.submit(self._run, meta["namespace"], meta["name"], meta["uid"], assignment,
+                                  pod_env),)
 
-    def _run(self, namespace: str, name: str, uid: str, assignment: Assignment) -> int:
+    def _run(self, namespace: str, name: str, uid: str, assignment: Assignment,
+             pod_env: dict[str, str]) -> int:
         _current.alive = lambda: self._alive(namespace, name, uid)
-        try:
-            return run_assignment(assignment).exit_code
-        except PodGone:
-            return EXIT_KILLED
-        finally:
-            _current.alive = None
+        with pod_environment(pod_env):
+            try:
+                return run_assignment(assignment).exit_code
+            except PodGone:
+                return EXIT_KILLED
+            finally:
+                _current.alive = None
+                forget_storage(assignment.storage_url)
 
     def _alive(self, namespace: str, name: str, uid: str) -> bool:
         if self._closing:

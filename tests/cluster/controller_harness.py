@@ -87,13 +87,16 @@ def gateway_by_default() -> bool:
 def cluster_gateway(kube: KubeEmulator, storage_url: str, work_dir: Path) -> RunningGateway:
     """The emulated cluster's trial gateway (``tunefleet gateway``, a real process), started once
     per emulator: every controller of the test signs for it, and trial pods dial it on
-    127.0.0.1. :func:`stop_gateways` ends them (the cluster conftest does, after each test)."""
+    127.0.0.1. :func:`stop_gateways` ends them (the cluster conftest does, after each test).
+
+    The process is launched, not awaited: :meth:`ControllerProcess.start` waits for it after
+    launching the controller, so both start at once (about 2 s each, per test)."""
     gateway = _gateways.get(id(kube))
     if gateway is None or gateway.storage_url != storage_url:
         workdir = work_dir / f"gateway-{len(_gateways)}"
         workdir.mkdir(parents=True, exist_ok=True)
         gateway = RunningGateway(storage_url=storage_url, workdir=workdir)
-        gateway.start()
+        gateway.launch()
         _gateways[id(kube)] = gateway
     return gateway
 
@@ -103,9 +106,10 @@ def running_gateways() -> set[int]:
 
 
 def stop_gateways(keep: set[int] | None = None) -> None:
-    """Stop the emulators' gateways, but those in ``keep`` (a longer-lived fixture's)."""
+    """Kill the emulators' gateways, but those in ``keep`` (a longer-lived fixture's): the test is
+    over, so nothing waits for a graceful stop (a second per test)."""
     for key in [k for k in _gateways if k not in (keep or set())]:
-        _gateways.pop(key).stop()
+        _gateways.pop(key).stop(hard=True)
 
 
 def stop_gateway(kube: KubeEmulator) -> None:
@@ -220,6 +224,8 @@ class ControllerProcess:
                 cwd=str(REPO_ROOT),
                 start_new_session=True,
             )
+        if self.gateway is not None:
+            self.gateway.wait_ready()
         return self
 
     def kill(self) -> None:

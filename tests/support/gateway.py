@@ -170,6 +170,12 @@ class RunningGateway:
         return env
 
     def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the process without waiting for it (:meth:`wait_ready` does): a caller overlaps
+        the gateway's start with its own work."""
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "controller.cli", "gateway"],
@@ -178,9 +184,8 @@ class RunningGateway:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        self._wait_ready()
 
-    def _wait_ready(self) -> None:
+    def wait_ready(self) -> None:
         give_up = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < give_up:
             assert self.process is not None
