@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +29,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--chaos-window", type=float, default=None,
         help="seconds of fault injection per chaos seed (default: the CI window)",
     )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """No trial gateway outlives the session, whichever tier started it and however it ended."""
+    harness = sys.modules.get("tests.cluster.controller_harness")
+    if harness is not None:
+        harness.stop_gateways()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

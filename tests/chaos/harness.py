@@ -23,7 +23,7 @@ from tests.chaos.invariants import Context, Tally
 from tests.chaos.replicas import Replica
 from tests.chaos.studies import chaos_studies, gpubudget
 from tests.chaos.worker import InProcessWorkers
-from tests.cluster.controller_harness import NAMESPACE, STUDIES, prepare_cluster
+from tests.cluster.controller_harness import NAMESPACE, STUDIES, prepare_cluster, stop_gateway
 from tests.cluster.emulator import KubeEmulator
 from tests.support.postgres import PostgresServer, PostgresUnavailable
 
@@ -147,6 +147,7 @@ def run_chaos(seed: int, work_dir: Path, postgres: PostgresServer, storage_url: 
             postgres.start()  # a fault may have left it stopped (it fails if it runs: fine)
         for replica in replicas:
             replica.stop()
+        stop_gateway(kube)
         kube.stop()
         workers.shutdown()
         storage.engine.dispose()

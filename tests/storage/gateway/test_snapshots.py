@@ -18,7 +18,7 @@ from optuna.storages._grpc.auto_generated import api_pb2
 from optuna.trial import FrozenTrial, TrialState
 
 from controller.gateway.snapshots import MAX_AGE_S
-from tests.storage.test_gateway import World, make_world
+from tests.storage.gateway.world import World, make_world
 from tests.support.gateway import RunningGateway, running_gateway
 from tests.support.postgres import PostgresServer
 from trial_worker.gateway import GatewayStorage
