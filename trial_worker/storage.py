@@ -34,9 +34,10 @@ def pod_environment(environ: Mapping[str, str]) -> Iterator[None]:
 
 
 def _cache_key(url: str) -> str:
-    """A gateway storage holds one trial's token, so it is cached per URL and token."""
+    """What a storage is cached under: the URL it opens, and for the gateway the token too (a
+    gateway storage holds one trial's token)."""
     if not url.startswith(GATEWAY_SCHEME + "://"):
-        return url
+        return connection_url(url)
     environ = _environment.get() or os.environ
     return f"{url}#{environ.get(GATEWAY_TOKEN_ENV, '')}"
 
@@ -54,7 +55,7 @@ def open_storage(url: str) -> BaseStorage:
 
             _storages[key] = open_gateway(url, _environment.get())
         return _storages[key]
-    full_url = connection_url(url)
+    full_url = _cache_key(url)
     if full_url not in _storages:
         engine_kwargs: dict[str, Any]
         if full_url.startswith("sqlite"):

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import optuna
@@ -21,7 +22,6 @@ from tests.storage.gateway.world import REPO_ROOT, World, assert_refused, make_w
 from tests.support.gateway import RunningGateway, running_gateway
 from tests.support.postgres import PostgresServer
 from trial_worker.contract import (
-    DB_PASSWORD_ENV,
     Assignment,
     MetricDirection,
     PrunerConfig,
@@ -110,28 +110,8 @@ def test_the_gateway_sheds_load_beyond_its_limit_and_clients_ride_it_out(
 def test_a_worker_runs_its_trial_end_to_end_through_the_gateway(
     gateway: RunningGateway, world: World
 ) -> None:
-    assignment = Assignment(
-        storage_url=gateway.url,
-        study_name=world.mine,
-        trial_number=world.my_trial,
-        objective=PythonObjective(entry="tests.support.objectives:quadratic_with_steps"),
-        metrics=[MetricDirection(name="loss", direction="minimize")],
-        pruner=PrunerConfig(name="median"),
-        seed=7,
-        max_duration_s=120,
-        workdir=str(REPO_ROOT),
-    )
-    env = {k: v for k, v in os.environ.items() if k != DB_PASSWORD_ENV and not k.startswith("TUNEFLEET_")}
-    env.update(assignment.to_env())
-    env.update(gateway.env_for(world.claims()))
-    done = subprocess.run(
-        [sys.executable, "-m", "trial_worker"],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _run_worker(gateway, world, "quadratic_with_steps", gateway.env_for(world.claims()),
+                       pruner=PrunerConfig(name="median"), max_duration_s=120)
     assert done.returncode == 0, done.stderr[-3000:]
     stored = RDBStorage(world.url).get_trial(world.my_trial_id)
     # x = 3.0 was declared and set by the controller; too few finished trials for the median to prune
@@ -257,27 +237,8 @@ def test_a_gateway_started_before_its_database_waits_for_it_and_stops_cleanly(tm
 def test_a_worker_without_its_token_says_which_variable_is_missing(
     gateway: RunningGateway, world: World
 ) -> None:
-    assignment = Assignment(
-        storage_url=gateway.url,
-        study_name=world.mine,
-        trial_number=world.my_trial,
-        objective=PythonObjective(entry="tests.support.objectives:quadratic"),
-        metrics=[MetricDirection(name="loss", direction="minimize")],
-        seed=7,
-        max_duration_s=60,
-        workdir=str(REPO_ROOT),
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFLEET_")}
-    env.update(assignment.to_env())
-    env["TUNEFLEET_GATEWAY_CA"] = gateway.ca_pem
-    done = subprocess.run(
-        [sys.executable, "-m", "trial_worker"],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _run_worker(gateway, world, "quadratic", {"TUNEFLEET_GATEWAY_CA": gateway.ca_pem},
+                       max_duration_s=60)
     assert done.returncode == 8  # storageUnavailable: an infrastructure failure, retried
     assert "TUNEFLEET_GATEWAY_TOKEN" in done.stdout + done.stderr
     assert RDBStorage(world.url).get_trial(world.my_trial_id).state == TrialState.RUNNING
@@ -305,3 +266,26 @@ def test_one_process_running_several_pods_trials_uses_each_pods_own_token(
     assert stored.get_trial(world.my_trial_id).intermediate_values == {0: 1.0}
     assert stored.get_trial(world.sibling_id).intermediate_values == {0: 2.0}
     stored.engine.dispose()
+
+
+def _run_worker(
+    gateway: RunningGateway, world: World, objective: str, pod_env: dict[str, str], **fields: Any
+) -> subprocess.CompletedProcess[str]:
+    """``python -m trial_worker`` for the world's trial 3, as its pod would start it: the
+    assignment and ``pod_env`` (its token and CA, or not), no tunefleet setting of this process."""
+    assignment = Assignment(
+        storage_url=gateway.url,
+        study_name=world.mine,
+        trial_number=world.my_trial,
+        objective=PythonObjective(entry=f"tests.support.objectives:{objective}"),
+        metrics=[MetricDirection(name="loss", direction="minimize")],
+        seed=7,
+        workdir=str(REPO_ROOT),
+        **fields,
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFLEET_")}  # the password too
+    env.update(assignment.to_env())
+    env.update(pod_env)
+    timeout = fields["max_duration_s"]
+    return subprocess.run([sys.executable, "-m", "trial_worker"], env=env, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=timeout)
