@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import optuna
@@ -41,7 +42,14 @@ def test_an_objective_that_cannot_be_imported_stops_after_three_trials_with_its_
     assert study.user_attrs[ATTR_STOP_REASON] == "FailureBudgetExhausted"
     message = study.user_attrs[ATTR_STOP_DETAIL]
     assert message.startswith("the first 3 trials all failed with objectiveNotFound and none completed")
-    assert "trial 0 failed with objectiveNotFound: cannot load tests.support.no_such_module:obj" in message
+    # Trials 0 and 1 start together: on a busy machine 1, 2 and 3 may fail while trial 0 is still
+    # starting, so the message names the first trial that had failed, not always trial 0.
+    named = re.search(
+        r"trial (\d+) failed with objectiveNotFound: cannot load tests\.support\.no_such_module:obj", message
+    )
+    assert named, message
+    failed = sorted(t.number for t in trials if t.user_attrs.get(ATTR_REASON) == "objectiveNotFound")
+    assert int(named.group(1)) in failed[:2]
     log_tail = message.split("its log ends with:\n", 1)[1]
     assert log_tail.endswith("ModuleNotFoundError: No module named 'tests.support.no_such_module'")
     assert message in stderr
