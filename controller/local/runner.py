@@ -23,6 +23,7 @@ from controller.budget.ledger import PROVISIONAL_TRIAL, Charge, Ledger, provisio
 from controller.budget.views import study_budget_view
 from controller.local.assignments import LocalAssignments
 from controller.local.gang import STOP_GRACE_S, LocalGang
+from controller.local.interrupts import first_interrupt_as_request
 from controller.local.pool import WORKER_ENV, WorkerPool
 from controller.local.progress import StudyProgress
 from controller.local.workers import LocalWorker, WorkerEvent
@@ -133,6 +134,7 @@ class LocalRunner:
         self._gangs: dict[int, LocalGang] = {}  # ranks 1.. of multi-node trials, by trial number
         self._stopping: list[LocalGang] = []  # those of trials rank 0 ended, given time to exit
         self._interrupted = False
+        self._interrupt_announced = False
         self._recent_durations: deque[float] = deque(maxlen=20)
         self._start_s = 0.0  # how long starting a new trial took the runner, smoothed
         self.tracking_url: str | None = None  # the study's MLflow run, with spec.tracking.mlflow
@@ -215,9 +217,15 @@ class LocalRunner:
             parallelism=self.parallelism,
         )
         plan = Plan()
-        with StudyProgress(self.name, total, enabled=self.options.show_progress) as progress:
+        with (
+            StudyProgress(self.name, total, enabled=self.options.show_progress) as progress,
+            first_interrupt_as_request(self._request_stop),
+        ):
             while True:
                 try:
+                    if self._interrupted and not self._interrupt_announced:
+                        self._interrupt_announced = True
+                        log.warning("interrupted: stopping running trials (Ctrl-C again to abort)")
                     trials, views = observe_trials(study, self.spec.searchSpace)
                     progress.update(summarize(self.spec, views))
                     self._strategy.refresh(study, trials, self._spent())
@@ -233,12 +241,9 @@ class LocalRunner:
                     if plan.stop is not None and not (plan.confirm or plan.confirming):
                         self._pool.retire_idle()  # nothing more to start: let them exit meanwhile
                     self._wait_for_events(study)
-                except KeyboardInterrupt:
-                    if self._interrupted:
-                        self._kill_all()
-                        raise
-                    self._interrupted = True
-                    log.warning("interrupted: stopping running trials (Ctrl-C again to abort)")
+                except KeyboardInterrupt:  # the second Ctrl-C (the first only asks for a stop)
+                    self._kill_all()
+                    raise
         self._shutdown()
         trials, views = observe_trials(study)
         summary = summarize(self.spec, views)
@@ -263,6 +268,11 @@ class LocalRunner:
         if mirror is not None:  # the study is over: wait (bounded) for MLflow to have all of it
             self.tracking_url = finish_local_mirror(mirror, self.name)
         return result
+
+    def _request_stop(self) -> None:
+        """The first Ctrl-C (a signal handler: no output here): the next round drains the
+        running trials as interrupted, and says so."""
+        self._interrupted = True
 
     def _failure_message(self, plan: Plan, trials: list[FrozenTrial]) -> str | None:
         """The same words the controller puts in the Study's Failed condition, with the first

@@ -90,7 +90,7 @@ def test_a_budget_worth_three_trials_admits_three_at_a_time_and_bills_pods_exact
             peak = max(peak, len(active))
             return study_status(kube_emulator, "gpus").get("phase") in ("Succeeded", "Failed")
 
-        wait_for(done, 240, "the study did not finish\n" + controller.log()[-3000:])
+        wait_for(done, 240, lambda: "the study did not finish\n" + controller.log()[-3000:])
     finally:
         controller.stop()
 
@@ -126,7 +126,7 @@ def test_drain_stops_running_trials_when_no_further_trial_fits(
         wait_for(
             lambda: study_status(kube_emulator, "drain").get("phase") in ("Succeeded", "Failed"),
             120,
-            "the drained study did not end\n" + controller.log()[-3000:],
+            lambda: "the drained study did not end\n" + controller.log()[-3000:],
         )
     finally:
         controller.stop()
@@ -251,7 +251,7 @@ def crash_then_recover(
     ).start()
     kube.api.create(STUDIES, with_sleep(gpu_study(study, 2, max_trials=3, parallelism=1), 0.5), NAMESPACE)
     wait_for(lambda: doomed.process is not None and doomed.process.poll() is not None, 120,
-             f"the controller never reached {point}\n" + doomed.log()[-3000:])
+             lambda: f"the controller never reached {point}\n" + doomed.log()[-3000:])
     assert "crash point reached" in doomed.log()
     watch.sample()
     return watch, ControllerProcess(kube, storage_url, tmp_path, name="recovered")
@@ -265,7 +265,7 @@ def finish_and_check(
         wait_for(
             watch.sampling(lambda: study_status(kube, study).get("phase") in ("Succeeded", "Failed")),
             180,
-            "the study did not finish after the restart\n" + controller.log()[-3000:],
+            lambda: "the study did not finish after the restart\n" + controller.log()[-3000:],
         )
     finally:
         controller.stop()
@@ -430,7 +430,7 @@ def test_a_gpubudget_shared_by_two_studies_ends_both_budget_exhausted(
             peak = max(peak, active_pods(kube_emulator, *names))
             return all(study_status(kube_emulator, n).get("phase") in ("Succeeded", "Failed") for n in names)
 
-        wait_for(done, 240, "the studies did not end\n" + controller.log()[-3000:])
+        wait_for(done, 240, lambda: "the studies did not end\n" + controller.log()[-3000:])
         with Ledger(postgres_url) as ledger:
             spent = ledger.namespace_totals(NAMESPACE)
             per_study = {n: ledger.totals(optuna_key(postgres_url, n)).settled.gpu_seconds for n in names}
@@ -496,7 +496,7 @@ def test_an_empty_daily_gpubudget_makes_studies_wait_until_it_is_raised(
         waiting = wait_for(
             watch.sampling(waiting_condition),
             180,
-            "the study never waited for the budget\n" + controller.log()[-3000:],
+            lambda: "the study never waited for the budget\n" + controller.log()[-3000:],
         )
         tomorrow = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)).strftime("%Y-%m-%d")
         assert waiting is not None and f"refills at {tomorrow}T00:00:00Z" in waiting["message"]
@@ -507,7 +507,7 @@ def test_an_empty_daily_gpubudget_makes_studies_wait_until_it_is_raised(
         wait_for(
             watch.sampling(lambda: study_status(kube_emulator, "waits").get("phase") == "Succeeded"),
             240,
-            "the study did not go on after the GPUBudget was raised\n" + controller.log()[-3000:],
+            lambda: "the study did not go on after the GPUBudget was raised\n" + controller.log()[-3000:],
         )
     finally:
         controller.stop()

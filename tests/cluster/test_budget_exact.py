@@ -134,7 +134,7 @@ def test_a_budget_worth_exactly_three_trials_runs_exactly_three(
             return study_status(kube_emulator, "exact").get("phase") in ("Succeeded", "Failed")
 
         wait_for(watch.sampling(hang_running_pods_until_the_study_ends), 240,
-                 "the study did not end\n" + controller.log()[-3000:])
+                 lambda: "the study did not end\n" + controller.log()[-3000:])
     finally:
         controller.stop()
     watch.sample()

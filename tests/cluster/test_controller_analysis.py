@@ -60,7 +60,7 @@ def _run_study(
         wait_for(
             lambda: finished(kube, name) and (until is None or until()),
             240,
-            f"study {name} did not end\n" + controller.log()[-3000:],
+            lambda: f"study {name} did not end\n" + controller.log()[-3000:],
             interval=0.5,
         )
     finally:

@@ -57,7 +57,7 @@ def test_a_secret_ref_the_controller_may_not_read_is_a_condition_an_event_and_an
     try:
         kube_emulator.api.create(STUDIES, body, NAMESPACE)
         blocked = wait_for(lambda: condition(kube_emulator, "guarded", "StorageCredentials"), 60,
-                           "no StorageCredentials condition\n" + controller.log()[-3000:])
+                           lambda: "no StorageCredentials condition\n" + controller.log()[-3000:])
         assert blocked["status"] == "False" and blocked["reason"] == "SecretForbidden"
         assert f"Secret {NAMESPACE}/team-db is forbidden" in blocked["message"]
         assert "rbac.storageSecretNames" in blocked["message"]
@@ -78,7 +78,8 @@ def test_a_secret_ref_the_controller_may_not_read_is_a_condition_an_event_and_an
                                 gateway=False).start()
     try:
         wait_for(lambda: _mirrored(kube_emulator) == "team-password", 60,
-                 "the granted Secret's password never reached the trial pods\n" + granted.log()[-3000:])
+                 lambda: "the granted Secret's password never reached the trial pods\n"
+                 + granted.log()[-3000:])
         now = wait_for(lambda: (c := condition(kube_emulator, "guarded", "StorageCredentials"))
                        and c["status"] == "True" and c, 30, "the condition never cleared")
         assert f"{NAMESPACE}/team-db" in now["message"]
@@ -98,14 +99,14 @@ def test_a_rotated_database_secret_reaches_the_controllers_own_connections(
         body = with_sleep(study_manifest("rotate", max_trials=1, parallelism=1), 30)
         kube_emulator.api.create(STUDIES, body, NAMESPACE)
         source = wait_for(lambda: condition(kube_emulator, "rotate", "StorageCredentials"), 60,
-                          "no StorageCredentials condition\n" + controller.log()[-3000:])
+                          lambda: "no StorageCredentials condition\n" + controller.log()[-3000:])
         assert source is not None and (source["status"], source["reason"]) == ("True", "TrialGateway")
         assert "only through the trial gateway" in source["message"]
         kube_emulator.api.patch(
             "secrets", RELEASE_NAMESPACE, DB_SECRET, {"data": _secret(DB_SECRET, "rotated-password")["data"]}
         )
         wait_for(lambda: "database password rotated" in controller.log(), 30,
-                 "the controller never took the rotated password\n" + controller.log()[-3000:])
+                 lambda: "the controller never took the rotated password\n" + controller.log()[-3000:])
         assert _mirrored(kube_emulator) is None
         assert _error_lines(controller) == []
     finally:

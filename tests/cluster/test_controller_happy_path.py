@@ -45,7 +45,7 @@ def test_eight_trials_three_at_a_time_end_with_the_best_in_status(
             peak_running = max(peak_running, len(active))
             return study_status(kube_emulator, "quad").get("phase") == "Succeeded"
 
-        wait_for(done, 180, "the study did not succeed\n" + controller.log()[-3000:])
+        wait_for(done, 180, lambda: "the study did not succeed\n" + controller.log()[-3000:])
     finally:
         controller.stop()
 

@@ -53,7 +53,7 @@ def test_an_invalid_spec_gets_an_invalid_condition_naming_the_field_and_nothing_
         invalid = wait_for(
             lambda: condition(kube_emulator, "bad", "Invalid"),
             60,
-            "no Invalid condition\n" + controller.log()[-2000:],
+            lambda: "no Invalid condition\n" + controller.log()[-2000:],
         )
         assert invalid["status"] == "True"
         assert "spec.searchSpace.momentum.when.optimizer" in invalid["message"]
@@ -94,7 +94,7 @@ def test_suspend_stops_new_trials_and_resume_continues(
         wait_for(
             lambda: study_status(kube_emulator, "pause").get("phase") == "Suspended",
             60,
-            "the study did not report Suspended\n" + controller.log()[-2000:],
+            lambda: "the study did not report Suspended\n" + controller.log()[-2000:],
         )
         # The running ones finish; no new Job appears.
         wait_for(lambda: not _active_pods(kube_emulator, "pause"), 60, "running trials did not finish")
@@ -133,7 +133,7 @@ def test_parallelism_changes_apply_to_a_running_study(
             peak_after = max(peak_after, len(_active_pods(kube_emulator, "wide")))
             return peak_after == 3
 
-        wait_for(three_at_once, 60, "parallelism 3 was never reached\n" + controller.log()[-2000:])
+        wait_for(three_at_once, 60, lambda: "parallelism 3 was never reached\n" + controller.log()[-2000:])
         wait_for(lambda: finished(kube_emulator, "wide"), 120, "the study did not finish")
     finally:
         controller.stop()
@@ -168,7 +168,7 @@ def test_deleting_a_study_deletes_its_jobs_fails_running_trials_and_keeps_the_da
         wait_for(
             lambda: not trial_jobs(kube_emulator, "gone") and not trial_pods(kube_emulator, "gone"),
             60,
-            "Jobs or pods of the deleted study remain\n" + controller.log()[-2000:],
+            lambda: "Jobs or pods of the deleted study remain\n" + controller.log()[-2000:],
         )
         trials = wait_for(
             lambda: (

@@ -63,7 +63,8 @@ def test_the_controller_answers_healthz_and_readyz(
             return None
 
     try:
-        ready = wait_for(lambda: get("/readyz"), 60, "/readyz never answered\n" + controller.log()[-2000:])
+        ready = wait_for(lambda: get("/readyz"), 60,
+                         lambda: "/readyz never answered\n" + controller.log()[-2000:])
         assert ready == {"ready": True}
         health = get("/healthz")
         assert health is not None and health["ok"] is True and health["leader"] is True

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def _run_until_finished(kube: KubeEmulator, controller: ControllerProcess, name: str) -> None:
-    wait_for(lambda: finished(kube, name), 180, f"{name} did not finish\n" + controller.log()[-3000:])
+    wait_for(lambda: finished(kube, name), 180, lambda: f"{name} did not finish\n" + controller.log()[-3000:])
 
 
 def test_an_objective_that_always_raises_stops_the_study_after_three_trials_with_its_log(

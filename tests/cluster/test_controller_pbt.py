@@ -98,7 +98,7 @@ def test_a_pbt_study_moves_checkpoints_on_a_volume_through_a_controller_crash_an
         # Freeze the controller while the first segments run, let one end, then kill it: it dies
         # between that segment's end and the start of its member's next segment.
         wait_for(lambda: len([t for t, _ in segments(storage) if t.state.name == "RUNNING"])
-                 == POPULATION, 120, "the first segments never ran\n" + first.log()[-3000:])
+                 == POPULATION, 120, lambda: "the first segments never ran\n" + first.log()[-3000:])
         assert first.process is not None
         os.killpg(first.process.pid, signal.SIGSTOP)
         ended = wait_for(lambda: next((t for t, _ in segments(storage) if t.state.name == "COMPLETE"),
@@ -115,12 +115,12 @@ def test_a_pbt_study_moves_checkpoints_on_a_volume_through_a_controller_crash_an
     try:
         # A segment that resumed a checkpoint loses its pod mid-run: retried, from the same one.
         found = wait_for(lambda: resuming_segment_running(kube_emulator, storage), 120,
-                         "no resuming segment ran\n" + second.log()[-3000:])
+                         lambda: "no resuming segment ran\n" + second.log()[-3000:])
         assert found is not None
         deleted, pod = found
         kube_emulator.api.delete("pods", NAMESPACE, pod["metadata"]["name"])
         wait_for(lambda: study_status(kube_emulator, STUDY).get("phase") in ("Succeeded", "Failed"), 240,
-                 "the study did not finish\n" + second.log()[-3000:])
+                 lambda: "the study did not finish\n" + second.log()[-3000:])
     finally:
         second.stop()
     assert study_status(kube_emulator, STUDY)["stopReason"] == "PopulationTrained"

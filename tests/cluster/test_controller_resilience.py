@@ -80,7 +80,7 @@ def test_a_controller_killed_mid_study_is_restarted_without_duplicates(
         wait_for(
             lambda: finished(kube_emulator, "crash"),
             150,
-            "the study did not finish after the restart\n" + second.log()[-3000:],
+            lambda: "the study did not finish after the restart\n" + second.log()[-3000:],
         )
     finally:
         first.kill()
@@ -118,7 +118,7 @@ def test_two_replicas_one_acts_and_the_other_takes_over_when_it_dies(
         wait_for(
             lambda: finished(kube_emulator, "duo"),
             150,
-            "the study did not finish on the standby\n" + standby.log()[-3000:],
+            lambda: "the study did not finish on the standby\n" + standby.log()[-3000:],
         )
     finally:
         for replica in replicas:
@@ -189,7 +189,8 @@ def test_a_worker_that_could_not_store_its_result_is_retried_not_dropped(
     try:
         kube.api.create(STUDIES, study_manifest("unsaved", max_trials=2, parallelism=1), NAMESPACE)
         wait_for(
-            lambda: finished(kube, "unsaved"), 90, "the study did not finish\n" + controller.log()[-3000:]
+            lambda: finished(kube, "unsaved"), 90,
+            lambda: "the study did not finish\n" + controller.log()[-3000:],
         )
     finally:
         controller.stop()

@@ -111,13 +111,14 @@ def test_a_controller_killed_between_two_parameters_never_runs_the_half_asked_tr
     ).start()
     kube.api.create(STUDIES, xy_study("halfway"), NAMESPACE)
     wait_for(lambda: doomed.process is not None and doomed.process.poll() is not None, 120,
-             "the controller never reached after-param\n" + doomed.log()[-3000:])
+             lambda: "the controller never reached after-param\n" + doomed.log()[-3000:])
     [half] = load_trials(postgres_url, "halfway")
     assert list(half.params) == ["x"] and half.state.name == "RUNNING"
 
     fresh = ControllerProcess(kube, postgres_url, tmp_path, name="fresh").start()
     try:
-        wait_for(lambda: finished(kube, "halfway"), 120, "the study did not finish\n" + fresh.log()[-3000:])
+        wait_for(lambda: finished(kube, "halfway"), 120,
+                 lambda: "the study did not finish\n" + fresh.log()[-3000:])
     finally:
         fresh.stop()
     trials = load_trials(postgres_url, "halfway")
@@ -202,14 +203,14 @@ def test_every_sampler_resumed_three_times_repeats_no_configuration_and_announce
         for sampler, name in zip(SAMPLERS, names, strict=True):
             kube.api.create(STUDIES, xy_study(name, sampler, max_trials=8, parallelism=1), NAMESPACE)
         wait_for(lambda: all(count_complete(postgres_url, n) >= 2 for n in names), 180,
-                 "the studies did not start\n" + controller.log()[-3000:])
+                 lambda: "the studies did not start\n" + controller.log()[-3000:])
         controller.kill()  # 1: a new controller process takes every study over
         controller = ControllerProcess(kube, postgres_url, tmp_path, env=env, name="second").start()
         started.append(controller)
         resumes = Resumes(kube, postgres_url, names)  # 2 and 3, study by study
-        wait_for(resumes.advance, 240, "not every study was resumed\n" + controller.log()[-3000:])
+        wait_for(resumes.advance, 240, lambda: "not every study was resumed\n" + controller.log()[-3000:])
         wait_for(lambda: all(finished(kube, n) for n in names), 180,
-                 "the studies did not finish\n" + controller.log()[-3000:])
+                 lambda: "the studies did not finish\n" + controller.log()[-3000:])
         controller.kill()  # once more, after they ended: nothing may be announced again
         lines_before = len(reconciles.read_text().splitlines())
         controller = ControllerProcess(kube, postgres_url, tmp_path, env=env, name="third").start()
@@ -241,7 +242,8 @@ def test_a_study_applied_again_under_its_name_is_a_new_study(
     controller = ControllerProcess(kube, postgres_url, tmp_path).start()
     try:
         kube.api.create(STUDIES, xy_study("again", max_trials=3), NAMESPACE)
-        wait_for(lambda: finished(kube, "again"), 120, "it did not finish\n" + controller.log()[-3000:])
+        wait_for(lambda: finished(kube, "again"), 120,
+                 lambda: "it did not finish\n" + controller.log()[-3000:])
         first = kube.api.get(STUDIES, NAMESPACE, "again")
         old_key = first["status"]["optunaStudy"]
         assert old_key == f"{NAMESPACE}/again/{first['metadata']['uid']}"
@@ -249,7 +251,7 @@ def test_a_study_applied_again_under_its_name_is_a_new_study(
         kube.api.create(STUDIES, xy_study("again", max_trials=3), NAMESPACE)  # at once, as users do
         second = kube.api.get(STUDIES, NAMESPACE, "again")
         wait_for(lambda: finished(kube, "again") and count_complete(postgres_url, "again") == 3, 120,
-                 "the second study did not run\n" + controller.log()[-3000:])
+                 lambda: "the second study did not run\n" + controller.log()[-3000:])
     finally:
         controller.stop()
     status = study_status(kube, "again")

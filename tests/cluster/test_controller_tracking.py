@@ -96,11 +96,13 @@ def test_a_cluster_study_is_mirrored_while_it_runs_and_a_controller_restart_dupl
                 for t in study.trials.values()
             )
 
-        wait_for(curve_while_running, 120, "no running trial's curve in MLflow\n" + first.log()[-3000:])
+        wait_for(curve_while_running, 120,
+                 lambda: "no running trial's curve in MLflow\n" + first.log()[-3000:])
         first.kill()  # mid-study, mid-whatever: the next controller must find the runs it made
         second = controller(kube_emulator, postgres_url, tmp_path, "controller-2")
         wait_for(
-            lambda: finished(kube_emulator, "mirrored"), 180, "the study did not end\n" + second.log()[-3000:]
+            lambda: finished(kube_emulator, "mirrored"), 180,
+            lambda: "the study did not end\n" + second.log()[-3000:],
         )
         mirrored: MirroredStudy = wait_for(
             lambda: (
@@ -109,7 +111,7 @@ def test_a_cluster_study_is_mirrored_while_it_runs_and_a_controller_restart_dupl
                 and s
             ),
             120,
-            "the study's run did not finish in MLflow\n" + second.log()[-3000:],
+            lambda: "the study's run did not finish in MLflow\n" + second.log()[-3000:],
         )
         wait_for(
             lambda: (

@@ -56,7 +56,7 @@ def run(
             seen[meta["uid"]] = (meta["labels"]["tunefleet.dev/trial"], meta["annotations"][INDEX])
         return finished(kube, name)
 
-    wait_for(done, 200, f"{name} did not finish\n" + controller.log()[-3000:])
+    wait_for(done, 200, lambda: f"{name} did not finish\n" + controller.log()[-3000:])
     return seen
 
 
@@ -144,9 +144,10 @@ def test_a_lost_rank_1_fails_the_whole_trial_and_it_is_retried_with_the_same_par
                 None,
             )
 
-        pod = wait_for(rank_1_running, 60, "rank 1 never ran\n" + controller.log()[-3000:])
+        pod = wait_for(rank_1_running, 60, lambda: "rank 1 never ran\n" + controller.log()[-3000:])
         kube_emulator.runner.kill_pod(NAMESPACE, pod["metadata"]["name"])
-        wait_for(lambda: finished(kube_emulator, "lose"), 200, "no finish\n" + controller.log()[-3000:])
+        wait_for(lambda: finished(kube_emulator, "lose"), 200,
+                 lambda: "no finish\n" + controller.log()[-3000:])
     finally:
         controller.stop()
     first, retry = load_trials(postgres_url, "lose")
@@ -239,7 +240,7 @@ def test_a_budget_of_exactly_two_hung_two_pod_trials_bills_every_pod_and_never_o
         wait_for(
             watch.sampling(hang_running_pods_until_the_study_ends),
             200,
-            "the study did not end\n" + controller.log()[-3000:],
+            lambda: "the study did not end\n" + controller.log()[-3000:],
         )
     finally:
         controller.stop()
