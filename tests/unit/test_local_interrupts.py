@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
 
 import pytest
 
 from controller.local.interrupts import first_interrupt_as_request
 
 
+@pytest.fixture
+def in_a_terminal() -> Iterator[None]:
+    """Python's own Ctrl-C handler, as in a terminal (a test session run with ``&`` ignores SIGINT)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def _ctrl_c() -> None:
     os.kill(os.getpid(), signal.SIGINT)  # delivered to the main thread before kill returns
 
 
+@pytest.mark.usefixtures("in_a_terminal")
 def test_the_first_ctrl_c_only_asks_and_the_second_aborts() -> None:
     requests: list[int] = []
     with pytest.raises(KeyboardInterrupt), first_interrupt_as_request(lambda: requests.append(1)):
@@ -24,6 +34,7 @@ def test_the_first_ctrl_c_only_asks_and_the_second_aborts() -> None:
     assert requests == [1]
 
 
+@pytest.mark.usefixtures("in_a_terminal")
 def test_the_previous_handler_is_back_after_the_block() -> None:
     before = signal.getsignal(signal.SIGINT)
     with first_interrupt_as_request(lambda: None):
