@@ -21,10 +21,14 @@ from tests.support.specs import study_document, write_study
 pytestmark = pytest.mark.storage
 
 
-def _as_in_a_terminal() -> None:
-    # A test session started in the background (`cmd &`, nohup) ignores SIGINT, and a child
-    # inherits that, so Ctrl-C would do nothing. A user's `tunefleet run` in a terminal takes it.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# A test session started in the background (`cmd &`, nohup) ignores SIGINT, and a child inherits
+# that, so Ctrl-C would do nothing; a user's `tunefleet run` in a terminal takes it. The child
+# restores Python's handler itself: a preexec_fn would make subprocess fork() a test process that
+# may hold gRPC's threads (the gateway tests), and gRPC's fork handler can abort the child.
+_AS_IN_A_TERMINAL = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('controller.cli', run_name='__main__', alter_sys=True)"
+)
 
 
 def start_run(spec: Path, storage_url: str, sleep_s: str, tmp_path: Path) -> subprocess.Popen[str]:
@@ -32,8 +36,8 @@ def start_run(spec: Path, storage_url: str, sleep_s: str, tmp_path: Path) -> sub
     return subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "controller.cli",
+            "-c",
+            _AS_IN_A_TERMINAL,
             "run",
             str(spec),
             "--storage",
@@ -47,7 +51,6 @@ def start_run(spec: Path, storage_url: str, sleep_s: str, tmp_path: Path) -> sub
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        preexec_fn=_as_in_a_terminal,
     )
 
 
@@ -144,8 +147,8 @@ def test_unreachable_storage_is_a_clear_error(tmp_path: Path) -> None:
     result = subprocess.run(
         [
             sys.executable,
-            "-m",
-            "controller.cli",
+            "-c",
+            _AS_IN_A_TERMINAL,
             "run",
             str(spec),
             "--storage",
