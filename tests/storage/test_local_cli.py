@@ -147,8 +147,8 @@ def test_unreachable_storage_is_a_clear_error(tmp_path: Path) -> None:
     result = subprocess.run(
         [
             sys.executable,
-            "-c",
-            _AS_IN_A_TERMINAL,
+            "-m",
+            "controller.cli",
             "run",
             str(spec),
             "--storage",
