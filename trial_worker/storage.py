@@ -10,10 +10,11 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from trial_worker.contract import GATEWAY_SCHEME, GATEWAY_TOKEN_ENV, Assignment, connection_url
+from trial_worker.trial_reads import CoreReadStorage
 
 _storages: dict[str, BaseStorage] = {}
 # Where the gateway token and CA are read: the process environment (a trial pod's), unless a
@@ -63,7 +64,7 @@ def open_storage(url: str) -> BaseStorage:
             engine_kwargs = {"connect_args": {"timeout": 60}}
         else:
             engine_kwargs = {"pool_size": 1, "max_overflow": 1, "pool_pre_ping": True}
-        storage = RDBStorage(full_url, engine_kwargs=engine_kwargs)
+        storage = CoreReadStorage(full_url, engine_kwargs=engine_kwargs)  # reads without the ORM
         if full_url.startswith("sqlite"):
             _use_write_ahead_log(storage.engine)
         _storages[full_url] = storage

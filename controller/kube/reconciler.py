@@ -65,6 +65,7 @@ from controller.studies.record import ATTR_STARTED_AT, record_study
 from controller.studies.storage import create_or_load_study, open_storage
 from controller.tracking import TrackingMirror
 from trial_worker.contract import connection_url
+from trial_worker.trial_reads import CoreReadStorage
 
 log = structlog.get_logger("tunefleet.controller")
 RESYNC_S = 5.0
@@ -449,4 +450,4 @@ def _controller_storage(url: str) -> optuna.storages.RDBStorage:
     if not full_url.startswith("postgresql"):
         return open_storage(url)
     engine_kwargs = {"pool_size": POOL_SIZE, "max_overflow": 4, "pool_pre_ping": False}
-    return optuna.storages.RDBStorage(full_url, engine_kwargs=engine_kwargs)
+    return CoreReadStorage(full_url, engine_kwargs=engine_kwargs)

@@ -6,7 +6,6 @@ import math
 import os
 import queue
 import random
-import statistics
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from controller.local.assignments import LocalAssignments
 from controller.local.gang import STOP_GRACE_S, LocalGang
 from controller.local.interrupts import first_interrupt_as_request
 from controller.local.pool import WORKER_ENV, WorkerPool
+from controller.local.prefetch import prefetch_depth
 from controller.local.progress import StudyProgress
 from controller.local.workers import LocalWorker, WorkerEvent
 from controller.planner import BudgetView, Observation, Plan, StopReason, TrialView, decide, summarize
@@ -65,11 +65,6 @@ from trial_worker.contract import (
 )
 
 LOCAL_GRACE_S = 5
-# Ask a busy worker's next trial ahead while starting one costs more than this share of a trial:
-# short trials then never wait for the runner (the sampler, the ledger) between them. Longer
-# trials are asked when a worker is free, so each sample sees every result finished by then.
-# Never with parallelism 1: there, a seeded study samples the same sequence on every run.
-PREFETCH_SHARE = 0.01
 log = structlog.get_logger("tunefleet.local")
 
 
@@ -137,6 +132,7 @@ class LocalRunner:
         self._interrupt_announced = False
         self._recent_durations: deque[float] = deque(maxlen=20)
         self._start_s = 0.0  # how long starting a new trial took the runner, smoothed
+        self._queue_depth = 0  # trials that may wait behind each busy worker (_queue_depth_now)
         self.tracking_url: str | None = None  # the study's MLflow run, with spec.tracking.mlflow
         self.checkpoint_dir = (
             options.checkpoint_dir or Path(".tunefleet") / "checkpoints" / self.name
@@ -286,6 +282,7 @@ class LocalRunner:
         return failure_message(plan.failure, detail, log_tail)
 
     def _observation(self, views: tuple[TrialView, ...]) -> Observation:
+        self._queue_depth = self._queue_depth_now()  # before the plan: it sizes queue_slots
         return Observation(
             trials=views,
             live=frozenset(self._inflight),
@@ -294,16 +291,18 @@ class LocalRunner:
             budget=self._budget_view(),
             interrupted=self._interrupted,
             parallelism_override=self.parallelism,
-            queue_slots=self.parallelism if self._prefetching() else 0,
+            queue_slots=self.parallelism * self._queue_depth,
             seed=self._study_seed,
         )
 
-    def _prefetching(self) -> bool:
-        if self.parallelism < 2 or self.spec.trial.isolation != "warm" or len(self._recent_durations) < 3:
-            return False
-        if self.spec.trial.nodes > 1:
-            return False  # a queued trial's other ranks would start before rank 0 claims it
-        return self._start_s > PREFETCH_SHARE * statistics.median(self._recent_durations)
+    def _queue_depth_now(self) -> int:
+        """How many trials to ask ahead for each busy worker (see :func:`prefetch_depth`)."""
+        if self.parallelism < 2 or self.spec.trial.isolation != "warm" or self.spec.trial.nodes > 1:
+            return 0  # (several nodes: a queued trial's other ranks would start before rank 0 claims it)
+        depth = prefetch_depth(self._start_s, self._recent_durations)
+        if depth != self._queue_depth:
+            log.info("trials asked ahead of each busy worker", study=self.name, ahead=depth)
+        return depth
 
     def _spent(self) -> Spent:
         settled = self._ledger.totals(self.name).settled
@@ -382,18 +381,20 @@ class LocalRunner:
         busy = worker.trial_number is not None  # (an idle worker retired at a stop has none)
         if self.spec.trial.nodes > 1:
             return False  # its other ranks would start before it could claim the trial
-        return self.spec.trial.isolation == "warm" and busy and not worker.has_queued and not worker.exited
+        # At least one: a queued trial of a worker that died moves on even when prefetch is off now.
+        room = worker.queued < max(1, self._queue_depth)
+        return self.spec.trial.isolation == "warm" and busy and room and not worker.exited
 
     def _take_worker(self) -> tuple[LocalWorker, bool] | None:
-        """An idle worker, a new one, or (prefetching) a busy one with nothing queued: ``behind``."""
+        """An idle worker, a new one, or (prefetching) the busy one with the fewest queued: ``behind``."""
         if self._pool.idle:
             return self._pool.idle.pop(), False
         if len(self._pool.workers) < self.parallelism:
             return self._pool.spawn(), False
-        for worker in self._pool.workers.values():
-            if self._can_queue_behind(worker):
-                return worker, True
-        return None
+        behind = [w for w in self._pool.workers.values() if self._can_queue_behind(w)]
+        if not behind:
+            return None
+        return min(behind, key=lambda w: w.queued), True  # the shortest queue (the first on a tie)
 
     def _hand_over(self, worker: LocalWorker, assignment: Assignment, reservation_key: str) -> None:
         """Runs at once on a free worker; behind a busy one it starts (``started``) when that

@@ -45,7 +45,7 @@ class LocalWorker:
         self, worker_id: int, events: queue.Queue[WorkerEvent], log_path: Path, cwd: str, env: dict[str, str]
     ) -> None:
         self.worker_id = worker_id
-        # The trial it runs, then at most one queued behind it (read from stdin when it is free).
+        # The trial it runs, then those queued behind it (read from stdin when it is free).
         self.assigned: list[int] = []
         read_fd, write_fd = os.pipe()
         with open(log_path, "ab") as log:
@@ -76,8 +76,9 @@ class LocalWorker:
         return self.assigned[0] if self.assigned else None
 
     @property
-    def has_queued(self) -> bool:
-        return len(self.assigned) > 1
+    def queued(self) -> int:
+        """How many trials wait behind the one it runs."""
+        return max(0, len(self.assigned) - 1)
 
     @property
     def exited(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import optuna
@@ -25,6 +26,7 @@ from controller.crashpoints import crash_point
 from controller.planner.segments import ATTR_SEGMENT
 from controller.spec import CategoricalParam, FloatParam, IntParam, ordered_parameters
 from controller.strategies.reseeding import reseed_for_trial
+from controller.studies.reading import AskingStorage
 from trial_worker.contract import ATTR_ATTEMPT, ATTR_KIND, ATTR_QUEUED, ATTR_RETRY_OF, ATTR_SEED, ExitCode
 
 Space = dict[str, FloatParam | IntParam | CategoricalParam]
@@ -51,21 +53,28 @@ def ask_new_trial(study: optuna.Study, space: Space, study_seed: int) -> optuna.
 
     Parameters are suggested parents-first, so a conditional parameter sees the values it
     depends on; the sampler learns the conditional structure from which ones appear. The seed
-    is written last: it marks the trial complete.
+    is written last: it marks the trial complete. The study's trials are read once for the
+    whole ask when its storage allows (``reading.AskingStorage``), not once per sampler call.
     """
-    trial = _ask(study, study_seed)
-    crash_point("after-create-trial")  # test hooks, see controller/crashpoints.py
-    chosen: dict[str, Any] = {}
-    for name in ordered_parameters(space):
-        param = space[name]
-        if not param.active_given(chosen):
-            continue
-        chosen[name] = _suggest(trial, name, param)
-        crash_point("after-param")
+    with _one_read(study):
+        trial = _ask(study, study_seed)
+        crash_point("after-create-trial")  # test hooks, see controller/crashpoints.py
+        chosen: dict[str, Any] = {}
+        for name in ordered_parameters(space):
+            param = space[name]
+            if not param.active_given(chosen):
+                continue
+            chosen[name] = _suggest(trial, name, param)
+            crash_point("after-param")
     crash_point("before-seed")
     if ATTR_SEED not in trial.user_attrs:
         trial.set_user_attr(ATTR_SEED, trial_seed(study_seed, trial.number))
     return trial
+
+
+def _one_read(study: optuna.Study) -> AbstractContextManager[None]:
+    storage = study._storage
+    return storage.one_read() if isinstance(storage, AskingStorage) else nullcontext()
 
 
 def active_parameters(space: Space, chosen: dict[str, Any]) -> list[str]:

@@ -11,7 +11,9 @@ import sqlalchemy as sa
 from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
 
+from controller.studies.reading import AskingStorage
 from trial_worker.contract import connection_url, normalize_storage_url, redact_url
+from trial_worker.trial_reads import CoreReadStorage
 
 DEFAULT_STORAGE_DIR = ".tunefleet"
 STORAGE_URL_ENV = "TUNEFLEET_STORAGE_URL"
@@ -36,7 +38,8 @@ def resolve_storage_url(explicit: str | None, spec_url: str | None, study_name: 
 
 
 def open_storage(url: str, pool_size: int = 2) -> RDBStorage:
-    """An Optuna RDB storage with pooling suited to a long-running controller."""
+    """An Optuna RDB storage with pooling suited to a long-running controller; it reads trials
+    without the ORM (``trial_worker.trial_reads``)."""
     try:
         full_url = connection_url(url)
     except ValueError as exc:
@@ -47,7 +50,7 @@ def open_storage(url: str, pool_size: int = 2) -> RDBStorage:
     else:
         engine_kwargs = {"pool_size": pool_size, "max_overflow": 2, "pool_pre_ping": True}
     try:
-        storage = RDBStorage(full_url, engine_kwargs=engine_kwargs)
+        storage = CoreReadStorage(full_url, engine_kwargs=engine_kwargs)
     except Exception as exc:
         raise StorageUnavailable(f"cannot open storage {redact_url(url)}: {_first_line(exc)}") from exc
     if full_url.startswith("sqlite"):
@@ -85,10 +88,13 @@ def create_or_load_study(
 ) -> optuna.Study:
     """Create the study once or load it (``load_if_exists``), so a rerun resumes it.
 
+    The study reads through :class:`~controller.studies.reading.AskingStorage`: its process asks
+    the trials, so each ask reads the trials once (``asking.ask_new_trial``).
+
     Raises ValueError when an existing study has other directions than the spec asks for.
     """
     study = optuna.create_study(
-        storage=storage,
+        storage=AskingStorage(storage),
         study_name=name,
         directions=[
             StudyDirection.MAXIMIZE if d == "maximize" else StudyDirection.MINIMIZE for d in directions

@@ -119,6 +119,33 @@ def test_short_trials_are_queued_ahead_and_keep_their_own_durations(
         assert trial.duration is not None and trial.duration.total_seconds() < 1.8, trial.number
 
 
+def test_very_short_trials_are_asked_two_ahead_and_each_runs_once(
+    storage_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trials of 20 ms, shorter than asking one: the runner asks two ahead of each busy worker
+    (it says so), and every trial still runs exactly once, timed from its own start. (Which
+    worker gets a queued trial is tested without processes in tests/unit/test_local_prefetch.py.)"""
+    monkeypatch.setenv("TUNEFLEET_TEST_SLEEP", "0.02")
+    document = study_document(
+        trial={"python": "tests.support.objectives:sleeps", "maxDuration": "60s"},
+        budget={"maxTrials": 40},
+        parallelism=2,
+    )
+    result = run_study(document, storage_url, tmp_path)
+    trials = trials_of(storage_url)
+    assert result.summary.complete == 40
+    assert sorted(t.number for t in trials) == list(range(40))
+    assert all(trial.state == TrialState.COMPLETE for trial in trials)
+    queued = [t for t in trials if t.user_attrs.get(ATTR_QUEUED)]
+    assert len(queued) >= 10
+    for trial in queued:  # its own 20 ms run, not the wait behind the trials before it
+        assert trial.duration is not None and trial.duration.total_seconds() < 1.0, trial.number
+    logged = capsys.readouterr()
+    text = logged.out + logged.err
+    assert "trials asked ahead of each busy worker" in text
+    assert "ahead=2" in text or '"ahead": 2' in text, text
+
+
 def test_a_queued_trial_whose_worker_dies_moves_to_another_worker(
     storage_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
