@@ -53,7 +53,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.controller_scale import _cpu_seconds, _percentile  # noqa: E402  (the same figures, one definition)
+from bench.controller_scale import (  # noqa: E402  (the same figures, one definition)
+    _cpu_seconds,
+    _percentile,
+    _postgres_cpu_seconds,
+)
 
 STEPS = 12  # intermediate values per trial: a trial lasts ~12 s
 OPERATIONS = ("report", "should_prune", "tell")
@@ -80,6 +84,7 @@ class LoadResult:
     latencies: dict[str, list[float]] = field(default_factory=lambda: {op: [] for op in OPERATIONS})
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
     trials_told: int = 0
+    cpu_s: float = 0.0  # the load process's own CPU (its client threads and the trials it asked)
 
 
 def _error_kind(exc: BaseException) -> str:
@@ -298,6 +303,7 @@ def run_load(plan: LoadPlan) -> LoadResult:
         thread.start()
     for thread in threads:
         thread.join(timeout=plan.seconds + 120)
+    result.cpu_s = time.process_time()
     return result
 
 
@@ -343,23 +349,27 @@ def _merge(results: list[LoadResult]) -> LoadResult:
             merged.latencies[op].extend(result.latencies[op])
         merged.errors.update(result.errors)
         merged.trials_told += result.trials_told
+        merged.cpu_s += result.cpu_s
     return merged
 
 
-def _gateway_calls(http_port: int) -> float:
-    """Calls the gateway counted (its Prometheus counter), refused and shed ones included."""
+def _gateway_calls(http_port: int) -> collections.Counter[str]:
+    """Calls the gateway counted (its Prometheus counter) by gRPC status code: served (OK),
+    shed (RESOURCE_EXHAUSTED), refused."""
+    import re
     import urllib.request
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5).read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("tunefleet_gateway_calls_total{")
-    )
+    calls: collections.Counter[str] = collections.Counter()
+    for line in text.splitlines():
+        if line.startswith("tunefleet_gateway_calls_total{"):
+            code = re.search(r'code="([A-Z_]+)"', line)
+            calls[code.group(1) if code else "?"] += int(float(line.rsplit(" ", 1)[1]))
+    return calls
 
 
 def run_mode(mode: str, args: argparse.Namespace, db_url: str, studies: list[str],
-             gateway: Any = None) -> tuple[LoadResult, int, str]:
+             gateway: Any = None, pg_data: Path | None = None) -> tuple[LoadResult, int, str]:
     per_process = args.workers // args.processes
     plans = [
         LoadPlan(
@@ -377,18 +387,33 @@ def run_mode(mode: str, args: argparse.Namespace, db_url: str, studies: list[str
         for i in range(args.processes)
     ]
     watch = ConnectionWatch(db_url)
+    pg_before = _postgres_cpu_seconds(pg_data)
+    wall_before = time.monotonic()
     cpu_before = _cpu_seconds(gateway.process.pid) if gateway else 0.0
-    calls_before = _gateway_calls(gateway.http_port) if gateway else 0.0
+    calls_before = _gateway_calls(gateway.http_port) if gateway else collections.Counter()
     with multiprocessing.get_context("spawn").Pool(args.processes) as pool:
         results = pool.map(run_load, plans)
     most = watch.stop()
-    summary = ""
+    wall = time.monotonic() - wall_before
+    pg_after = _postgres_cpu_seconds(pg_data)
+    merged = _merge(results)
+    lines = []
     if gateway:
         cpu = _cpu_seconds(gateway.process.pid) - cpu_before
-        calls = _gateway_calls(gateway.http_port) - calls_before
+        by_code = _gateway_calls(gateway.http_port) - calls_before
+        calls = sum(by_code.values())
         per_call = 1000 * cpu / max(calls, 1)
-        summary = f"gateway: {calls:.0f} calls, {cpu:.1f} CPU s, {per_call:.2f} ms CPU per call"
-    return _merge(results), most, summary
+        codes = ", ".join(f"{code} {count}" for code, count in by_code.most_common())
+        lines.append(
+            f"gateway: {calls} calls ({calls / wall:.0f}/s; {codes}), {cpu:.1f} CPU s "
+            f"({cpu / wall:.2f} cores), {per_call:.2f} ms CPU per call"
+        )
+    # Where the machine's 2 cores went: a figure near os.cpu_count() in all means it was saturated.
+    lines.append(f"load processes: {merged.cpu_s:.1f} CPU s ({merged.cpu_s / wall:.2f} cores)")
+    if pg_before is not None and pg_after is not None:
+        pg = pg_after - pg_before
+        lines.append(f"PostgreSQL: {pg:.1f} CPU s ({pg / wall:.2f} cores)")
+    return merged, most, "\n  ".join(lines)
 
 
 def _print(mode: str, result: LoadResult, most: int, summary: str) -> None:
@@ -443,9 +468,9 @@ def main() -> int:
                 with tempfile.TemporaryDirectory() as tmp, running_gateway(
                     db_url, None, Path(tmp), pool_size=args.pool
                 ) as gateway:
-                    result, most, summary = run_mode(mode, args, db_url, studies, gateway)
+                    result, most, summary = run_mode(mode, args, db_url, studies, gateway, server.data_dir)
             else:
-                result, most, summary = run_mode(mode, args, db_url, studies)
+                result, most, summary = run_mode(mode, args, db_url, studies, pg_data=server.data_dir)
             _print(mode, result, most, summary)
     finally:
         remove_server(server)

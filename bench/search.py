@@ -74,6 +74,9 @@ METHODS = [
     Method("tunefleet auto", "tunefleet", "auto", "auto", objective={"steps": EPOCHS}),
     # Variants that isolate one cause (not run by default).
     Method("tunefleet auto, no steps", "tunefleet", "auto", "auto", default=False),
+    Method(
+        "tunefleet tpe, no pruning", "tunefleet", "tpe", "none", objective={"steps": EPOCHS}, default=False
+    ),
     Method("tunefleet tpe+hyperband, no steps", "tunefleet", "tpe", "hyperband", default=False),
     Method(
         "tunefleet auto, cost-aware off",

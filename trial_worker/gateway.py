@@ -76,17 +76,27 @@ class _CallDetails(
 
 
 class _RetryTransient(grpc.UnaryUnaryClientInterceptor):
-    """Retry UNAVAILABLE and RESOURCE_EXHAUSTED with backoff, honouring ``retry-after-ms``."""
+    """Send the token on every call, and retry UNAVAILABLE and RESOURCE_EXHAUSTED with backoff,
+    honouring ``retry-after-ms``.
 
-    def __init__(self, budget_s: float, sleep: Callable[[float], None] = time.sleep) -> None:
+    The token travels as plain call metadata (``authorization: Bearer <token>``) on a channel that
+    is always TLS. gRPC's own ``access_token_call_credentials`` would send the same header, but it
+    is a metadata plugin, which gRPC Python runs on a new thread for every call: a thread started
+    per report and per ``should_prune``.
+    """
+
+    def __init__(
+        self, budget_s: float, token: str = "", sleep: Callable[[float], None] = time.sleep
+    ) -> None:
         self._budget_s = budget_s
         self._sleep = sleep
+        self._authorization = (("authorization", f"Bearer {token}"),) if token else ()
 
     def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         details = _CallDetails(
             client_call_details.method,
             client_call_details.timeout or ATTEMPT_TIMEOUT_S,
-            client_call_details.metadata,
+            (*(client_call_details.metadata or ()), *self._authorization),
             client_call_details.credentials,
             client_call_details.wait_for_ready,
             client_call_details.compression,
@@ -163,10 +173,8 @@ class GatewayStorage(GrpcStorageProxy):
         )
 
     def _secure_channel(self) -> grpc.Channel:
-        credentials = grpc.composite_channel_credentials(
-            grpc.ssl_channel_credentials(root_certificates=self._ca_pem),
-            grpc.access_token_call_credentials(self._token),  # authorization: Bearer <token>
-        )
+        # TLS only; the token is added to each call by _RetryTransient.
+        credentials = grpc.ssl_channel_credentials(root_certificates=self._ca_pem)
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", -1),
             ("grpc.enable_retries", 1),
@@ -184,7 +192,9 @@ class GatewayStorage(GrpcStorageProxy):
 
     def _setup(self) -> None:
         self._raw_channel = self._secure_channel()
-        self._channel = grpc.intercept_channel(self._raw_channel, _RetryTransient(self._retry_budget_s))
+        self._channel = grpc.intercept_channel(
+            self._raw_channel, _RetryTransient(self._retry_budget_s, self._token)
+        )
         self._stub = api_pb2_grpc.StorageServiceStub(self._channel)
         self._cache = GrpcClientCache(self._stub)
 

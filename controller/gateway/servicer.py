@@ -5,7 +5,8 @@ Each second a trial reports (``SetTrialIntermediateValue``: written in groups by
 ``snapshots.StudySnapshots``). Each trial also starts with ``load_study`` and ``optuna.Trial``:
 what they ask never changes (a study's id for its name, its directions, a trial's id for its
 number) and is cached here for the life of the process, or is one trial read without the ORM
-(``GetTrial``). Every other call is Optuna's own, over the bounded ``RDBStorage``.
+(``GetTrial``). A trial's final tell is one Core transaction (``tells.finish_trial``). Every other
+call is Optuna's own, over the bounded ``RDBStorage``.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import grpc
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.storages._grpc.auto_generated import api_pb2
-from optuna.storages._grpc.servicer import OptunaStorageProxyService
+from optuna.storages._grpc.servicer import OptunaStorageProxyService, _from_proto_trial_state
 
 from controller.gateway.reports import ReportBatcher
 from controller.gateway.snapshots import StudySnapshots
+from controller.gateway.tells import finish_trial
 from controller.gateway.trial_rows import read_trial
 
 
@@ -90,3 +92,14 @@ class GatewayServicer(OptunaStorageProxyService):
         except UpdateFinishedTrialError as error:
             context.abort(code=grpc.StatusCode.FAILED_PRECONDITION, details=str(error))
         return api_pb2.SetTrialIntermediateValueReply()
+
+    def SetTrialStateValues(
+        self, request: api_pb2.SetTrialStateValuesRequest, context: grpc.ServicerContext
+    ) -> api_pb2.SetTrialStateValuesReply:
+        state = _from_proto_trial_state(request.state)
+        if state.is_finished():
+            values = list(request.values) if request.values else None
+            if finish_trial(self._database.engine, request.trial_id, state, values):
+                return api_pb2.SetTrialStateValuesReply(trial_updated=True)
+        # A claim, or a trial that is not running: Optuna's own path, with its own answers.
+        return super().SetTrialStateValues(request, context)

@@ -35,7 +35,7 @@ from controller.planner.confirmation import (
 from controller.planner.failures import failure_message
 from controller.planner.summary import StudySummary
 from controller.spec import StudyManifest, StudySpec
-from controller.strategies import Spent
+from controller.strategies import Spent, StartCost
 from controller.strategies.live import LiveStrategy
 from controller.strategies.warmstart import apply_warm_start
 from controller.studies.asking import (
@@ -224,7 +224,7 @@ class LocalRunner:
                         log.warning("interrupted: stopping running trials (Ctrl-C again to abort)")
                     trials, views = observe_trials(study, self.spec.searchSpace)
                     progress.update(summarize(self.spec, views))
-                    self._strategy.refresh(study, trials, self._spent())
+                    self._strategy.refresh(study, trials, self._spent(), self._start_cost())
                     plan = decide(
                         self.spec,
                         self._observation(views),
@@ -303,6 +303,10 @@ class LocalRunner:
         if depth != self._queue_depth:
             log.info("trials asked ahead of each busy worker", study=self.name, ahead=depth)
         return depth
+
+    def _start_cost(self) -> StartCost | None:
+        """What starting a trial costs this runner, once measured (``auto`` weighs it: choice.py)."""
+        return StartCost(self._start_s, self.parallelism) if self._start_s > 0 else None
 
     def _spent(self) -> Spent:
         settled = self._ledger.totals(self.name).settled

@@ -5,6 +5,7 @@ from __future__ import annotations
 from controller.strategies.choice import (
     Affordability,
     Spent,
+    StartCost,
     StrategyChoice,
     TrialCost,
     affordable_trials,
@@ -17,6 +18,7 @@ from controller.strategies.samplers import build_sampler
 __all__ = [
     "Affordability",
     "Spent",
+    "StartCost",
     "StrategyChoice",
     "TrialCost",
     "affordable_trials",

@@ -30,6 +30,14 @@ COST_SPREAD_FROM = 4.0
 """Costs vary widely when the slowest tenth of trials cost this many times the fastest tenth."""
 COST_TIGHT_BELOW = MODEL_BAND_BELOW
 """A budget is tight when it affords fewer than this many of the costliest trials."""
+PRUNE_FROM_STARTS = 10.0
+"""``pruner: auto`` prunes only when a full trial costs at least this many trial starts per
+parallel slot. One process asks every trial, so it starts at most one per ``start`` seconds; below
+this, the trials are already about as many as it can start, and stopping them early buys few more
+while hiding their final results from the sampler (``bench/search.py``: trials of 0.1-0.5 s, asks
+of ~40 ms, 2 workers; TPE alone beat TPE with Hyperband)."""
+PRUNE_AGAIN_FROM_STARTS = 2 * PRUNE_FROM_STARTS
+"""Once pruning is off for this reason, it comes back only above this: no flapping near the line."""
 
 CostBasis = Literal["expectedDuration", "measured", "maxDuration"]
 
@@ -85,6 +93,16 @@ class MeasuredCosts:
     slow_seconds: float
     slow_affordable: int | None
     trials: int
+    median_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class StartCost:
+    """What starting one trial costs the process that asks them (sampler, ledger, hand-over),
+    measured, and how many trials run at once."""
+
+    seconds: float
+    parallelism: int
 
 
 @dataclass(frozen=True)
@@ -149,7 +167,8 @@ def measure_costs(
     fast, slow = _quantile(seconds, 0.1), _quantile(seconds, 0.9)
     at_slow = affordable_trials(spec, TrialCost(slow, "measured"), spent)
     by_cost = [count for name, count in at_slow.limits.items() if name != "maxTrials"]
-    return MeasuredCosts(slow / fast, slow, min(by_cost) if by_cost else None, len(seconds))
+    median = _quantile(seconds, 0.5)
+    return MeasuredCosts(slow / fast, slow, min(by_cost) if by_cost else None, len(seconds), median)
 
 
 def _quantile(ordered: Sequence[float], share: float) -> float:
@@ -164,6 +183,8 @@ def choose_strategy(
     affordability: Affordability | None = None,
     reports_intermediate: bool | None = None,
     costs: MeasuredCosts | None = None,
+    start: StartCost | None = None,
+    pruning_now: bool = True,
 ) -> StrategyChoice:
     """Resolve ``auto`` names; explicit names are kept.
 
@@ -175,6 +196,10 @@ def choose_strategy(
             trial has finished yet; ``objective.steps`` then says whether they will).
         costs: how measured trial costs vary (None: too few trials finished), which decides
             cost-aware search when ``strategy.costAware`` is unset.
+        start: what starting a trial costs the asking process (None: not measured), which with
+            ``costs`` decides whether ``pruner: auto`` prunes at all.
+        pruning_now: whether the study prunes now (``pruner: auto`` turns pruning back on only
+            well above the line it turned it off at).
     """
     affordability = affordability or affordable_trials(spec, trial_cost(spec))
     reasons: list[str] = [affordability.describe()]
@@ -189,6 +214,8 @@ def choose_strategy(
     pruner: str = spec.strategy.pruner
     if pruner == "auto":
         pruner, why = _auto_pruner(spec, sampler, affordability, reports_intermediate)
+        if pruner != "none":
+            pruner, why = _worth_pruning(pruner, why, costs, start, pruning_now)
         reasons.append(why)
     else:
         reasons.append(f"{pruner}: named in strategy.pruner")
@@ -295,6 +322,25 @@ def _auto_pruner(
     return "hyperband", (
         "Hyperband, if the objective reports intermediate values (it prunes nothing until "
         "trials do; revised to none once trials finish without any)"
+    )
+
+
+def _worth_pruning(
+    pruner: str, why: str, costs: MeasuredCosts | None, start: StartCost | None, pruning_now: bool
+) -> tuple[str, str]:
+    """``pruner`` unless full trials cost so few trial starts that stopping them early buys
+    little (see :data:`PRUNE_FROM_STARTS`)."""
+    if costs is None or costs.median_seconds is None or start is None or start.seconds <= 0:
+        return pruner, why
+    starts = costs.median_seconds / (start.seconds * max(start.parallelism, 1))
+    line = PRUNE_FROM_STARTS if pruning_now else PRUNE_AGAIN_FROM_STARTS
+    if starts >= line:
+        return pruner, why
+    return "none", (
+        f"no pruning: a full trial (~{costs.median_seconds:.2f} s) costs {starts:.1f} trial starts per "
+        f"worker (~{1000 * start.seconds:.0f} ms each; pruning needs {line:.0f}), so the trials are "
+        "already about as many as can be started, and stopping them early would hide their results "
+        "from the sampler"
     )
 
 

@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from controller.spec import StudySpec
 from controller.strategies.choice import (
     Spent,
+    StartCost,
     StrategyChoice,
     affordable_trials,
     choose_strategy,
@@ -63,8 +64,18 @@ class LiveStrategy:
             self.seed = seed
         return build_sampler(self.choice.sampler, self.spec, self.seed, self.choice.cost_aware)
 
-    def refresh(self, study: optuna.Study, trials: Sequence[FrozenTrial], spent: Spent) -> bool:
-        """Revise after trials finished; True when the sampler or pruner changed."""
+    def refresh(
+        self,
+        study: optuna.Study,
+        trials: Sequence[FrozenTrial],
+        spent: Spent,
+        start: StartCost | None = None,
+    ) -> bool:
+        """Revise after trials finished; True when the sampler or pruner changed.
+
+        ``start``: what starting a trial costs the asking process, when it measures it (the local
+        runner); with trials that cost few starts, ``pruner: auto`` stops pruning.
+        """
         own = [t for t in trials if t.user_attrs.get(ATTR_REASON) != IMPORTED_REASON]
         finished = [t for t in own if t.state in FINISHED]
         if len(finished) == self._finished_seen:
@@ -79,7 +90,14 @@ class LiveStrategy:
         spent_now = Spent(spent.gpu_seconds, spent.cpu_seconds, spent.elapsed_s, len(finished))
         affordability = affordable_trials(self.spec, cost, spent_now)
         costs = measure_costs(self.spec, measured_seconds(own, self.spec.objective.steps), spent_now)
-        revised = choose_strategy(self.spec, affordability, reports_intermediate_values(own), costs)
+        revised = choose_strategy(
+            self.spec,
+            affordability,
+            reports_intermediate_values(own),
+            costs,
+            start,
+            pruning_now=self.choice.pruner != "none",
+        )
         return self._adopt(study, revised, len(finished))
 
     def _revisable(self) -> bool:

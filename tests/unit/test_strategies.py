@@ -16,7 +16,7 @@ from controller.strategies import (
     choose_strategy,
     trial_cost,
 )
-from controller.strategies.choice import MeasuredCosts, measure_costs
+from controller.strategies.choice import MeasuredCosts, StartCost, measure_costs
 from controller.strategies.grid import count_configurations, enumerate_configurations, product_size
 from controller.strategies.settings import pruner_options, sampler_options
 from tests.support.specs import study_document
@@ -354,3 +354,49 @@ def test_measured_costs_spread_and_what_the_slow_end_affords() -> None:
     costs = measure_costs(spec, [1.0] * 5 + [10.0] * 5, Spent(elapsed_s=500))
     assert costs is not None and costs.spread == pytest.approx(10.0)
     assert costs.slow_affordable == 100  # (1000 - 500) s / 10 s x 2 workers; maxTrials does not count
+
+
+# -- pruning only where it buys trials ---------------------------------------------------------
+
+
+def pruning_choice(median_s: float, start_ms: float, *, parallelism: int = 2, pruning_now: bool = True,
+                   pruner: str = "auto") -> Any:
+    spec = spec_with(strategy={"sampler": "auto", "pruner": pruner}, budget={"maxTrials": 500})
+    costs = MeasuredCosts(spread=3.0, slow_seconds=median_s * 2, slow_affordable=None, trials=40,
+                          median_seconds=median_s)
+    start = StartCost(start_ms / 1000, parallelism)
+    return choose_strategy(
+        spec, affordable_trials(spec, TrialCost(median_s, "measured")), True, costs, start, pruning_now
+    )
+
+
+def test_auto_stops_pruning_trials_that_cost_few_trial_starts() -> None:
+    """Trials of 0.3 s, 40 ms to start each, 2 workers: 3.75 starts per worker, under 10."""
+    short = pruning_choice(0.3, 40)
+    assert short.pruner == "none"
+    assert any("no pruning" in r and "trial starts per worker" in r for r in short.reasons), short.reasons
+    assert pruning_choice(0.8, 40).pruner == "hyperband"  # exactly 10 starts per worker
+    assert pruning_choice(0.79, 40).pruner == "none"
+    assert pruning_choice(0.79, 40, parallelism=1).pruner == "hyperband"  # one worker: 19.75
+    assert pruning_choice(600.0, 40).pruner == "hyperband"  # a real training run
+
+
+def test_pruning_comes_back_only_well_above_the_line() -> None:
+    assert pruning_choice(1.2, 40, pruning_now=False).pruner == "none"  # 15 starts: not yet
+    assert pruning_choice(1.6, 40, pruning_now=False).pruner == "hyperband"  # 20 starts
+    assert pruning_choice(1.2, 40, pruning_now=True).pruner == "hyperband"  # kept while above 10
+
+
+def test_a_named_pruner_and_unmeasured_costs_are_left_alone() -> None:
+    assert pruning_choice(0.1, 40, pruner="hyperband").pruner == "hyperband"
+    spec = spec_with(strategy={"sampler": "auto", "pruner": "auto"}, budget={"maxTrials": 500})
+    no_costs = choose_strategy(spec, None, True, None, StartCost(0.04, 2))
+    assert no_costs.pruner == "hyperband"  # nothing measured yet: the steps decide
+    costs = MeasuredCosts(spread=3.0, slow_seconds=1.0, slow_affordable=None, trials=40, median_seconds=0.1)
+    assert choose_strategy(spec, None, True, costs, None).pruner == "hyperband"  # the operator: no start cost
+
+
+def test_the_median_full_trial_is_measured() -> None:
+    spec = spec_with(budget={"deadline": "1000s"}, parallelism=2)
+    costs = measure_costs(spec, [0.1] * 6 + [0.5] * 5)
+    assert costs is not None and costs.median_seconds == pytest.approx(0.1)
