@@ -354,17 +354,24 @@ def _merge(results: list[LoadResult]) -> LoadResult:
 
 
 def _gateway_calls(http_port: int) -> collections.Counter[str]:
-    """Calls the gateway counted (its Prometheus counter) by gRPC status code: served (OK),
-    shed (RESOURCE_EXHAUSTED), refused."""
+    """What the gateway's Prometheus metrics count: calls by gRPC status code (served: OK, shed:
+    RESOURCE_EXHAUSTED, refused), and per method the calls and seconds spent inside the gateway
+    (``seconds:<method>``, ``count:<method>``, in microseconds and calls)."""
     import re
     import urllib.request
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5).read().decode()
     calls: collections.Counter[str] = collections.Counter()
     for line in text.splitlines():
+        value = float(line.rsplit(" ", 1)[-1]) if line and not line.startswith("#") else 0.0
+        method = re.search(r'method="([A-Za-z]+)"', line)
         if line.startswith("tunefleet_gateway_calls_total{"):
             code = re.search(r'code="([A-Z_]+)"', line)
-            calls[code.group(1) if code else "?"] += int(float(line.rsplit(" ", 1)[1]))
+            calls[code.group(1) if code else "?"] += int(value)
+        elif line.startswith("tunefleet_gateway_call_seconds_sum{") and method:
+            calls[f"seconds:{method.group(1)}"] += int(value * 1e6)
+        elif line.startswith("tunefleet_gateway_call_seconds_count{") and method:
+            calls[f"count:{method.group(1)}"] += int(value)
     return calls
 
 
@@ -400,14 +407,21 @@ def run_mode(mode: str, args: argparse.Namespace, db_url: str, studies: list[str
     lines = []
     if gateway:
         cpu = _cpu_seconds(gateway.process.pid) - cpu_before
-        by_code = _gateway_calls(gateway.http_port) - calls_before
+        counted = _gateway_calls(gateway.http_port) - calls_before
+        by_code = {k: v for k, v in counted.items() if ":" not in k}
         calls = sum(by_code.values())
         per_call = 1000 * cpu / max(calls, 1)
-        codes = ", ".join(f"{code} {count}" for code, count in by_code.most_common())
+        codes = ", ".join(f"{code} {count}" for code, count in sorted(by_code.items(), key=lambda i: -i[1]))
         lines.append(
             f"gateway: {calls} calls ({calls / wall:.0f}/s; {codes}), {cpu:.1f} CPU s "
             f"({cpu / wall:.2f} cores), {per_call:.2f} ms CPU per call"
         )
+        inside = sorted(
+            (k.split(":", 1)[1], counted[k] / 1000 / max(counted[f"count:{k.split(':', 1)[1]}"], 1))
+            for k in counted
+            if k.startswith("seconds:")
+        )
+        lines.append("mean ms inside the gateway: " + ", ".join(f"{m} {ms:.1f}" for m, ms in inside))
     # Where the machine's 2 cores went: a figure near os.cpu_count() in all means it was saturated.
     lines.append(f"load processes: {merged.cpu_s:.1f} CPU s ({merged.cpu_s / wall:.2f} cores)")
     if pg_before is not None and pg_after is not None:

@@ -4,8 +4,8 @@ Each second a trial reports (``SetTrialIntermediateValue``: written in groups by
 ``reports.ReportBatcher``) and asks ``should_prune`` (``GetTrials``: answered from
 ``snapshots.StudySnapshots``). Each trial also starts with ``load_study`` and ``optuna.Trial``:
 what they ask never changes (a study's id for its name, its directions, a trial's id for its
-number) and is cached here for the life of the process, or is one trial read without the ORM
-(``GetTrial``). A trial's final tell is one Core transaction (``tells.finish_trial``). Every other
+number) and is cached here for the life of the process, or is read without the ORM (a trial's
+id, ``GetTrial``). A trial's final tell is one Core transaction (``tells.finish_trial``). Every other
 call is Optuna's own, over the bounded ``RDBStorage``.
 """
 
@@ -20,7 +20,7 @@ from optuna.storages._grpc.servicer import OptunaStorageProxyService, _from_prot
 from controller.gateway.reports import ReportBatcher
 from controller.gateway.snapshots import StudySnapshots
 from controller.gateway.tells import finish_trial
-from controller.gateway.trial_rows import read_trial
+from controller.gateway.trial_rows import read_trial, trial_id_of
 
 
 class GatewayServicer(OptunaStorageProxyService):
@@ -58,7 +58,11 @@ class GatewayServicer(OptunaStorageProxyService):
         key = (request.study_id, request.trial_number)
         reply = self._trial_ids.get(key)
         if reply is None:
-            reply = super().GetTrialIdFromStudyIdTrialNumber(request, context)
+            # Every trial asks once, for its own number: a Core query, not an ORM session.
+            trial_id = trial_id_of(self._database.engine, request.study_id, request.trial_number)
+            if trial_id is None:  # Optuna's answer, its NOT_FOUND message included
+                return super().GetTrialIdFromStudyIdTrialNumber(request, context)
+            reply = api_pb2.GetTrialIdFromStudyIdTrialNumberReply(trial_id=trial_id)
             self._trial_ids[key] = reply
         return reply
 

@@ -73,6 +73,18 @@ def read_trials(
         return _build(connection, rows)
 
 
+_TRIAL_ID = sqlalchemy.select(_T.c.trial_id).where(
+    _T.c.study_id == sqlalchemy.bindparam("study_id"), _T.c.number == sqlalchemy.bindparam("number")
+)
+
+
+def trial_id_of(engine: sqlalchemy.Engine, study_id: int, number: int) -> int | None:
+    """The id of the study's trial ``number`` (what ``GetTrialIdFromStudyIdTrialNumber`` answers);
+    None when there is none."""
+    with engine.connect() as connection:
+        return connection.execute(_TRIAL_ID, {"study_id": study_id, "number": number}).scalar()
+
+
 def read_trial(engine: sqlalchemy.Engine, trial_id: int) -> api_pb2.Trial:
     """One trial (what ``GetTrial`` answers). KeyError: no such trial."""
     with engine.connect() as connection:

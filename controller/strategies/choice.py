@@ -30,6 +30,11 @@ COST_SPREAD_FROM = 4.0
 """Costs vary widely when the slowest tenth of trials cost this many times the fastest tenth."""
 COST_TIGHT_BELOW = MODEL_BAND_BELOW
 """A budget is tight when it affords fewer than this many of the costliest trials."""
+COST_KEEP_SPREAD_FROM = 3.0
+COST_KEEP_TIGHT_BELOW = 150
+"""Once on, cost-aware search stays on until costs are within 3x or the budget affords 150 of the
+costliest: measured spreads and counts move as trials finish, and a study near the line would
+otherwise turn it on and off every few trials (``bench/search.py`` saw seven switches in 40)."""
 PRUNE_FROM_STARTS = 10.0
 """``pruner: auto`` prunes only when a full trial costs at least this many trial starts per
 parallel slot. One process asks every trial, so it starts at most one per ``start`` seconds; below
@@ -185,6 +190,7 @@ def choose_strategy(
     costs: MeasuredCosts | None = None,
     start: StartCost | None = None,
     pruning_now: bool = True,
+    cost_aware_now: bool = False,
 ) -> StrategyChoice:
     """Resolve ``auto`` names; explicit names are kept.
 
@@ -200,6 +206,8 @@ def choose_strategy(
             ``costs`` decides whether ``pruner: auto`` prunes at all.
         pruning_now: whether the study prunes now (``pruner: auto`` turns pruning back on only
             well above the line it turned it off at).
+        cost_aware_now: whether cost-aware search is on now (it then stays on until well below
+            the line it was turned on at).
     """
     affordability = affordability or affordable_trials(spec, trial_cost(spec))
     reasons: list[str] = [affordability.describe()]
@@ -219,7 +227,7 @@ def choose_strategy(
         reasons.append(why)
     else:
         reasons.append(f"{pruner}: named in strategy.pruner")
-    cost_aware, why_cost = _cost_aware(spec, sampler, costs)
+    cost_aware, why_cost = _cost_aware(spec, sampler, costs, cost_aware_now)
     if why_cost:
         reasons.append(why_cost)
     return StrategyChoice(sampler, pruner, tuple(reasons), affordability.trials, cost_aware)
@@ -344,8 +352,12 @@ def _worth_pruning(
     )
 
 
-def _cost_aware(spec: StudySpec, sampler: str, costs: MeasuredCosts | None) -> tuple[bool, str | None]:
-    """Whether TPE weighs expected improvement by predicted cost, and why (None: not worth a line)."""
+def _cost_aware(
+    spec: StudySpec, sampler: str, costs: MeasuredCosts | None, now: bool = False
+) -> tuple[bool, str | None]:
+    """Whether TPE weighs expected improvement by predicted cost, and why (None: not worth a line).
+
+    ``now``: it is on already, so the looser lines that keep it on apply (no flapping)."""
     named = spec.strategy.costAware
     if named is False or sampler != "tpe":
         return False, None
@@ -355,13 +367,17 @@ def _cost_aware(spec: StudySpec, sampler: str, costs: MeasuredCosts | None) -> t
         return False, None
     rule = (
         f"on when the slowest tenth of trials cost {COST_SPREAD_FROM:.0f}x the fastest or more and the "
-        f"budget affords fewer than {COST_TIGHT_BELOW} of the costliest"
+        f"budget affords fewer than {COST_TIGHT_BELOW} of the costliest; once on, until "
+        f"{COST_KEEP_SPREAD_FROM:.0f}x and {COST_KEEP_TIGHT_BELOW}"
     )
     if costs is None:
         return False, f"cost-aware search: decided once {COST_MIN_TRIALS} trials finish ({rule})"
-    if costs.spread < COST_SPREAD_FROM:
+    spread_from, tight_below = (COST_KEEP_SPREAD_FROM, COST_KEEP_TIGHT_BELOW) if now else (
+        COST_SPREAD_FROM, COST_TIGHT_BELOW
+    )
+    if costs.spread < spread_from:
         return False, f"cost-aware search off: trial costs are near uniform (x{costs.spread:.1f}; {rule})"
-    if costs.slow_affordable is None or costs.slow_affordable >= COST_TIGHT_BELOW:
+    if costs.slow_affordable is None or costs.slow_affordable >= tight_below:
         room = "no time or money limit" if costs.slow_affordable is None else "the budget is ample"
         return False, f"cost-aware search off: {room} ({rule})"
     return True, (

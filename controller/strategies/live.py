@@ -97,6 +97,7 @@ class LiveStrategy:
             costs,
             start,
             pruning_now=self.choice.pruner != "none",
+            cost_aware_now=self.choice.cost_aware,
         )
         return self._adopt(study, revised, len(finished))
 

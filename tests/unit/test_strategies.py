@@ -320,10 +320,12 @@ def test_objective_steps_with_mutable_parameters_mean_pbt_not_hyperband_nor_cost
 # -- cost-aware search ------------------------------------------------------------------------
 
 
-def costs_choice(spread: float, slow_affordable: int | None, **strategy: Any) -> Any:
+def costs_choice(spread: float, slow_affordable: int | None, now: bool = False, **strategy: Any) -> Any:
     spec = spec_with(strategy={"sampler": "auto", "pruner": "auto", **strategy}, budget={"maxTrials": 500})
     costs = MeasuredCosts(spread=spread, slow_seconds=30.0, slow_affordable=slow_affordable, trials=40)
-    return choose_strategy(spec, affordable_trials(spec, TrialCost(10.0, "measured")), True, costs)
+    return choose_strategy(
+        spec, affordable_trials(spec, TrialCost(10.0, "measured")), True, costs, cost_aware_now=now
+    )
 
 
 def test_auto_turns_cost_aware_search_on_when_costs_vary_widely_and_the_budget_is_tight() -> None:
@@ -335,6 +337,15 @@ def test_auto_turns_cost_aware_search_on_when_costs_vary_widely_and_the_budget_i
     spec = spec_with(strategy={"sampler": "auto", "pruner": "auto"})
     assert not choose_strategy(spec).cost_aware  # nothing measured yet
     assert "decided once 10 trials finish" in " ".join(choose_strategy(spec).reasons)
+
+
+def test_cost_aware_search_once_on_stays_on_until_well_below_the_line() -> None:
+    assert not costs_choice(3.5, 120).cost_aware  # off: needs 4x and fewer than 100
+    assert costs_choice(3.5, 120, now=True).cost_aware  # on: kept from 3x and below 150
+    assert not costs_choice(2.9, 120, now=True).cost_aware
+    assert not costs_choice(3.5, 150, now=True).cost_aware
+    assert not costs_choice(50.0, None, now=True).cost_aware  # no limit at all: off
+    assert "once on, until 3x and 150" in " ".join(costs_choice(2.9, 120, now=True).reasons)
 
 
 def test_cost_aware_search_as_named() -> None:
