@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -94,19 +95,26 @@ def test_a_failed_queued_trial_is_never_run_by_its_worker(storage_url: str) -> N
     assert stored.value is None
 
 
+def run_sleeping_trials(
+    storage_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seconds: str, count: int
+) -> tuple[Any, list[optuna.trial.FrozenTrial]]:
+    """``count`` trials that each sleep ``seconds``, at parallelism 2: the run's result and its trials."""
+    monkeypatch.setenv("TUNEFLEET_TEST_SLEEP", seconds)
+    document = study_document(
+        trial={"python": "tests.support.objectives:sleeps", "maxDuration": "60s"},
+        budget={"maxTrials": count},
+        parallelism=2,
+    )
+    result = run_study(document, storage_url, tmp_path)
+    return result, trials_of(storage_url)
+
+
 def test_short_trials_are_queued_ahead_and_keep_their_own_durations(
     sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """1 s trials at parallelism 2: once a few have finished, each busy worker gets its next trial
     ahead. A queued trial's duration is its own run, not its wait behind the current one."""
-    monkeypatch.setenv("TUNEFLEET_TEST_SLEEP", "1")
-    document = study_document(
-        trial={"python": "tests.support.objectives:sleeps", "maxDuration": "60s"},
-        budget={"maxTrials": 12},
-        parallelism=2,
-    )
-    result = run_study(document, sqlite_url, tmp_path)
-    trials = trials_of(sqlite_url)
+    result, trials = run_sleeping_trials(sqlite_url, tmp_path, monkeypatch, seconds="1", count=12)
     assert result.summary.complete == 12
     assert sorted(t.number for t in trials) == list(range(12))
     queued = [t for t in trials if t.user_attrs.get(ATTR_QUEUED)]
@@ -125,14 +133,7 @@ def test_very_short_trials_are_asked_two_ahead_and_each_runs_once(
     """Trials of 20 ms, shorter than asking one: the runner asks two ahead of each busy worker
     (it says so), and every trial still runs exactly once, timed from its own start. (Which
     worker gets a queued trial is tested without processes in tests/unit/test_local_prefetch.py.)"""
-    monkeypatch.setenv("TUNEFLEET_TEST_SLEEP", "0.02")
-    document = study_document(
-        trial={"python": "tests.support.objectives:sleeps", "maxDuration": "60s"},
-        budget={"maxTrials": 40},
-        parallelism=2,
-    )
-    result = run_study(document, storage_url, tmp_path)
-    trials = trials_of(storage_url)
+    result, trials = run_sleeping_trials(storage_url, tmp_path, monkeypatch, seconds="0.02", count=40)
     assert result.summary.complete == 40
     assert sorted(t.number for t in trials) == list(range(40))
     assert all(trial.state == TrialState.COMPLETE for trial in trials)
