@@ -11,7 +11,9 @@ Points, in the order a new trial meets them:
 - ``before-seed``: every parameter written, not its seed;
 - ``after-ask``: the trial complete, its reservation still provisional;
 - ``after-reserve``: the reservation the trial's own, its Job not created;
-- ``before-settle``: a finished pod's outcome stored, the pod not yet settled.
+- ``before-settle``: a finished pod's outcome stored, the pod not yet settled;
+- ``after-started-posted`` / ``after-finished-posted``: the StudyStarted / StudyFinished Event
+  posted, the status that shows it not yet written.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ CRASH_POINTS = (
     "after-ask",
     "after-reserve",
     "before-settle",
+    "after-started-posted",
+    "after-finished-posted",
 )
 
 log = structlog.get_logger("tunefleet")

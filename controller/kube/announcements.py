@@ -4,8 +4,15 @@ A restarted controller has no memory of what it announced; the Study object has.
 Event goes with a change the status shows for good (``startTime`` appears, ``completionTime``
 appears, the phase becomes ``Suspended``, the ``Invalid`` condition gets a message,
 ``optunaStudy`` is first written), so an Event is *due* only while the status the object had
-before this reconcile does not show that change yet. The reconciler writes the status first,
-then posts: a crash in between loses an Event rather than repeating one.
+before this reconcile does not show that change yet.
+
+Events that happen once per Study object, or once per spec generation (StudyStarted;
+StudyFinished and FailureBudgetExhausted, which a larger ``maxTrials`` can make happen again) are
+posted *before* the status that shows them, under a name made of the Study's uid, the reason and,
+where it can recur, the generation: a controller killed between the two posts it again and the
+API server answers AlreadyExists, so the Event is neither lost nor repeated. Events that may
+recur (StudySuspended, SpecInvalid) cannot have such a name; they are posted after the status is
+written, so a crash in between loses one rather than repeating it.
 
 The process also remembers what it posted (:class:`Announcer` ``memory``): the body a reconcile
 reads may predate the status it wrote last, and would make the same Event look due again.
@@ -67,16 +74,29 @@ class Announcer:
         reason: str,
         message: str,
         warning: bool = False,
+        occasion: str | None = None,
     ) -> bool:
-        """Post ``reason`` if ``due`` and ``key`` is not in ``memory``; True if it was posted."""
+        """Post ``reason`` if ``due`` and ``key`` is not in ``memory``; True if it was posted.
+        ``occasion`` (``""`` for once per object): the Event is named for the object and it, so
+        posting it again (a restarted controller) is refused by the API server."""
         if not due:
             memory.discard(key)  # the object shows it now: a later change may be due again
             return False
         if key in memory:
             return False
         memory.add(key)
-        self.kube.post_event(body, reason, message, warning=warning)
+        name = None if occasion is None else unique_event_name(body, reason, occasion)
+        self.kube.post_event(body, reason, message, warning=warning, name=name)
         return True
+
+
+def unique_event_name(body: Mapping[str, Any], reason: str, occasion: str) -> str:
+    """The one name an Event has that happens once per Study object and ``occasion`` (a DNS
+    subdomain): ``<study>.<uid prefix>.<reason>[.<occasion>]``."""
+    meta = body.get("metadata") or {}
+    uid = str(meta.get("uid") or "")[:13]
+    parts = [str(meta.get("name") or "study")[:200], uid, reason.lower(), occasion]
+    return ".".join(part for part in parts if part)
 
 
 def earlier_data_message(name: str, uid: str, key: str, earlier: list[EarlierStudy]) -> str:

@@ -177,14 +177,20 @@ class KubeApi:
             if status_code(error) != 404:  # deleted meanwhile
                 raise
 
-    def post_event(self, study: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
-        """A core/v1 Event on the Study, like ``kubectl describe study`` shows."""
+    def post_event(
+        self, study: dict[str, Any], reason: str, message: str, warning: bool = False, name: str | None = None
+    ) -> None:
+        """A core/v1 Event on the Study, like ``kubectl describe study`` shows. With ``name``,
+        an Event of that name already there means it was posted before: nothing is posted."""
         meta = study["metadata"]
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
+            "metadata": {
+                "name": name or f"{meta['name']}.{uuid.uuid4().hex[:16]}",
+                "namespace": meta["namespace"],
+            },
             "involvedObject": {
                 "apiVersion": f"{GROUP}/{VERSION}",
                 "kind": "Study",
@@ -207,6 +213,8 @@ class KubeApi:
         except ApiException as error:  # events are best effort, never fail a reconcile
             if status_code(error) == 403:  # but a missing grant is said, not swallowed
                 log.error("cannot post an Event: forbidden", reason=reason, detail=_reason(error))
+            elif status_code(error) == 409 and name is not None:
+                log.debug("event already posted", reason=reason, event=name)
 
     # -- per-namespace prerequisites ----------------------------------------------------------
 

@@ -10,6 +10,7 @@ import optuna
 
 from controller.budget.ledger import NamespaceTotals, Totals
 from controller.budget.metrics import ControllerMetrics
+from controller.crashpoints import crash_point
 from controller.kube import announcements
 from controller.kube import budgets as budgets_mod
 from controller.kube import outcome as outcome_mod
@@ -137,8 +138,9 @@ class StatusReporter:
         self._analysis_status(spec, state, search_views, status)
         if plan.finished:
             status.update(self._finish(current, plan, summary.finished, failure))
+        self._events_before_status(current, outcome, summary.complete, failure)
         self.write_status(current.ref, state, status)
-        self._events(current, outcome, phase, summary.complete, failure)
+        self._events_after_status(current, outcome, phase)
 
     def write_status(self, ref: StudyRef, state: StudyState, status: dict[str, Any]) -> None:
         """Patch the status unless it says what was written last (conditions' times aside)."""
@@ -189,16 +191,32 @@ class StatusReporter:
             state.pareto = (complete, outcome_mod.pareto_status_from_views(spec, front))
         status["paretoFront"] = state.pareto[1]
 
-    def _events(
-        self, current: ReconcilePass, outcome: PassOutcome, phase: str, complete: int, failure: str | None
+    def _events_before_status(
+        self, current: ReconcilePass, outcome: PassOutcome, complete: int, failure: str | None
     ) -> None:
-        """Per-trial Events for what this reconcile did; one-off ones when the status shows them
-        due (see :mod:`controller.kube.announcements`)."""
+        """StudyStarted, StudyFinished, FailureBudgetExhausted: posted before the status that
+        shows them, under names the API server refuses twice (see
+        :mod:`controller.kube.announcements`)."""
         body, previous, plan, report = current.body, current.previous, outcome.plan, outcome.report
         memory, once = current.state.announced, self.announcer.once
         jobs = report.created or report.adopted
-        once(body, memory, "Started", announcements.started_due(previous, bool(jobs)), "StudyStarted",
-             f"started trial Jobs {jobs}")
+        if once(body, memory, "Started", announcements.started_due(previous, bool(jobs)), "StudyStarted",
+                f"started trial Jobs {jobs}", occasion=""):
+            crash_point("after-started-posted")  # test hook, see controller/crashpoints.py
+        why = plan.stop.value if plan.stop else "finished"
+        finished = announcements.finished_due(previous, plan.finished)
+        ended = f"the study ended: {why} ({complete} trials complete)"
+        end = f"g{current.generation or 0}"  # a larger maxTrials reopens a study: one end per spec
+        if once(body, memory, "Finished", finished, "StudyFinished", ended, occasion=end):
+            crash_point("after-finished-posted")
+        if failure is not None:
+            once(body, memory, "FailureBudget", finished, "FailureBudgetExhausted", failure, warning=True,
+                 occasion=end)
+
+    def _events_after_status(self, current: ReconcilePass, outcome: PassOutcome, phase: str) -> None:
+        """Per-trial Events for what this reconcile did, and StudySuspended once the status
+        shows it (see :mod:`controller.kube.announcements`)."""
+        body, previous, report = current.body, current.previous, outcome.report
         for number, reason, detail in report.failed:
             self.kube.post_event(
                 body, "TrialFailed", f"trial {number} failed: {reason}: {detail}", warning=True
@@ -210,14 +228,10 @@ class StatusReporter:
                 f"trial {stuck.trial_number}: {stuck.reason}: {stuck.detail}",
                 warning=True,
             )
-        once(body, memory, "Suspended", announcements.suspended_due(previous, phase), "StudySuspended",
-             "spec.suspend is true: no new trials start")
-        why = plan.stop.value if plan.stop else "finished"
-        finished = announcements.finished_due(previous, plan.finished)
-        ended = f"the study ended: {why} ({complete} trials complete)"
-        once(body, memory, "Finished", finished, "StudyFinished", ended)
-        if failure is not None:
-            once(body, memory, "FailureBudget", finished, "FailureBudgetExhausted", failure, warning=True)
+        self.announcer.once(
+            body, current.state.announced, "Suspended", announcements.suspended_due(previous, phase),
+            "StudySuspended", "spec.suspend is true: no new trials start",
+        )
 
     def _finish(
         self, current: ReconcilePass, plan: Plan, finished_trials: int, failure: str | None

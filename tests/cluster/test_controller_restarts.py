@@ -137,6 +137,47 @@ def test_a_controller_killed_between_two_parameters_never_runs_the_half_asked_tr
     ]
 
 
+@pytest.mark.parametrize("point", ["after-started-posted", "after-finished-posted"])
+def test_a_controller_killed_between_an_announcement_and_its_status_neither_loses_nor_repeats_it(
+    kube_emulator_factory: Callable[..., KubeEmulator], postgres_url: str, tmp_path: Path, point: str
+) -> None:
+    """StudyStarted / StudyFinished are posted, then the controller dies before the status shows
+    them: the next controller finds them due again. It used to be that such a crash lost the
+    Event (posted after the status) or, the other way round, posted it twice."""
+    kube = kube_emulator_factory(mode="simulate", behaviour=Teller(postgres_url).behaviour)
+    prepare_cluster(kube)
+    doomed = ControllerProcess(
+        kube, postgres_url, tmp_path, env={"TUNEFLEET_CRASH_AT": point}, name="doomed"
+    ).start()
+    kube.api.create(STUDIES, xy_study("told"), NAMESPACE)
+    wait_for(lambda: doomed.process is not None and doomed.process.poll() is not None, 120,
+             lambda: f"the controller never reached {point}\n" + doomed.log()[-3000:])
+    shown = study_status(kube, "told")
+    if point == "after-started-posted":
+        assert not shown.get("startTime")
+    else:
+        assert not shown.get("completionTime") and shown.get("phase") not in ("Succeeded", "Failed")
+
+    fresh = ControllerProcess(kube, postgres_url, tmp_path, name="fresh").start()
+    try:
+        wait_for(lambda: finished(kube, "told"), 120,
+                 lambda: "the study did not finish\n" + fresh.log()[-3000:])
+        status = study_status(kube, "told")
+        assert status["phase"] == "Succeeded" and status["startTime"] and status["completionTime"]
+        assert len(events(kube, "told", "StudyStarted")) == 1
+        [ended] = events(kube, "told", "StudyFinished")
+        assert ended["message"] == "the study ended: MaxTrialsReached (3 trials complete)"
+        # A larger maxTrials reopens the study: its second end is announced too.
+        kube.api.patch(STUDIES, NAMESPACE, "told", {"spec": {"budget": {"maxTrials": 4}}})
+        wait_for(lambda: study_status(kube, "told").get("trialsSummary") == "4/4" and finished(kube, "told"),
+                 120, lambda: "the reopened study did not finish\n" + fresh.log()[-3000:])
+        wait_for(lambda: len(events(kube, "told", "StudyFinished")) == 2, 30,
+                 "the second end was not announced")
+    finally:
+        fresh.stop()
+    assert len(events(kube, "told", "StudyStarted")) == 1
+
+
 _COUNT_COMPLETE = sa.text(
     "SELECT count(*) FROM trials JOIN studies ON trials.study_id = studies.study_id "
     "WHERE studies.study_name = :key AND trials.state = 'COMPLETE'"

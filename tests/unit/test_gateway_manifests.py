@@ -257,7 +257,9 @@ class _Kube:
         self.secrets.append(manifest)
         return True
 
-    def post_event(self, body: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
+    def post_event(
+        self, body: dict[str, Any], reason: str, message: str, warning: bool = False, name: str | None = None
+    ) -> None:
         self.events.append((reason, message))
 
 

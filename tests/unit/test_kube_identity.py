@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from controller.kube import announcements
@@ -61,7 +62,9 @@ class Kube:
     def __init__(self) -> None:
         self.posted: list[str] = []
 
-    def post_event(self, body: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
+    def post_event(
+        self, body: dict[str, Any], reason: str, message: str, warning: bool = False, name: str | None = None
+    ) -> None:
         self.posted.append(reason)
 
 
@@ -73,3 +76,30 @@ def test_an_event_is_posted_once_even_when_the_body_read_lags_behind() -> None:
         announcer.once({}, memory, "Started", True, "StudyStarted", "started")
     announcer.once({}, memory, "Started", False, "StudyStarted", "started")  # the status shows it
     assert kube.posted == ["StudyStarted"]
+
+
+def test_an_event_that_happens_once_per_object_is_named_for_it_and_valid_for_the_api_server() -> None:
+    body = {"metadata": {"name": "mnist-lr", "uid": "5f0c2a1e-9b7d-4c3e-8f21-0a6b9d3e7c55"}}
+    started = announcements.unique_event_name(body, "StudyStarted", "")
+    ended = announcements.unique_event_name(body, "StudyFinished", "g3")
+    assert started == "mnist-lr.5f0c2a1e-9b7d.studystarted"
+    assert ended == "mnist-lr.5f0c2a1e-9b7d.studyfinished.g3"
+    dns_subdomain = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    assert dns_subdomain.match(started) and dns_subdomain.match(ended)
+    other = {"metadata": {"name": "mnist-lr", "uid": "77aa0000-0000-4000-8000-000000000000"}}
+    assert announcements.unique_event_name(other, "StudyStarted", "") != started  # a new object, a new Event
+
+
+def test_an_event_named_for_its_occasion_is_posted_under_that_name_and_others_are_not() -> None:
+    names: list[str | None] = []
+
+    class Naming:
+        def post_event(self, body: Any, reason: str, message: str, warning: bool = False,
+                       name: str | None = None) -> None:
+            names.append(name)
+
+    announcer = announcements.Announcer(Naming())  # type: ignore[arg-type]
+    body = {"metadata": {"name": "s", "uid": "abc"}}
+    announcer.once(body, set(), "Finished", True, "StudyFinished", "ended", occasion="g2")
+    announcer.once(body, set(), "Suspended", True, "StudySuspended", "suspended")
+    assert names == ["s.abc.studyfinished.g2", None]
