@@ -13,6 +13,10 @@ What is read is exactly Optuna's: the same filter (states, ``included_trial_ids`
 watermark, ``trial_id_greater_than``), trials by id, parameters in the order they were set,
 values and intermediate values decoded from their stored form, and a ``KeyError`` for a study
 that does not exist. Writes stay Optuna's own.
+
+This is the one place that reads trial rows: :class:`StoredTrial` is a trial as stored (internal
+parameter values, attributes as JSON text), which the export, the operator and every worker turn
+into ``FrozenTrial``s (:func:`read_trials`) and the trial gateway into gRPC messages.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Container, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy
@@ -36,13 +42,18 @@ _STUDIES = models.StudyModel.__table__
 _STUDY_EXISTS = sqlalchemy.select(_STUDIES.c.study_id).where(
     _STUDIES.c.study_id == sqlalchemy.bindparam("study_id")
 )
-_TRIAL_ROWS = sqlalchemy.select(
+_TRIAL_COLUMNS = (
     _TRIALS.c.trial_id,
     _TRIALS.c.number,
     _TRIALS.c.state,
     _TRIALS.c.datetime_start,
     _TRIALS.c.datetime_complete,
-).where(_TRIALS.c.study_id == sqlalchemy.bindparam("study_id"))
+)
+_TRIAL_ROWS = sqlalchemy.select(*_TRIAL_COLUMNS).where(_TRIALS.c.study_id == sqlalchemy.bindparam("study_id"))
+_ONE_TRIAL = sqlalchemy.select(*_TRIAL_COLUMNS).where(_TRIALS.c.trial_id == sqlalchemy.bindparam("trial_id"))
+_TRIAL_ID = sqlalchemy.select(_TRIALS.c.trial_id).where(
+    _TRIALS.c.study_id == sqlalchemy.bindparam("study_id"), _TRIALS.c.number == sqlalchemy.bindparam("number")
+)
 
 
 def _children(model: type, *columns: str) -> sqlalchemy.Select[Any]:
@@ -59,6 +70,37 @@ _STEPS = _children(
 )
 _USER_ATTRS = _children(models.TrialUserAttributeModel, "key", "value_json")
 _SYSTEM_ATTRS = _children(models.TrialSystemAttributeModel, "key", "value_json")
+
+
+@dataclass(slots=True)
+class StoredTrial:
+    """One trial as its rows hold it: parameters in their internal representation with their
+    distribution's JSON (in the order they were set), attributes as JSON text, values and
+    intermediate values decoded (infinities and NaN restored), times in local wall clock (as
+    Optuna's models show them)."""
+
+    trial_id: int
+    number: int
+    state: TrialState
+    datetime_start: datetime | None
+    datetime_complete: datetime | None
+    params: list[tuple[str, float, str]] = field(default_factory=list)
+    values: list[float] | None = None
+    intermediate_values: dict[int, float] = field(default_factory=dict)
+    user_attrs: dict[str, str] = field(default_factory=dict)
+    system_attrs: dict[str, str] = field(default_factory=dict)
+
+
+def local_time(stored: datetime | None) -> datetime | None:
+    """A stored trial time as Optuna's models show it: stored in UTC, shown as local wall clock."""
+    if stored is None:
+        return None
+    return stored.replace(tzinfo=UTC).astimezone().replace(tzinfo=None)
+
+
+def stored_now() -> datetime:
+    """The current time as Optuna's models store it (naive UTC)."""
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -86,11 +128,25 @@ class CoreReadStorage(RDBStorage):
 def read_trials(
     engine: sqlalchemy.Engine,
     study_id: int,
-    states: Container[TrialState] | None,
-    included_trial_ids: Iterable[int],
-    trial_id_greater_than: int,
+    states: Container[TrialState] | None = None,
+    included_trial_ids: Iterable[int] = (),
+    trial_id_greater_than: int = -1,
 ) -> list[FrozenTrial]:
-    """What ``RDBStorage._get_trials`` returns, for the same arguments. KeyError: no such study."""
+    """What ``RDBStorage._get_trials`` returns, for the same arguments (by default every trial),
+    by id. KeyError: no such study."""
+    stored = read_stored(engine, study_id, states, included_trial_ids, trial_id_greater_than)
+    return [frozen_trial(trial) for trial in stored]
+
+
+def read_stored(
+    engine: sqlalchemy.Engine,
+    study_id: int,
+    states: Container[TrialState] | None = None,
+    included_trial_ids: Iterable[int] = (),
+    trial_id_greater_than: int = -1,
+) -> list[StoredTrial]:
+    """The study's trials with an id above ``trial_id_greater_than`` or in ``included_trial_ids``
+    (Optuna's ``_get_trials`` filter), in ``states`` when given, by id. KeyError: no such study."""
     included = sorted({i for i in included_trial_ids if i <= trial_id_greater_than})
     statement = _TRIAL_ROWS
     if states is not None:
@@ -106,62 +162,81 @@ def read_trials(
         statement = statement.where(_TRIALS.c.trial_id > trial_id_greater_than)
     statement = statement.order_by(_TRIALS.c.trial_id)
     with engine.connect() as connection:
-        if connection.execute(_STUDY_EXISTS, {"study_id": study_id}).first() is None:
-            raise KeyError(models.NOT_FOUND_MSG)
         rows = connection.execute(statement, {"study_id": study_id}).all()
         if not rows:
+            if connection.execute(_STUDY_EXISTS, {"study_id": study_id}).first() is None:
+                raise KeyError(models.NOT_FOUND_MSG)
             return []
         return _build(connection, rows)
 
 
-def _build(connection: sqlalchemy.Connection, rows: Sequence[Any]) -> list[FrozenTrial]:
-    ids = [row[0] for row in rows]
+def read_stored_trial(engine: sqlalchemy.Engine, trial_id: int) -> StoredTrial:
+    """One trial by id. KeyError: no such trial."""
+    with engine.connect() as connection:
+        rows = connection.execute(_ONE_TRIAL, {"trial_id": trial_id}).all()
+        if not rows:
+            raise KeyError(models.NOT_FOUND_MSG)
+        return _build(connection, rows)[0]
+
+
+def trial_id_of(engine: sqlalchemy.Engine, study_id: int, number: int) -> int | None:
+    """The id of the study's trial ``number``; None when there is none."""
+    with engine.connect() as connection:
+        found: int | None = connection.execute(_TRIAL_ID, {"study_id": study_id, "number": number}).scalar()
+        return found
+
+
+def frozen_trial(trial: StoredTrial) -> FrozenTrial:
+    """The ``FrozenTrial`` Optuna's RDB storage builds from the same rows."""
+    external: dict[str, Any] = {}
+    distributions: dict[str, BaseDistribution] = {}
+    for name, internal, distribution_json in trial.params:
+        distribution = _distribution(distribution_json)
+        external[name] = distribution.to_external_repr(internal)
+        distributions[name] = distribution
+    return FrozenTrial(
+        number=trial.number,
+        state=trial.state,
+        value=None,
+        values=trial.values,
+        datetime_start=trial.datetime_start,
+        datetime_complete=trial.datetime_complete,
+        params=external,
+        distributions=distributions,
+        user_attrs={key: json.loads(text) for key, text in trial.user_attrs.items()},
+        system_attrs={key: json.loads(text) for key, text in trial.system_attrs.items()},
+        intermediate_values=trial.intermediate_values,
+        trial_id=trial.trial_id,
+    )
+
+
+def _build(connection: sqlalchemy.Connection, rows: Sequence[Any]) -> list[StoredTrial]:
+    trials = {
+        trial_id: StoredTrial(trial_id, number, state, local_time(started), local_time(completed))
+        for trial_id, number, state, started, completed in rows
+    }
+    ids = list(trials)
     params: dict[int, list[tuple[int, str, float, str]]] = {}
     for trial_id, param_id, name, value, distribution_json in _each(connection, _PARAMS, ids):
         params.setdefault(trial_id, []).append((param_id, name, value, distribution_json))
+    for trial_id, in_order in params.items():
+        trials[trial_id].params = [(name, value, text) for _, name, value, text in sorted(in_order)]
     values: dict[int, dict[int, float]] = {}
     for trial_id, objective, value, value_type in _each(connection, _VALUES, ids):
         values.setdefault(trial_id, {})[objective] = models.TrialValueModel.stored_repr_to_value(
             value, value_type
         )
-    steps: dict[int, dict[int, float]] = {}
+    for trial_id, by_objective in values.items():
+        trials[trial_id].values = [by_objective[k] for k in range(len(by_objective))]
     for trial_id, step, value, value_type in _each(connection, _STEPS, ids):
-        steps.setdefault(trial_id, {})[step] = (
+        trials[trial_id].intermediate_values[step] = (
             models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(value, value_type)
         )
-    user_attrs: dict[int, dict[str, Any]] = {}
     for trial_id, key, value_json in _each(connection, _USER_ATTRS, ids):
-        user_attrs.setdefault(trial_id, {})[key] = json.loads(value_json)
-    system_attrs: dict[int, dict[str, Any]] = {}
+        trials[trial_id].user_attrs[key] = value_json
     for trial_id, key, value_json in _each(connection, _SYSTEM_ATTRS, ids):
-        system_attrs.setdefault(trial_id, {})[key] = json.loads(value_json)
-
-    trials = []
-    for trial_id, number, state, started, completed in rows:
-        external: dict[str, Any] = {}
-        distributions: dict[str, BaseDistribution] = {}
-        for _, name, internal, distribution_json in sorted(params.get(trial_id, ())):
-            distribution = _distribution(distribution_json)
-            external[name] = distribution.to_external_repr(internal)
-            distributions[name] = distribution
-        by_objective = values.get(trial_id)
-        trials.append(
-            FrozenTrial(
-                number=number,
-                state=state,
-                value=None,
-                values=[by_objective[k] for k in range(len(by_objective))] if by_objective else None,
-                datetime_start=started,
-                datetime_complete=completed,
-                params=external,
-                distributions=distributions,
-                user_attrs=user_attrs.get(trial_id, {}),
-                system_attrs=system_attrs.get(trial_id, {}),
-                intermediate_values=steps.get(trial_id, {}),
-                trial_id=trial_id,
-            )
-        )
-    return trials
+        trials[trial_id].system_attrs[key] = value_json
+    return list(trials.values())
 
 
 def _each(

@@ -172,10 +172,10 @@ def _read_trials(storage: RDBStorage, study: optuna.Study) -> list[FrozenTrial]:
     """Every trial, with plain queries when the schema is Optuna's usual one, else via Optuna."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from controller.analysis.reading import read_trials
+    from trial_worker.trial_reads import read_trials
 
     try:
-        return read_trials(storage, study._study_id)
+        return sorted(read_trials(storage.engine, study._study_id), key=lambda t: t.number)
     except (SQLAlchemyError, KeyError, ValueError, TypeError, AttributeError) as exc:
         log.warning("reading trials directly failed; using Optuna's reader", error=str(exc))
         return study.get_trials(deepcopy=False)

@@ -13,12 +13,13 @@ take this path; a claim (WAITING to RUNNING) stays Optuna's.
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Sequence
 
 import sqlalchemy
 from optuna.storages._rdb import models
 from optuna.trial import TrialState
+
+from trial_worker.trial_reads import stored_now
 
 _TRIALS = models.TrialModel.__table__
 _VALUES = models.TrialValueModel.__table__
@@ -43,10 +44,8 @@ def finish_trial(
         stored, kind = models.TrialValueModel.value_to_stored_repr(value)
         rows.append({"trial_id": trial_id, "objective": objective, "value": stored, "value_type": kind})
     with engine.begin() as connection:
-        # Optuna stamps completion with the local wall clock (naive), so do the same.
-        finished = connection.execute(
-            _FINISH, {"id": trial_id, "new_state": state, "now": datetime.datetime.now()}
-        )
+        # Optuna's models store times as naive UTC (and show them in local time).
+        finished = connection.execute(_FINISH, {"id": trial_id, "new_state": state, "now": stored_now()})
         if finished.rowcount != 1:
             return False
         if rows:

@@ -268,10 +268,10 @@ class TrackingMirror:
 
     def _read(self, watched: _Watched) -> StudyFacts | None:
         from controller.analysis.data import metric_names
-        from controller.analysis.reading import read_trials
         from controller.budget.ledger import Ledger
         from controller.studies.record import ATTR_SPEC
         from controller.studies.storage import open_storage
+        from trial_worker.trial_reads import read_trials
 
         if self._storage is None:
             self._storage = open_storage(self.storage_url)
@@ -292,7 +292,7 @@ class TrackingMirror:
             spec=spec if isinstance(spec, dict) else None,
             metric_names=metric_names(user_attrs, None, len(directions)),
             directions=directions,
-            trials=read_trials(storage, study_id),
+            trials=sorted(read_trials(storage.engine, study_id), key=lambda t: t.number),
             totals=self._ledger.totals(watched.key),
             extra_tags=dict(watched.settings.tags),
         )

@@ -12,7 +12,6 @@ import optuna
 import pytest
 import yaml
 
-from controller.analysis.reading import read_trials
 from controller.budget.ledger import Charge, Ledger
 from controller.export import write_export
 from controller.spec import StudySpec
@@ -21,6 +20,7 @@ from controller.studies.asking import ask_new_trial
 from controller.studies.record import record_study
 from controller.studies.storage import create_or_load_study, open_storage
 from trial_worker.contract import ATTR_SEED
+from trial_worker.trial_reads import read_trials
 
 SINGLE_SPEC: dict[str, Any] = {
     "objective": {"metrics": [{"name": "loss", "direction": "minimize"}]},
@@ -150,7 +150,7 @@ def test_the_direct_trial_reader_equals_optunas(storage_url: str) -> None:
     running.suggest_float("x", -2.0, 2.0)
     running.set_user_attr("note", {"nested": [1, 2]})
     storage = open_storage(storage_url)
-    direct = read_trials(storage, study._study_id)
+    direct = sorted(read_trials(storage.engine, study._study_id), key=lambda t: t.number)
     assert direct == optuna.load_study(study_name="reader", storage=storage_url).get_trials()
     assert [t.state.name for t in direct].count("RUNNING") == 1
 

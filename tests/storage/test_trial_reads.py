@@ -8,12 +8,15 @@ samplers propose and pruners decide. Each test compares the two readers on the s
 from __future__ import annotations
 
 import math
+import time
 
 import optuna
 import pytest
 from optuna.storages import RDBStorage
+from optuna.storages._grpc.servicer import _from_proto_trial
 from optuna.trial import TrialState
 
+from controller.gateway import trial_rows
 from controller.studies.asking import ask_new_trial
 from controller.studies.reading import AskingStorage
 from controller.studies.storage import create_or_load_study, open_storage
@@ -61,6 +64,13 @@ def _comparable(trial: optuna.trial.FrozenTrial) -> dict[str, object]:
         step: "nan" if math.isnan(value) else value for step, value in trial.intermediate_values.items()
     }
     fields["param order"] = list(trial.params)
+    return fields
+
+
+def _without_order(trial: optuna.trial.FrozenTrial) -> dict[str, object]:
+    """As :func:`_comparable`, but a gRPC message keeps no parameter order (nor does Optuna's)."""
+    fields = _comparable(trial)
+    del fields["param order"]
     return fields
 
 
@@ -175,3 +185,44 @@ def test_an_ask_reads_the_study_once_and_reads_outside_an_ask_stay_fresh(
         with storage.one_read():
             study.get_trials(deepcopy=False)
     assert len(reads) == 2
+
+
+def test_the_gateways_messages_decode_to_the_trials_optuna_reads(
+    storage_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trial gateway answers ``GetTrials`` from the same rows, encoded without ``FrozenTrial``s:
+    what a worker decodes must be what Optuna's own servicer would have sent it."""
+    orm = RDBStorage(storage_url)
+    study_id = _fill(orm, ["minimize", "maximize"])
+    monkeypatch.setattr(trial_reads, "CHUNK", 4)  # several IN lists per child table here too
+    ids = [t._trial_id for t in orm._get_trials(study_id, None, set(), -1)]
+    for included, greater_than in [(set(), -1), ({ids[2], ids[5]}, ids[10])]:
+        expected = orm._get_trials(study_id, None, included, greater_than)
+        sent = trial_rows.read_trials(orm.engine, study_id, included, greater_than)
+        decoded = [_without_order(_from_proto_trial(message)) for message, _ in sent]
+        assert decoded == [_without_order(t) for t in expected]
+        assert [finished for _, finished in sent] == [t.state.is_finished() for t in expected]
+    one = trial_rows.read_trial(orm.engine, ids[7])
+    assert _without_order(_from_proto_trial(one)) == _without_order(orm.get_trial(ids[7]))
+    assert trial_rows.trial_id_of(orm.engine, study_id, 7) == ids[7]
+    assert trial_rows.trial_id_of(orm.engine, study_id, 999) is None
+    with pytest.raises(KeyError):
+        trial_rows.read_trials(orm.engine, 999, set(), -1)
+
+
+def test_trial_times_are_optunas_in_any_time_zone(storage_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Optuna stores trial times in UTC and shows them in local time; this reader (the workers',
+    the operator's) used to show them in UTC, hours off away from UTC."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        orm = RDBStorage(storage_url)
+        study_id = _fill(orm, ["minimize"])
+        expected = orm._get_trials(study_id, None, set(), -1)
+        got = read_trials(orm.engine, study_id)
+        assert [(t.datetime_start, t.datetime_complete) for t in got] == [
+            (t.datetime_start, t.datetime_complete) for t in expected
+        ]
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -4,6 +4,7 @@ Optuna refuses, on SQLite and PostgreSQL; through the gateway a told trial is fi
 from __future__ import annotations
 
 import math
+import time
 
 import optuna
 import pytest
@@ -53,6 +54,28 @@ def test_a_tell_stores_what_optunas_tell_stores(
     assert finish_trial(storage.engine, by_gateway, state, values)
     assert _stored(storage.get_trial(by_gateway)) == _stored(storage.get_trial(by_optuna))
     assert storage.get_trial(by_gateway).datetime_complete is not None
+
+
+def test_a_tell_stamps_the_completion_time_as_optuna_does_in_any_time_zone(
+    storage_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Optuna stores times in UTC and shows them in local time; the gateway used to store its local
+    wall clock, so away from UTC a trial seemed to end hours before or after it started."""
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # +05:30
+    time.tzset()
+    try:
+        storage = RDBStorage(storage_url)
+        by_optuna, by_gateway = _twin_trials(storage, ["minimize"])
+        assert storage.set_trial_state_values(by_optuna, TrialState.COMPLETE, [0.5])
+        assert finish_trial(storage.engine, by_gateway, TrialState.COMPLETE, [0.5])
+        told = storage.get_trial(by_gateway)
+        assert told.datetime_complete is not None and told.datetime_start is not None
+        assert abs((told.datetime_complete - told.datetime_start).total_seconds()) < 60
+        optunas = storage.get_trial(by_optuna).datetime_complete
+        assert optunas is not None and abs((told.datetime_complete - optunas).total_seconds()) < 60
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_a_finished_or_unknown_trial_is_not_written_and_optuna_says_why(storage_url: str) -> None:
