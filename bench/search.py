@@ -114,6 +114,7 @@ BY_NAME = {m.name: m for m in METHODS}
 class Outcome:
     best: float | None
     to_threshold: tuple[float | None, ...]
+    first_start: float | None  # seconds from launch to the first trial's start: start-up cost
     epochs: int
     completed: int
     pruned: int
@@ -233,6 +234,7 @@ def _outcome(url: str, began: float, budget_s: float) -> Outcome:
     for threshold in THRESHOLDS:
         first = next((t for t in complete if (t.value or 0.0) >= threshold), None)
         to_threshold.append(None if first is None else first.datetime_complete.timestamp() - began)  # type: ignore[union-attr]
+    starts = [t.datetime_start.timestamp() - began for t in trials if t.datetime_start is not None]
     revisions = study.user_attrs.get("tunefleet.strategy_revisions") or []
     used = revisions[-1] if revisions else study.user_attrs.get("tunefleet.strategy") or {}
     strategy = f"{used.get('sampler')}/{used.get('pruner')}" if used else ""
@@ -241,6 +243,7 @@ def _outcome(url: str, began: float, budget_s: float) -> Outcome:
     return Outcome(
         best=max((t.value for t in complete if t.value is not None), default=None),
         to_threshold=tuple(to_threshold),
+        first_start=min(starts, default=None),
         # Every epoch reported was trained before the stop (trials cut off at it included).
         epochs=sum(len(t.intermediate_values) for t in trials),
         completed=len(complete),
@@ -268,7 +271,8 @@ def print_table(rows: dict[str, list[Outcome]], budget_s: float, seeds: int, loa
     t1, t2 = THRESHOLDS
     header = (
         f"{'method':38} {'final best: median [IQR]':>26} {f'to {t1}: median':>15} {'reached':>7} "
-        f"{f'to {t2}: median':>15} {'reached':>7} {'epochs':>7} {'done':>5} {'pruned':>6}  strategy"
+        f"{f'to {t2}: median':>15} {'reached':>7} {'1st start':>9} {'epochs':>7} {'done':>5} "
+        f"{'pruned':>6}  strategy"
     )
     print(header)
     print("-" * len(header))
@@ -282,13 +286,15 @@ def print_table(rows: dict[str, list[Outcome]], budget_s: float, seeds: int, loa
             middle = statistics.median([t if t is not None else budget_s for t in times])
             shown = f"{middle:.1f} s" if reached * 2 > len(times) else f">{budget_s:.0f} s"
             cells.append(f"{shown:>15} {reached:>3}/{len(times):<3}")
+        starts = [o.first_start for o in outcomes if o.first_start is not None]
+        first_start = f"{statistics.median(starts):.1f} s" if starts else "-"
         epochs = statistics.mean(o.epochs for o in outcomes)
         completed = statistics.mean(o.completed for o in outcomes)
         pruned = statistics.mean(o.pruned for o in outcomes)
         used = ",".join(sorted({o.strategy for o in outcomes if o.strategy}))
         print(
             f"{name:38} {median:>9.3f} [{q1:.3f}, {q3:.3f}] {cells[0]} {cells[1]} "
-            f"{epochs:>7.0f} {completed:>5.0f} {pruned:>6.0f}  {used}"
+            f"{first_start:>9} {epochs:>7.0f} {completed:>5.0f} {pruned:>6.0f}  {used}"
         )
 
 
