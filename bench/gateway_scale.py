@@ -10,17 +10,19 @@ Through the gateway, a worker is by default a light client: it makes exactly the
 ``GrpcStorageProxy`` makes for ``load_study`` + ``optuna.Trial`` + report/should_prune/tell
 (GetStudyIdFromName, GetStudyDirections, GetTrialIdFromStudyIdTrialNumber, GetTrial; per step
 SetTrialIntermediateValue, then GetTrials with the client cache's included_trial_ids and
-trial_id_greater_than; SetTrialStateValues at the end), over the same TLS channel, retry policy
-and bearer token (``trial_worker.gateway.GatewayStorage``'s stub), and computes the median of
+trial_id_greater_than; SetTrialStateValues at the end), on an asyncio channel opened as
+``trial_worker.gateway.GatewayStorage`` opens its own (TLS with the CA, the same channel options
+and gRPC retry policy, the bearer token, the same retries of shed calls), and computes the median of
 the completed trials at that step from the reply's protobuf. It skips only the client-side
 decoding of every trial into ``FrozenTrial``s (strptime, json), which on 2 shared cores with
 1,000 workers would cost more CPU than the gateway itself and so measure the load generator;
 a real trial pod pays it on its own CPU. ``--optuna-clients`` runs real ``optuna.Trial`` objects
 instead. The direct run always uses a real ``RDBStorage`` per worker, as trial pods did.
 
-Trials are asked the way the controller asks them (one direct connection per load process, never
-counted as a worker's), and each worker's trial has its own token. The workers are threads in
-several processes, spread over ``--studies`` studies (a shared fleet: many teams, each a study of
+Trials are created RUNNING, one insert each, over one direct connection per load process (never
+counted as a worker's; see ``TrialSource``), and each worker's trial has its own token. The
+light workers are asyncio tasks (``--optuna-clients`` and the direct run: threads) in several
+processes, spread over ``--studies`` studies (a shared fleet: many teams, each a study of
 modest parallelism).
 
 Two runs, one after the other, against one real PostgreSQL (``max_connections`` at its default,
@@ -83,6 +85,7 @@ class LoadPlan:
 class LoadResult:
     latencies: dict[str, list[float]] = field(default_factory=lambda: {op: [] for op in OPERATIONS})
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    retried: collections.Counter[str] = field(default_factory=collections.Counter)  # by operation, code
     trials_told: int = 0
     cpu_s: float = 0.0  # the load process's own CPU (its client threads and the trials it asked)
 
@@ -104,7 +107,13 @@ def _error_kind(exc: BaseException) -> str:
 
 
 class TrialSource:
-    """Asks new trials as the controller does: one direct connection, shared by the process."""
+    """New RUNNING trials, as the controller creates them: one direct connection per load process.
+
+    Each is one insert (Optuna's ``create_new_trial`` with a RUNNING template), not ``Study.ask``,
+    which reads every trial of the study through the ORM: the controller's work, in the controller's
+    process in a cluster, and here more than half of a load process's CPU on the cores the
+    gateway needs.
+    """
 
     def __init__(self, plan: LoadPlan) -> None:
         import optuna
@@ -112,12 +121,11 @@ class TrialSource:
         from controller.gateway.tokens import TokenKeys
 
         self._lock = threading.Lock()
-        storage = optuna.storages.RDBStorage(
+        self._storage = optuna.storages.RDBStorage(
             plan.db_url, engine_kwargs={"pool_size": 1, "max_overflow": 1}
         )
-        self._studies = {
-            name: optuna.load_study(study_name=name, storage=storage) for name in plan.studies
-        }
+        self._study_ids = {name: self._storage.get_study_id_from_name(name) for name in plan.studies}
+        self._running = optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING)
         self._keys = TokenKeys.from_file(Path(plan.key_file)) if plan.key_file else None
 
     def next_trial(self, study_name: str) -> tuple[int, str]:
@@ -125,15 +133,15 @@ class TrialSource:
         from controller.gateway.tokens import TokenClaims
 
         with self._lock:
-            trial = self._studies[study_name].ask()
+            number = self._storage._create_new_trial(self._study_ids[study_name], self._running).number
         token = ""
         if self._keys is not None:
             namespace = study_name.split("/", 1)[0]
             claims = TokenClaims(
-                namespace=namespace, study=study_name, trial=trial.number, expires=int(time.time()) + 3600
+                namespace=namespace, study=study_name, trial=number, expires=int(time.time()) + 3600
             )
             token = self._keys.mint(claims)
-        return trial.number, token
+        return number, token
 
 
 def _client_storage(plan: LoadPlan, token: str) -> Any:
@@ -223,66 +231,120 @@ class _PruneCache:
         return max(curve.values()) < median
 
 
-def _light_worker(plan: LoadPlan, source: TrialSource, index: int, deadline: float,
-                  result: LoadResult, lock: threading.Lock) -> None:
+class _AioTrialChannel:
+    """One trial's channel to the gateway, as ``trial_worker.gateway.GatewayStorage`` opens it (TLS
+    with the CA, the same channel options and gRPC retry policy, the token as call metadata, and
+    the same retries of shed and unavailable calls), on asyncio: one load process runs hundreds
+    of trials without a thread each."""
+
+    def __init__(self, plan: LoadPlan, token: str, retried: collections.Counter[str]) -> None:
+        import grpc
+        from optuna.storages._grpc.auto_generated import api_pb2_grpc
+
+        from trial_worker.gateway import channel_options, parse_gateway_url
+
+        host, port = parse_gateway_url(plan.gateway_url)
+        credentials = grpc.ssl_channel_credentials(root_certificates=plan.ca_pem.encode())
+        self.channel = grpc.aio.secure_channel(f"{host}:{port}", credentials, options=channel_options())
+        self.stub = api_pb2_grpc.StorageServiceStub(self.channel)
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        self._retried = retried
+
+    async def call(self, method: str, request: Any) -> Any:
+        import asyncio
+
+        import grpc
+
+        from trial_worker.gateway import ATTEMPT_TIMEOUT_S, DEFAULT_RETRY_BUDGET_S, RETRIED, retry_after_s
+
+        give_up_at = time.monotonic() + DEFAULT_RETRY_BUDGET_S
+        delay = 0.1
+        while True:
+            try:
+                return await getattr(self.stub, method)(
+                    request, metadata=self._metadata, timeout=ATTEMPT_TIMEOUT_S
+                )
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in RETRIED:
+                    raise
+                self._retried[f"{method} {error.code().name}"] += 1
+                asked_wait = retry_after_s(tuple(error.trailing_metadata() or ()))
+                wait = max(delay, asked_wait) * random.uniform(1.0, 1.5)
+                if time.monotonic() + wait > give_up_at:
+                    raise
+                await asyncio.sleep(wait)
+                delay = min(delay * 2, 5.0)
+
+
+async def _light_worker(plan: LoadPlan, source: TrialSource, asker: Any, index: int, deadline: float,
+                        result: LoadResult) -> None:
+    import asyncio
+
     from optuna.storages._grpc.auto_generated import api_pb2
 
-    from trial_worker.gateway import GatewayStorage
-
+    loop = asyncio.get_running_loop()
     rng = random.Random(plan.seed * 100_000 + index)
     study_name = plan.studies[index % len(plan.studies)]
-    time.sleep(rng.random())
+    await asyncio.sleep(rng.random())  # workers start spread over the first second, as pods do
     while time.time() < deadline:
-        storage: Any = None
+        trial_channel: _AioTrialChannel | None = None
         try:
-            number, token = source.next_trial(study_name)
-            storage = GatewayStorage.from_url(plan.gateway_url, token=token, ca_pem=plan.ca_pem)
-            stub = storage._stub
-            study_id = stub.GetStudyIdFromName(
-                api_pb2.GetStudyIdFromNameRequest(study_name=study_name)
-            ).study_id
-            stub.GetStudyDirections(api_pb2.GetStudyDirectionsRequest(study_id=study_id))
-            trial_id = stub.GetTrialIdFromStudyIdTrialNumber(
-                api_pb2.GetTrialIdFromStudyIdTrialNumberRequest(study_id=study_id, trial_number=number)
-            ).trial_id
-            stub.GetTrial(api_pb2.GetTrialRequest(trial_id=trial_id))
+            number, token = await loop.run_in_executor(asker, source.next_trial, study_name)
+            trial_channel = _AioTrialChannel(plan, token, result.retried)
+            call = trial_channel.call
+            study_id = (await call("GetStudyIdFromName", api_pb2.GetStudyIdFromNameRequest(
+                study_name=study_name
+            ))).study_id
+            await call("GetStudyDirections", api_pb2.GetStudyDirectionsRequest(study_id=study_id))
+            trial_id = (await call("GetTrialIdFromStudyIdTrialNumber",
+                                   api_pb2.GetTrialIdFromStudyIdTrialNumberRequest(
+                                       study_id=study_id, trial_number=number))).trial_id
+            await call("GetTrial", api_pb2.GetTrialRequest(trial_id=trial_id))
             cache, curve = _PruneCache(), {}
             quality = rng.random()
             next_tick = time.time()
             for step in range(STEPS):
                 next_tick += 1.0
-                time.sleep(max(0.0, next_tick - time.time()))
+                await asyncio.sleep(max(0.0, next_tick - time.time()))
                 began = time.perf_counter()
                 curve[step] = quality * (step + 1) / STEPS
-                stub.SetTrialIntermediateValue(api_pb2.SetTrialIntermediateValueRequest(
+                await call("SetTrialIntermediateValue", api_pb2.SetTrialIntermediateValueRequest(
                     trial_id=trial_id, step=step, intermediate_value=curve[step]
                 ))
                 reported = time.perf_counter()
-                cache.add(stub.GetTrials(api_pb2.GetTrialsRequest(
+                cache.add((await call("GetTrials", api_pb2.GetTrialsRequest(
                     study_id=study_id, included_trial_ids=cache.unfinished,
                     trial_id_greater_than=cache.last_finished,
-                )).trials)
+                ))).trials)
                 pruned = cache.should_prune(curve, step)
                 asked = time.perf_counter()
-                with lock:
-                    result.latencies["report"].append(reported - began)
-                    result.latencies["should_prune"].append(asked - reported)
+                result.latencies["report"].append(reported - began)
+                result.latencies["should_prune"].append(asked - reported)
                 if pruned or time.time() >= deadline:
                     break
             began = time.perf_counter()
-            stub.SetTrialStateValues(api_pb2.SetTrialStateValuesRequest(
+            await call("SetTrialStateValues", api_pb2.SetTrialStateValuesRequest(
                 trial_id=trial_id, state=api_pb2.COMPLETE, values=[quality]
             ))
-            with lock:
-                result.latencies["tell"].append(time.perf_counter() - began)
-                result.trials_told += 1
+            result.latencies["tell"].append(time.perf_counter() - began)
+            result.trials_told += 1
         except Exception as exc:  # noqa: BLE001 - every failure is counted by kind, and the worker goes on
-            with lock:
-                result.errors[_error_kind(exc)] += 1
-            time.sleep(1.0)
+            result.errors[_error_kind(exc)] += 1
+            await asyncio.sleep(1.0)
         finally:
-            if storage is not None:
-                storage.close()
+            if trial_channel is not None:
+                await trial_channel.channel.close()
+
+
+async def _light_load(plan: LoadPlan, source: TrialSource, result: LoadResult) -> None:
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    deadline = time.time() + plan.seconds
+    with ThreadPoolExecutor(1, thread_name_prefix="asks") as asker:  # the controller asks one at a time
+        await asyncio.gather(*(
+            _light_worker(plan, source, asker, i, deadline, result) for i in range(plan.workers)
+        ))
 
 
 def run_load(plan: LoadPlan) -> LoadResult:
@@ -293,10 +355,16 @@ def run_load(plan: LoadPlan) -> LoadResult:
     source = TrialSource(plan)
     result, lock = LoadResult(), threading.Lock()
     deadline = time.time() + plan.seconds
-    light = plan.mode == "gateway" and not plan.optuna_clients
-    worker = _light_worker if light else _simulated_worker
+    if plan.mode == "gateway" and not plan.optuna_clients:
+        import asyncio
+
+        asyncio.run(_light_load(plan, source, result))
+        result.cpu_s = time.process_time()
+        return result
     threads = [
-        threading.Thread(target=worker, args=(plan, source, i, deadline, result, lock), daemon=True)
+        threading.Thread(
+            target=_simulated_worker, args=(plan, source, i, deadline, result, lock), daemon=True
+        )
         for i in range(plan.workers)
     ]
     for thread in threads:
@@ -348,6 +416,7 @@ def _merge(results: list[LoadResult]) -> LoadResult:
         for op in OPERATIONS:
             merged.latencies[op].extend(result.latencies[op])
         merged.errors.update(result.errors)
+        merged.retried.update(result.retried)
         merged.trials_told += result.trials_told
         merged.cpu_s += result.cpu_s
     return merged
@@ -440,6 +509,9 @@ def _print(mode: str, result: LoadResult, most: int, summary: str) -> None:
     print(f"  most PostgreSQL connections seen: {most}")
     if summary:
         print(f"  {summary}")
+    if result.retried:
+        retried = ", ".join(f"{kind} {count}" for kind, count in result.retried.most_common(6))
+        print(f"  calls retried by the worker (after gRPC's own retries): {retried}")
     errors = sum(result.errors.values())
     print(f"  errors: {errors}")
     for kind, count in result.errors.most_common(6):

@@ -107,15 +107,34 @@ class _RetryTransient(grpc.UnaryUnaryClientInterceptor):
             call = continuation(details, request)
             if call.code() not in RETRIED:
                 return call
-            wait = max(delay, _retry_after_s(call)) * random.uniform(1.0, 1.5)
+            wait = max(delay, retry_after_s(call.trailing_metadata())) * random.uniform(1.0, 1.5)
             if time.monotonic() + wait > give_up_at:
                 return call
             self._sleep(wait)
             delay = min(delay * 2, 5.0)
 
 
-def _retry_after_s(call: Any) -> float:
-    for key, value in call.trailing_metadata() or ():
+def channel_options(server_name: str | None = None) -> list[tuple[str, Any]]:
+    """The gRPC channel options of a worker's channel to the gateway."""
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", -1),
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", SERVICE_CONFIG),
+        # Reconnect soon after a gateway restart (gRPC's default backoff grows to two minutes).
+        ("grpc.initial_reconnect_backoff_ms", 500),
+        ("grpc.max_reconnect_backoff_ms", 5000),
+        # Notice a gateway that vanished without closing the connection (a lost node).
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+    ]
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return options
+
+
+def retry_after_s(trailing_metadata: Sequence[tuple[str, Any]] | None) -> float:
+    """The wait a shedding gateway asked for (``retry-after-ms``), in seconds; 0 when none."""
+    for key, value in trailing_metadata or ():
         if key == "retry-after-ms":
             try:
                 return float(value) / 1000.0
@@ -175,20 +194,9 @@ class GatewayStorage(GrpcStorageProxy):
     def _secure_channel(self) -> grpc.Channel:
         # TLS only; the token is added to each call by _RetryTransient.
         credentials = grpc.ssl_channel_credentials(root_certificates=self._ca_pem)
-        options: list[tuple[str, Any]] = [
-            ("grpc.max_receive_message_length", -1),
-            ("grpc.enable_retries", 1),
-            ("grpc.service_config", SERVICE_CONFIG),
-            # Reconnect soon after a gateway restart (gRPC's default backoff grows to two minutes).
-            ("grpc.initial_reconnect_backoff_ms", 500),
-            ("grpc.max_reconnect_backoff_ms", 5000),
-            # Notice a gateway that vanished without closing the connection (a lost node).
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-        ]
-        if self._server_name:
-            options.append(("grpc.ssl_target_name_override", self._server_name))
-        return grpc.secure_channel(f"{self._host}:{self._port}", credentials, options=options)
+        return grpc.secure_channel(
+            f"{self._host}:{self._port}", credentials, options=channel_options(self._server_name)
+        )
 
     def _setup(self) -> None:
         self._raw_channel = self._secure_channel()
