@@ -9,8 +9,9 @@ takes the next trial.
 Through the gateway, a worker is by default a light client: it makes exactly the RPCs Optuna's
 ``GrpcStorageProxy`` makes for ``load_study`` + ``optuna.Trial`` + report/should_prune/tell
 (GetStudyIdFromName, GetStudyDirections, GetTrialIdFromStudyIdTrialNumber, GetTrial; per step
-SetTrialIntermediateValue, then GetTrials with the client cache's included_trial_ids and
-trial_id_greater_than; SetTrialStateValues at the end), on an asyncio channel opened as
+tunefleet's Report with the client cache's included_trial_ids and trial_id_greater_than, or with
+``--separate-calls`` Optuna's SetTrialIntermediateValue then GetTrials; SetTrialStateValues at
+the end), on an asyncio channel opened as
 ``trial_worker.gateway.GatewayStorage`` opens its own (TLS with the CA, the same channel options
 and gRPC retry policy, the bearer token, the same retries of shed calls), and computes the median of
 the completed trials at that step from the reply's protobuf. It skips only the client-side
@@ -31,11 +32,11 @@ Two runs, one after the other, against one real PostgreSQL (``max_connections`` 
   ``--pool`` connections);
 - direct: every worker opens its own connection, as trial pods did before the gateway.
 
-Printed per run: p50/p99 latency of report, should_prune and tell (seconds of the worker's call,
-retries included), errors by kind, the calls served, the gateway's CPU seconds per call (its
-process only; the load generators and PostgreSQL share the same 2 cores), and the most
-connections ``pg_stat_activity`` showed; for the direct run, what PostgreSQL answered the
-connections it refused.
+Printed per run: p50/p99 latency of report, should_prune, step (the two together) and tell
+(seconds of the worker's call, retries included), errors by kind, the calls served, the
+gateway's CPU seconds per call (its process only; the load generators and PostgreSQL share the
+same 2 cores), and the most connections ``pg_stat_activity`` showed; for the direct run, what
+PostgreSQL answered the connections it refused.
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ from bench.controller_scale import (  # noqa: E402  (the same figures, one defin
 )
 
 STEPS = 12  # intermediate values per trial: a trial lasts ~12 s
-OPERATIONS = ("report", "should_prune", "tell")
+# "step": report + should_prune, what a trial waits for each step (with tunefleet's Report call,
+# the should_prune needs no call of its own, so "step" is the figure to compare across protocols)
+OPERATIONS = ("report", "should_prune", "step", "tell")
 
 
 @dataclass
@@ -79,6 +82,7 @@ class LoadPlan:
     key_file: str = ""
     seed: int = 0
     optuna_clients: bool = False
+    separate_calls: bool = False  # Optuna's two calls per step instead of tunefleet's Report
 
 
 @dataclass
@@ -185,6 +189,7 @@ def _simulated_worker(plan: LoadPlan, source: TrialSource, index: int, deadline:
                 with lock:
                     result.latencies["report"].append(reported - began)
                     result.latencies["should_prune"].append(asked - reported)
+                    result.latencies["step"].append(asked - began)
                 if pruned or time.time() >= deadline:
                     break
             began = time.perf_counter()
@@ -239,14 +244,20 @@ class _AioTrialChannel:
 
     def __init__(self, plan: LoadPlan, token: str, retried: collections.Counter[str]) -> None:
         import grpc
-        from optuna.storages._grpc.auto_generated import api_pb2_grpc
+        from optuna.storages._grpc.auto_generated import api_pb2, api_pb2_grpc
 
+        from trial_worker import gateway_protocol
         from trial_worker.gateway import channel_options, parse_gateway_url
 
         host, port = parse_gateway_url(plan.gateway_url)
         credentials = grpc.ssl_channel_credentials(root_certificates=plan.ca_pem.encode())
         self.channel = grpc.aio.secure_channel(f"{host}:{port}", credentials, options=channel_options())
         self.stub = api_pb2_grpc.StorageServiceStub(self.channel)
+        self._methods = {"Report": self.channel.unary_unary(
+            gateway_protocol.REPORT_PATH,
+            request_serializer=gateway_protocol.ReportRequest.SerializeToString,
+            response_deserializer=api_pb2.GetTrialsReply.FromString,
+        )}
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._retried = retried
 
@@ -261,9 +272,8 @@ class _AioTrialChannel:
         delay = 0.1
         while True:
             try:
-                return await getattr(self.stub, method)(
-                    request, metadata=self._metadata, timeout=ATTEMPT_TIMEOUT_S
-                )
+                send = self._methods.get(method) or getattr(self.stub, method)
+                return await send(request, metadata=self._metadata, timeout=ATTEMPT_TIMEOUT_S)
             except grpc.aio.AioRpcError as error:
                 if error.code() not in RETRIED:
                     raise
@@ -281,6 +291,8 @@ async def _light_worker(plan: LoadPlan, source: TrialSource, asker: Any, index: 
     import asyncio
 
     from optuna.storages._grpc.auto_generated import api_pb2
+
+    from trial_worker.gateway_protocol import ReportRequest
 
     loop = asyncio.get_running_loop()
     rng = random.Random(plan.seed * 100_000 + index)
@@ -308,18 +320,26 @@ async def _light_worker(plan: LoadPlan, source: TrialSource, asker: Any, index: 
                 await asyncio.sleep(max(0.0, next_tick - time.time()))
                 began = time.perf_counter()
                 curve[step] = quality * (step + 1) / STEPS
-                await call("SetTrialIntermediateValue", api_pb2.SetTrialIntermediateValueRequest(
-                    trial_id=trial_id, step=step, intermediate_value=curve[step]
-                ))
-                reported = time.perf_counter()
-                cache.add((await call("GetTrials", api_pb2.GetTrialsRequest(
-                    study_id=study_id, included_trial_ids=cache.unfinished,
-                    trial_id_greater_than=cache.last_finished,
-                ))).trials)
+                if plan.separate_calls:  # Optuna's protocol: the report, then GetTrials
+                    await call("SetTrialIntermediateValue", api_pb2.SetTrialIntermediateValueRequest(
+                        trial_id=trial_id, step=step, intermediate_value=curve[step]
+                    ))
+                    reported = time.perf_counter()
+                    cache.add((await call("GetTrials", api_pb2.GetTrialsRequest(
+                        study_id=study_id, included_trial_ids=cache.unfinished,
+                        trial_id_greater_than=cache.last_finished,
+                    ))).trials)
+                else:  # tunefleet's Report (what GatewayStorage sends): one call brings the trials
+                    cache.add((await call("Report", ReportRequest(
+                        study_id=study_id, trial_id=trial_id, step=step, intermediate_value=curve[step],
+                        included_trial_ids=cache.unfinished, trial_id_greater_than=cache.last_finished,
+                    ))).trials)
+                    reported = time.perf_counter()
                 pruned = cache.should_prune(curve, step)
                 asked = time.perf_counter()
                 result.latencies["report"].append(reported - began)
                 result.latencies["should_prune"].append(asked - reported)
+                result.latencies["step"].append(asked - began)
                 if pruned or time.time() >= deadline:
                     break
             began = time.perf_counter()
@@ -459,6 +479,7 @@ def run_mode(mode: str, args: argparse.Namespace, db_url: str, studies: list[str
             key_file=str(gateway.key_file) if gateway else "",
             seed=i,
             optuna_clients=args.optuna_clients,
+            separate_calls=args.separate_calls,
         )
         for i in range(args.processes)
     ]
@@ -527,6 +548,8 @@ def main() -> int:
     parser.add_argument("--pool", type=int, default=20, help="the gateway's PostgreSQL pool")
     parser.add_argument("--optuna-clients", action="store_true",
                         help="gateway workers run real optuna.Trial objects (client CPU included)")
+    parser.add_argument("--separate-calls", action="store_true",
+                        help="light workers make Optuna's two calls per step, not tunefleet's Report")
     parser.add_argument("--modes", nargs="+", default=["gateway", "direct"], choices=["gateway", "direct"])
     args = parser.parse_args()
 

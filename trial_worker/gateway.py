@@ -24,10 +24,12 @@ from typing import Any
 import grpc
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import GrpcStorageProxy
-from optuna.storages._grpc.auto_generated import api_pb2_grpc
-from optuna.storages._grpc.client import GrpcClientCache
+from optuna.storages._grpc import servicer as optuna_servicer
+from optuna.storages._grpc.auto_generated import api_pb2, api_pb2_grpc
+from optuna.storages._grpc.client import GrpcClientCache, GrpcClientCacheEntry
 from optuna.trial import TrialState
 
+from trial_worker import gateway_protocol
 from trial_worker.contract import (
     GATEWAY_CA_ENV,
     GATEWAY_SCHEME,
@@ -60,6 +62,11 @@ SERVICE_CONFIG = json.dumps(
         ]
     }
 )
+
+
+# How long the trials a report returned answer the study's reads (should_prune, a sampler's) without
+# a call of their own: no staler than the gateway's own snapshot of the study.
+REPORTED_TRIALS_FRESH_S = 0.25
 
 
 class GatewayConfigError(ValueError):
@@ -143,6 +150,37 @@ def retry_after_s(trailing_metadata: Sequence[tuple[str, Any]] | None) -> float:
     return 0.0
 
 
+class _ReportingCache(GrpcClientCache):
+    """Optuna's client cache of a study's trials, also fed by the trials a report returns, so the
+    reads right after a report (``should_prune``) need no ``GetTrials`` of their own."""
+
+    def __init__(self, stub: api_pb2_grpc.StorageServiceStub) -> None:
+        super().__init__(stub)
+        self._fed_at: dict[int, float] = {}
+
+    def study_of(self, trial_id: int) -> int | None:
+        """The study a running trial belongs to, once a read of that study has seen it."""
+        for study_id, entry in list(self.studies.items()):
+            if trial_id in entry.unfinished_trial_ids:
+                return study_id
+        return None
+
+    def report(self, study_id: int, send: Callable[[set[int], int], api_pb2.GetTrialsReply]) -> None:
+        """Send a report with this study's watermark, and keep the trials it returns."""
+        with self.lock:
+            entry = self.studies.setdefault(study_id, GrpcClientCacheEntry())
+            reply = send(entry.unfinished_trial_ids, entry.last_finished_trial_id)
+            for proto in reply.trials:
+                self._add_trial_to_cache(study_id, optuna_servicer._from_proto_trial(proto))
+            self._fed_at[study_id] = time.monotonic()
+
+    def _read_trials_from_remote_storage(self, study_id: int) -> None:
+        fed_at = self._fed_at.get(study_id)
+        if fed_at is not None and time.monotonic() - fed_at < REPORTED_TRIALS_FRESH_S:
+            return
+        super()._read_trials_from_remote_storage(study_id)
+
+
 class GatewayStorage(GrpcStorageProxy):
     """Optuna's gRPC storage client for the tunefleet trial gateway (TLS + per-trial token).
 
@@ -204,7 +242,14 @@ class GatewayStorage(GrpcStorageProxy):
             self._raw_channel, _RetryTransient(self._retry_budget_s, self._token)
         )
         self._stub = api_pb2_grpc.StorageServiceStub(self._channel)
-        self._cache = GrpcClientCache(self._stub)
+        self._cache: _ReportingCache = _ReportingCache(self._stub)
+        self._report = self._channel.unary_unary(
+            gateway_protocol.REPORT_PATH,
+            request_serializer=gateway_protocol.ReportRequest.SerializeToString,
+            response_deserializer=api_pb2.GetTrialsReply.FromString,
+        )
+        self._reports_combined = True  # until the gateway says it does not know Report
+        self._trial_studies: dict[int, int] = {}
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
@@ -221,6 +266,40 @@ class GatewayStorage(GrpcStorageProxy):
 
     def close(self) -> None:
         self._raw_channel.close()
+
+    def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
+        trial_id = super().get_trial_id_from_study_id_trial_number(study_id, trial_number)
+        self._trial_studies[trial_id] = study_id
+        return trial_id
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        """The report and a read of the study's new trials in one call (``Report``), when the
+        trial's study is known and the gateway knows the call; else Optuna's own call."""
+        study_id = self._trial_studies.get(trial_id) or self._cache.study_of(trial_id)
+        if study_id is None or not self._reports_combined:
+            super().set_trial_intermediate_value(trial_id, step, intermediate_value)
+            return
+
+        def send(unfinished: set[int], last_finished: int) -> api_pb2.GetTrialsReply:
+            request = gateway_protocol.ReportRequest(
+                study_id=study_id, trial_id=trial_id, step=step, intermediate_value=intermediate_value,
+                included_trial_ids=unfinished, trial_id_greater_than=last_finished,
+            )
+            return self._report(request)
+
+        try:
+            self._cache.report(study_id, send)
+        except grpc.RpcError as error:
+            code = error.code()
+            if code == grpc.StatusCode.UNIMPLEMENTED:  # a gateway older than Report
+                self._reports_combined = False
+                super().set_trial_intermediate_value(trial_id, step, intermediate_value)
+            elif code == grpc.StatusCode.NOT_FOUND:
+                raise KeyError from error
+            elif code == grpc.StatusCode.FAILED_PRECONDITION:
+                raise UpdateFinishedTrialError from error
+            else:
+                raise
 
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None

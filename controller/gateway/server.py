@@ -22,7 +22,7 @@ import sqlalchemy
 import sqlalchemy.exc
 import structlog
 from optuna.storages import RDBStorage
-from optuna.storages._grpc.auto_generated import api_pb2_grpc
+from optuna.storages._grpc.auto_generated import api_pb2, api_pb2_grpc
 from optuna.storages._grpc.servicer import _from_proto_trial_state
 
 from controller.gateway import metrics
@@ -34,6 +34,8 @@ from controller.gateway.servicer import GatewayServicer
 from controller.gateway.settings import GatewaySettings
 from controller.gateway.snapshots import StudySnapshots
 from controller.gateway.tokens import TokenClaims, TokenKeys, TokenRefused
+from trial_worker import gateway_protocol
+from trial_worker.gateway_protocol import ReportRequest
 
 log = structlog.get_logger("tunefleet.gateway")
 
@@ -116,8 +118,13 @@ class GatewayInterceptor(grpc.ServerInterceptor):
         except TokenRefused as refused:
             self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, method, "bad-token", refused.reason, None)
         try:
-            target = self._resolve(method, request)
-            authorize(claims, method, target)
+            if method == gateway_protocol.REPORT:  # a report, then a read of the trial's study
+                target = self._resolve("SetTrialIntermediateValue", request, by="trial_id")
+                authorize(claims, "SetTrialIntermediateValue", target)
+                authorize(claims, "GetTrials", self._resolve("GetTrials", request, by="study_id"))
+            else:
+                target = self._resolve(method, request)
+                authorize(claims, method, target)
         except CallRefused as refused:
             self._refuse(
                 context, grpc.StatusCode.PERMISSION_DENIED, method, refused.reason, refused.message, claims
@@ -132,9 +139,12 @@ class GatewayInterceptor(grpc.ServerInterceptor):
             self._directory.record_state(target.trial_id, target.requested_state)
         return response
 
-    def _resolve(self, method: str, request: Any) -> Target:
-        """What the request touches, ids resolved to names (cached; see directory.py)."""
+    def _resolve(self, method: str, request: Any, by: str | None = None) -> Target:
+        """What the request touches, ids resolved to names (cached; see directory.py); ``by``
+        names the id to resolve when the request carries both a study's and a trial's."""
         fields = request.DESCRIPTOR.fields_by_name
+        if by is not None:
+            fields = {by: fields[by]}
         if "study_name" in fields:  # GetStudyIdFromName, CreateNewStudy
             return Target(study=request.study_name)
         if "study_id" in fields:
@@ -247,9 +257,17 @@ class GatewayServer:
                 ("grpc.http2.max_ping_strikes", 0),
             ],
         )
-        api_pb2_grpc.add_StorageServiceServicer_to_server(
-            GatewayServicer(database, snapshots, self._reports), server
+        servicer = GatewayServicer(database, snapshots, self._reports)
+        api_pb2_grpc.add_StorageServiceServicer_to_server(servicer, server)
+        report = grpc.unary_unary_rpc_method_handler(
+            servicer.Report,
+            request_deserializer=ReportRequest.FromString,
+            response_serializer=api_pb2.GetTrialsReply.SerializeToString,
         )
+        ours = grpc.method_handlers_generic_handler(
+            gateway_protocol.SERVICE, {gateway_protocol.REPORT: report}
+        )
+        server.add_generic_rpc_handlers((ours,))
         port = server.add_secure_port(settings.listen, credentials)
         if port == 0:
             raise OSError(f"cannot listen on {settings.listen}")

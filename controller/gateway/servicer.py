@@ -11,6 +11,8 @@ call is Optuna's own, over the bounded ``RDBStorage``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
@@ -96,6 +98,24 @@ class GatewayServicer(OptunaStorageProxyService):
         except UpdateFinishedTrialError as error:
             context.abort(code=grpc.StatusCode.FAILED_PRECONDITION, details=str(error))
         return api_pb2.SetTrialIntermediateValueReply()
+
+    def Report(self, request: Any, context: grpc.ServicerContext) -> api_pb2.GetTrialsReply:
+        """tunefleet's ``Report`` (``trial_worker.gateway_protocol``): the report, committed, then
+        what ``GetTrials`` would answer for the trial's study (the gate checked both)."""
+        self.SetTrialIntermediateValue(
+            api_pb2.SetTrialIntermediateValueRequest(
+                trial_id=request.trial_id, step=request.step, intermediate_value=request.intermediate_value
+            ),
+            context,
+        )
+        return self.GetTrials(
+            api_pb2.GetTrialsRequest(
+                study_id=request.study_id,
+                included_trial_ids=request.included_trial_ids,
+                trial_id_greater_than=request.trial_id_greater_than,
+            ),
+            context,
+        )
 
     def SetTrialStateValues(
         self, request: api_pb2.SetTrialStateValuesRequest, context: grpc.ServicerContext

@@ -1,0 +1,138 @@
+"""tunefleet's ``Report``: a report that brings back the study's new trials, so the
+``should_prune`` after it needs no call of its own. Against real PostgreSQL and a real gateway;
+its rules are the report's and the read's together, and a gateway without it is still served."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import optuna
+import pytest
+from optuna.storages import RDBStorage
+from optuna.storages._grpc.auto_generated import api_pb2_grpc
+from optuna.storages._grpc.servicer import OptunaStorageProxyService
+from optuna.trial import TrialState
+
+from tests.storage.gateway.world import World, assert_refused, snapshot
+from tests.support.gateway import RunningGateway, free_port, make_certificates
+from trial_worker.gateway import GatewayStorage
+from trial_worker.gateway_protocol import ReportRequest
+
+pytestmark = [pytest.mark.storage, pytest.mark.slow]
+
+
+def served(gateway: RunningGateway, method: str) -> int:
+    """How many calls of ``method`` the gateway served (code OK), from its /metrics."""
+    pattern = rf'tunefleet_gateway_calls_total\{{code="OK",method="{method}"\}} ([0-9.e+]+)'
+    found = re.search(pattern, gateway.metrics_text())
+    return int(float(found.group(1))) if found else 0
+
+
+def my_trial(client: GatewayStorage, world: World) -> tuple[optuna.Study, optuna.Trial]:
+    """The trial as the worker opens it (trial_worker/storage.py): by its number."""
+    study = optuna.load_study(
+        study_name=world.mine,
+        storage=client,
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+    )
+    trial_id = client.get_trial_id_from_study_id_trial_number(study._study_id, world.my_trial)
+    return study, optuna.Trial(study, trial_id)
+
+
+def test_each_step_is_one_call_and_prunes_as_before(gateway: RunningGateway, world: World) -> None:
+    client = gateway.client(world.claims())
+    study, trial = my_trial(client, world)
+    before = {m: served(gateway, m) for m in ("Report", "SetTrialIntermediateValue", "GetTrials")}
+
+    trial.report(9.0, 0)
+    assert trial.should_prune()  # worse than the finished trials' median at step 0 (1.0)
+    trial.report(0.5, 1)
+    assert not trial.should_prune()  # its best value now beats their median
+
+    after = {m: served(gateway, m) for m in before}
+    assert after["Report"] - before["Report"] == 2
+    assert after["SetTrialIntermediateValue"] == before["SetTrialIntermediateValue"]
+    assert after["GetTrials"] == before["GetTrials"]  # should_prune read what the report brought
+    study.tell(trial, 0.25)
+    client.close()
+    stored = RDBStorage(world.url).get_trial(world.my_trial_id)
+    assert stored.intermediate_values == {0: 9.0, 1: 0.5}
+    assert stored.state == TrialState.COMPLETE
+
+
+def test_a_report_brings_back_what_other_trials_wrote(gateway: RunningGateway, world: World) -> None:
+    client = gateway.client(world.claims())
+    study, trial = my_trial(client, world)
+    trial.report(1.0, 0)
+    RDBStorage(world.url).set_trial_intermediate_value(world.sibling_id, 0, 7.5)  # another pod
+    time.sleep(0.6)  # the gateway's snapshot of the study is at most 0.5 s old
+    trial.report(1.0, 1)
+    sibling = next(t for t in study.get_trials(deepcopy=False) if t._trial_id == world.sibling_id)
+    assert sibling.intermediate_values == {0: 7.5}
+    client.close()
+
+
+@pytest.mark.parametrize("attempt", ["another trial", "another study's trials", "read-only token", "ended"])
+def test_report_is_refused_what_a_report_or_a_read_would_be(
+    gateway: RunningGateway, world: World, attempt: str
+) -> None:
+    claims = world.claims(trial=None) if attempt == "read-only token" else world.claims()
+    client = gateway.client(claims)
+    request = ReportRequest(
+        study_id=world.mine_id, trial_id=world.my_trial_id, step=0, intermediate_value=1.0
+    )
+    if attempt == "another trial":
+        request.trial_id = world.sibling_id
+    elif attempt == "another study's trials":
+        request.study_id = world.theirs_id
+    elif attempt == "ended":
+        RDBStorage(world.url).set_trial_state_values(world.my_trial_id, TrialState.FAIL)
+    before = snapshot(world.url)
+    error = assert_refused(lambda: client._report(request))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert snapshot(world.url) == before
+    client.close()
+
+
+@pytest.fixture
+def optuna_only_server(tmp_path: Path) -> Iterator[tuple[int, bytes, str]]:
+    """Optuna's own gRPC storage server over TLS (a gateway from before ``Report``), on SQLite."""
+    certificates = make_certificates()
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = RDBStorage(url)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(storage), server)
+    port = server.add_secure_port(
+        f"127.0.0.1:{free_port()}",
+        grpc.ssl_server_credentials([(certificates.key_pem, certificates.cert_pem)]),
+    )
+    server.start()
+    try:
+        yield port, certificates.ca_pem, url
+    finally:
+        server.stop(None)
+        storage.engine.dispose()
+
+
+def test_a_gateway_without_report_is_sent_optunas_own_calls(
+    optuna_only_server: tuple[int, bytes, str],
+) -> None:
+    port, ca_pem, url = optuna_only_server
+    optuna.create_study(study_name="old-gateway", storage=url)
+    client = GatewayStorage(
+        host="127.0.0.1", port=port, token="unused", ca_pem=ca_pem, server_name="localhost"
+    )
+    study = optuna.load_study(study_name="old-gateway", storage=client)
+    trial = study.ask()
+    client.get_trial_id_from_study_id_trial_number(study._study_id, trial.number)
+    for step in range(3):
+        trial.report(float(step), step)
+        assert not trial.should_prune()
+    study.tell(trial, 1.0)
+    client.close()
+    assert RDBStorage(url).get_trial(trial._trial_id).intermediate_values == {0: 0.0, 1: 1.0, 2: 2.0}

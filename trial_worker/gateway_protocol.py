@@ -1,0 +1,58 @@
+"""tunefleet's one addition to Optuna's storage protocol: a report that answers with the study's
+new trials.
+
+A trial that reports and then asks ``should_prune`` makes two calls each step with Optuna's own
+protocol: ``SetTrialIntermediateValue``, then ``GetTrials`` (its client cache's watermark). With
+a thousand trials that is most of what the gateway serves. ``Report`` does both in one round
+trip::
+
+    service tunefleet.gateway.TrialGateway {
+      // SetTrialIntermediateValue(trial_id, step, intermediate_value), then
+      // GetTrials(study_id, included_trial_ids, trial_id_greater_than): the trial's own study
+      rpc Report(ReportRequest) returns (optuna.GetTrialsReply);
+    }
+
+The request message is built here from its descriptor (no generated code to keep in step); the
+reply is Optuna's own ``GetTrialsReply``. A gateway that does not know the method answers
+UNIMPLEMENTED, and the worker goes back to Optuna's two calls.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+SERVICE = "tunefleet.gateway.TrialGateway"
+REPORT = "Report"
+REPORT_PATH = f"/{SERVICE}/{REPORT}"
+
+_FIELDS = (  # (name, type), numbered from 1
+    ("study_id", descriptor_pb2.FieldDescriptorProto.TYPE_INT64),
+    ("trial_id", descriptor_pb2.FieldDescriptorProto.TYPE_INT64),
+    ("step", descriptor_pb2.FieldDescriptorProto.TYPE_INT64),
+    ("intermediate_value", descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE),
+    ("included_trial_ids", descriptor_pb2.FieldDescriptorProto.TYPE_INT64),
+    ("trial_id_greater_than", descriptor_pb2.FieldDescriptorProto.TYPE_INT64),
+)
+_REPEATED = {"included_trial_ids"}
+
+
+def _report_request_class() -> Any:
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="tunefleet/gateway.proto", package="tunefleet.gateway", syntax="proto3"
+    )
+    message = proto.message_type.add(name="ReportRequest")
+    for number, (name, kind) in enumerate(_FIELDS, start=1):
+        label = (
+            descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
+            if name in _REPEATED
+            else descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
+        )
+        message.field.add(name=name, number=number, type=kind, label=label)
+    pool = descriptor_pool.DescriptorPool()  # a pool of its own: nothing else can clash with it
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tunefleet.gateway.ReportRequest"))
+
+
+ReportRequest: Any = _report_request_class()
