@@ -34,8 +34,7 @@ from controller.gateway.servicer import GatewayServicer
 from controller.gateway.settings import GatewaySettings
 from controller.gateway.snapshots import StudySnapshots
 from controller.gateway.tokens import TokenClaims, TokenKeys, TokenRefused
-from trial_worker import gateway_protocol
-from trial_worker.gateway_protocol import ReportRequest
+from trial_worker.gateway_protocol import REPORT, SERVICE, ReportRequest
 
 log = structlog.get_logger("tunefleet.gateway")
 
@@ -118,7 +117,7 @@ class GatewayInterceptor(grpc.ServerInterceptor):
         except TokenRefused as refused:
             self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, method, "bad-token", refused.reason, None)
         try:
-            if method == gateway_protocol.REPORT:  # a report, then a read of the trial's study
+            if method == REPORT:  # a report, then a read of the trial's study
                 target = self._resolve("SetTrialIntermediateValue", request, by="trial_id")
                 authorize(claims, "SetTrialIntermediateValue", target)
                 authorize(claims, "GetTrials", self._resolve("GetTrials", request, by="study_id"))
@@ -265,7 +264,7 @@ class GatewayServer:
             response_serializer=api_pb2.GetTrialsReply.SerializeToString,
         )
         ours = grpc.method_handlers_generic_handler(
-            gateway_protocol.SERVICE, {gateway_protocol.REPORT: report}
+            SERVICE, {REPORT: report}
         )
         server.add_generic_rpc_handlers((ours,))
         port = server.add_secure_port(settings.listen, credentials)

@@ -51,9 +51,15 @@ def test_the_controller_imports_only_the_workers_contract(path: Path) -> None:
     worker_imports = [m for m in imports_of(path) if m == "trial_worker" or m.startswith("trial_worker.")]
     # trial_worker.gateway is the worker's side of the gateway contract: the export
     # (controller/analysis/data.py) reads through the trial gateway with the same client.
+    # trial_worker.gateway_protocol is tunefleet's addition to that protocol (Report), both sides'.
     # trial_worker.trial_reads is how both sides read a study's trials (Optuna's read in SQL Core):
     # one definition, so the controller's samplers and the workers' pruners see the same trials.
-    allowed = {"trial_worker.contract", "trial_worker.gateway", "trial_worker.trial_reads"}
+    allowed = {
+        "trial_worker.contract",
+        "trial_worker.gateway",
+        "trial_worker.gateway_protocol",
+        "trial_worker.trial_reads",
+    }
     assert set(worker_imports) <= allowed
 
 
