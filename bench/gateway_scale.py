@@ -244,7 +244,7 @@ class _AioTrialChannel:
 
     def __init__(self, plan: LoadPlan, token: str, retried: collections.Counter[str]) -> None:
         import grpc
-        from optuna.storages._grpc.auto_generated import api_pb2, api_pb2_grpc
+        from optuna.storages._grpc.auto_generated import api_pb2_grpc
 
         from trial_worker import gateway_protocol
         from trial_worker.gateway import channel_options, parse_gateway_url
@@ -253,11 +253,7 @@ class _AioTrialChannel:
         credentials = grpc.ssl_channel_credentials(root_certificates=plan.ca_pem.encode())
         self.channel = grpc.aio.secure_channel(f"{host}:{port}", credentials, options=channel_options())
         self.stub = api_pb2_grpc.StorageServiceStub(self.channel)
-        self._methods = {"Report": self.channel.unary_unary(
-            gateway_protocol.REPORT_PATH,
-            request_serializer=gateway_protocol.ReportRequest.SerializeToString,
-            response_deserializer=api_pb2.GetTrialsReply.FromString,
-        )}
+        self._methods = {gateway_protocol.REPORT: gateway_protocol.report_method(self.channel)}
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._retried = retried
 
@@ -266,10 +262,17 @@ class _AioTrialChannel:
 
         import grpc
 
-        from trial_worker.gateway import ATTEMPT_TIMEOUT_S, DEFAULT_RETRY_BUDGET_S, RETRIED, retry_after_s
+        from trial_worker.gateway import (
+            ATTEMPT_TIMEOUT_S,
+            DEFAULT_RETRY_BUDGET_S,
+            FIRST_BACKOFF_S,
+            RETRIED,
+            next_backoff_s,
+            retry_wait_s,
+        )
 
         give_up_at = time.monotonic() + DEFAULT_RETRY_BUDGET_S
-        delay = 0.1
+        delay = FIRST_BACKOFF_S
         while True:
             try:
                 send = self._methods.get(method) or getattr(self.stub, method)
@@ -278,12 +281,11 @@ class _AioTrialChannel:
                 if error.code() not in RETRIED:
                     raise
                 self._retried[f"{method} {error.code().name}"] += 1
-                asked_wait = retry_after_s(tuple(error.trailing_metadata() or ()))
-                wait = max(delay, asked_wait) * random.uniform(1.0, 1.5)
+                wait = retry_wait_s(delay, tuple(error.trailing_metadata() or ()))
                 if time.monotonic() + wait > give_up_at:
                     raise
                 await asyncio.sleep(wait)
-                delay = min(delay * 2, 5.0)
+                delay = next_backoff_s(delay)
 
 
 async def _light_worker(plan: LoadPlan, source: TrialSource, asker: Any, index: int, deadline: float,

@@ -43,6 +43,7 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXH
 RETRIED = RETRYABLE | {grpc.StatusCode.DEADLINE_EXCEEDED}
 ATTEMPT_TIMEOUT_S = 60.0
 DEFAULT_RETRY_BUDGET_S = 60.0
+FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.1, 5.0  # the worker's own retries, beyond gRPC's
 
 # gRPC's own retries (at most 5 attempts, it caps them) absorb a blip and obey the gateway's
 # pushback; the interceptor below keeps trying for longer, e.g. while a gateway restarts.
@@ -109,16 +110,16 @@ class _RetryTransient(grpc.UnaryUnaryClientInterceptor):
             client_call_details.compression,
         )
         give_up_at = time.monotonic() + self._budget_s
-        delay = 0.1
+        delay = FIRST_BACKOFF_S
         while True:
             call = continuation(details, request)
             if call.code() not in RETRIED:
                 return call
-            wait = max(delay, retry_after_s(call.trailing_metadata())) * random.uniform(1.0, 1.5)
+            wait = retry_wait_s(delay, call.trailing_metadata())
             if time.monotonic() + wait > give_up_at:
                 return call
             self._sleep(wait)
-            delay = min(delay * 2, 5.0)
+            delay = next_backoff_s(delay)
 
 
 def channel_options(server_name: str | None = None) -> list[tuple[str, Any]]:
@@ -139,7 +140,17 @@ def channel_options(server_name: str | None = None) -> list[tuple[str, Any]]:
     return options
 
 
-def retry_after_s(trailing_metadata: Sequence[tuple[str, Any]] | None) -> float:
+def retry_wait_s(delay_s: float, trailing_metadata: Sequence[tuple[str, Any]] | None) -> float:
+    """How long to wait before retrying a shed or unavailable call: the backoff or the gateway's
+    ``retry-after-ms``, whichever is longer, with jitter so retries spread out."""
+    return max(delay_s, _retry_after_s(trailing_metadata)) * random.uniform(1.0, 1.5)
+
+
+def next_backoff_s(delay_s: float) -> float:
+    return min(delay_s * 2, MAX_BACKOFF_S)
+
+
+def _retry_after_s(trailing_metadata: Sequence[tuple[str, Any]] | None) -> float:
     """The wait a shedding gateway asked for (``retry-after-ms``), in seconds; 0 when none."""
     for key, value in trailing_metadata or ():
         if key == "retry-after-ms":
@@ -243,11 +254,7 @@ class GatewayStorage(GrpcStorageProxy):
         )
         self._stub = api_pb2_grpc.StorageServiceStub(self._channel)
         self._cache: _ReportingCache = _ReportingCache(self._stub)
-        self._report = self._channel.unary_unary(
-            gateway_protocol.REPORT_PATH,
-            request_serializer=gateway_protocol.ReportRequest.SerializeToString,
-            response_deserializer=api_pb2.GetTrialsReply.FromString,
-        )
+        self._report = gateway_protocol.report_method(self._channel)
         self._reports_combined = True  # until the gateway says it does not know Report
         self._trial_studies: dict[int, int] = {}
 
@@ -275,7 +282,11 @@ class GatewayStorage(GrpcStorageProxy):
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
         """The report and a read of the study's new trials in one call (``Report``), when the
         trial's study is known and the gateway knows the call; else Optuna's own call."""
-        study_id = self._trial_studies.get(trial_id) or self._cache.study_of(trial_id)
+        study_id = self._trial_studies.get(trial_id)
+        if study_id is None:
+            study_id = self._cache.study_of(trial_id)
+            if study_id is not None:
+                self._trial_studies[trial_id] = study_id  # looked up once, not every step
         if study_id is None or not self._reports_combined:
             super().set_trial_intermediate_value(trial_id, step, intermediate_value)
             return

@@ -19,9 +19,12 @@ UNIMPLEMENTED, and the worker goes back to Optuna's two calls.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from optuna.storages._grpc.auto_generated import api_pb2
 
 SERVICE = "tunefleet.gateway.TrialGateway"
 REPORT = "Report"
@@ -56,3 +59,35 @@ def _report_request_class() -> Any:
 
 
 ReportRequest: Any = _report_request_class()
+
+
+def report_method(channel: Any) -> Any:
+    """The client's ``Report`` callable on ``channel`` (a ``grpc.Channel`` or ``grpc.aio.Channel``)."""
+    return channel.unary_unary(
+        REPORT_PATH,
+        request_serializer=ReportRequest.SerializeToString,
+        response_deserializer=api_pb2.GetTrialsReply.FromString,
+    )
+
+
+def report_handler(behavior: Callable[[Any, grpc.ServicerContext], api_pb2.GetTrialsReply]) -> Any:
+    """The server's generic handler for ``Report``, served by ``behavior``."""
+    method = grpc.unary_unary_rpc_method_handler(
+        behavior,
+        request_deserializer=ReportRequest.FromString,
+        response_serializer=api_pb2.GetTrialsReply.SerializeToString,
+    )
+    return grpc.method_handlers_generic_handler(SERVICE, {REPORT: method})
+
+
+def report_parts(request: Any) -> tuple[api_pb2.SetTrialIntermediateValueRequest, api_pb2.GetTrialsRequest]:
+    """The two Optuna calls a ``Report`` stands for: what it writes, then what it reads."""
+    write = api_pb2.SetTrialIntermediateValueRequest(
+        trial_id=request.trial_id, step=request.step, intermediate_value=request.intermediate_value
+    )
+    read = api_pb2.GetTrialsRequest(
+        study_id=request.study_id,
+        included_trial_ids=request.included_trial_ids,
+        trial_id_greater_than=request.trial_id_greater_than,
+    )
+    return write, read

@@ -22,7 +22,7 @@ import sqlalchemy
 import sqlalchemy.exc
 import structlog
 from optuna.storages import RDBStorage
-from optuna.storages._grpc.auto_generated import api_pb2, api_pb2_grpc
+from optuna.storages._grpc.auto_generated import api_pb2_grpc
 from optuna.storages._grpc.servicer import _from_proto_trial_state
 
 from controller.gateway import metrics
@@ -34,7 +34,7 @@ from controller.gateway.servicer import GatewayServicer
 from controller.gateway.settings import GatewaySettings
 from controller.gateway.snapshots import StudySnapshots
 from controller.gateway.tokens import TokenClaims, TokenKeys, TokenRefused
-from trial_worker.gateway_protocol import REPORT, SERVICE, ReportRequest
+from trial_worker.gateway_protocol import REPORT, report_handler, report_parts
 
 log = structlog.get_logger("tunefleet.gateway")
 
@@ -117,13 +117,13 @@ class GatewayInterceptor(grpc.ServerInterceptor):
         except TokenRefused as refused:
             self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, method, "bad-token", refused.reason, None)
         try:
-            if method == REPORT:  # a report, then a read of the trial's study
-                target = self._resolve("SetTrialIntermediateValue", request, by="trial_id")
-                authorize(claims, "SetTrialIntermediateValue", target)
-                authorize(claims, "GetTrials", self._resolve("GetTrials", request, by="study_id"))
-            else:
-                target = self._resolve(method, request)
-                authorize(claims, method, target)
+            # A Report is checked as the two Optuna calls it stands for: its write, then its read.
+            parts = _report_calls(request) if method == REPORT else ((method, request),)
+            targets: list[Target] = []
+            for name, part in parts:
+                targets.append(self._resolve(name, part))
+                authorize(claims, name, targets[-1])
+            target = targets[0]
         except CallRefused as refused:
             self._refuse(
                 context, grpc.StatusCode.PERMISSION_DENIED, method, refused.reason, refused.message, claims
@@ -138,12 +138,9 @@ class GatewayInterceptor(grpc.ServerInterceptor):
             self._directory.record_state(target.trial_id, target.requested_state)
         return response
 
-    def _resolve(self, method: str, request: Any, by: str | None = None) -> Target:
-        """What the request touches, ids resolved to names (cached; see directory.py); ``by``
-        names the id to resolve when the request carries both a study's and a trial's."""
+    def _resolve(self, method: str, request: Any) -> Target:
+        """What the request touches, ids resolved to names (cached; see directory.py)."""
         fields = request.DESCRIPTOR.fields_by_name
-        if by is not None:
-            fields = {by: fields[by]}
         if "study_name" in fields:  # GetStudyIdFromName, CreateNewStudy
             return Target(study=request.study_name)
         if "study_id" in fields:
@@ -191,6 +188,11 @@ class GatewayInterceptor(grpc.ServerInterceptor):
         )
         context.abort(code, message)
         raise AssertionError("context.abort raises")
+
+
+def _report_calls(request: Any) -> tuple[tuple[str, Any], ...]:
+    write, read = report_parts(request)
+    return (("SetTrialIntermediateValue", write), ("GetTrials", read))
 
 
 def _bearer(context: grpc.ServicerContext) -> str:
@@ -258,15 +260,7 @@ class GatewayServer:
         )
         servicer = GatewayServicer(database, snapshots, self._reports)
         api_pb2_grpc.add_StorageServiceServicer_to_server(servicer, server)
-        report = grpc.unary_unary_rpc_method_handler(
-            servicer.Report,
-            request_deserializer=ReportRequest.FromString,
-            response_serializer=api_pb2.GetTrialsReply.SerializeToString,
-        )
-        ours = grpc.method_handlers_generic_handler(
-            SERVICE, {REPORT: report}
-        )
-        server.add_generic_rpc_handlers((ours,))
+        server.add_generic_rpc_handlers((report_handler(servicer.Report),))
         port = server.add_secure_port(settings.listen, credentials)
         if port == 0:
             raise OSError(f"cannot listen on {settings.listen}")

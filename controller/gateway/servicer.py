@@ -23,6 +23,7 @@ from controller.gateway.reports import ReportBatcher
 from controller.gateway.snapshots import StudySnapshots
 from controller.gateway.tells import finish_trial
 from controller.gateway.trial_rows import read_trial, trial_id_of
+from trial_worker.gateway_protocol import report_parts
 
 
 class GatewayServicer(OptunaStorageProxyService):
@@ -102,20 +103,9 @@ class GatewayServicer(OptunaStorageProxyService):
     def Report(self, request: Any, context: grpc.ServicerContext) -> api_pb2.GetTrialsReply:
         """tunefleet's ``Report`` (``trial_worker.gateway_protocol``): the report, committed, then
         what ``GetTrials`` would answer for the trial's study (the gate checked both)."""
-        self.SetTrialIntermediateValue(
-            api_pb2.SetTrialIntermediateValueRequest(
-                trial_id=request.trial_id, step=request.step, intermediate_value=request.intermediate_value
-            ),
-            context,
-        )
-        return self.GetTrials(
-            api_pb2.GetTrialsRequest(
-                study_id=request.study_id,
-                included_trial_ids=request.included_trial_ids,
-                trial_id_greater_than=request.trial_id_greater_than,
-            ),
-            context,
-        )
+        write, read = report_parts(request)
+        self.SetTrialIntermediateValue(write, context)
+        return self.GetTrials(read, context)
 
     def SetTrialStateValues(
         self, request: api_pb2.SetTrialStateValuesRequest, context: grpc.ServicerContext
