@@ -1,16 +1,16 @@
-"""The trial gateway's read of a study's trials on PostgreSQL: one statement against six queries.
+"""Reading a study's trials on PostgreSQL: one statement against six queries.
 
     .venv/bin/python -m bench.gateway_reads [--trials 5000] [--steps 20] [--running 20] [--repeats 200]
 
 Starts a throwaway PostgreSQL 15 (as the tests do), builds a study of ``--trials`` finished
 trials (three parameters, one a categorical; ``--steps`` intermediate values and a user attribute
-each), then times in one run the two ways ``controller.gateway.trial_rows`` can read trials into
-Optuna's gRPC messages:
+each), then times in one run the two readers of ``trial_worker.trial_reads``, each read encoded
+into Optuna's gRPC messages as the trial gateway encodes it (``controller.gateway.trial_rows``):
 
-- one statement: each trial one row, its children aggregated into arrays (what the gateway does
-  on PostgreSQL);
-- six queries: the trials, then each child table by id (``trial_worker.trial_reads``, what it does
-  on other databases, and what it did on PostgreSQL before).
+- one statement (``read_stored_aggregated``, what every reader uses on PostgreSQL): each trial
+  one row, its children aggregated into arrays;
+- six queries (``read_stored_by_table``, what readers use on other databases, and on PostgreSQL
+  before): the trials, then each child table by id.
 
 For the whole study (what the export Job's first read and a new worker's first read ask) and for
 a snapshot refresh (the last ``--running`` trials, as a busy study's unfinished ones). Printed:
@@ -54,6 +54,12 @@ def _build(url: str, trials: int, steps: int) -> int:
     return int(study._study_id)
 
 
+def _timed_once(read: Callable[[], Any]) -> float:
+    began = time.perf_counter()
+    read()
+    return time.perf_counter() - began
+
+
 def _timed(read: Callable[[], Any], repeats: int) -> tuple[float, float]:
     """(mean wall seconds, mean CPU seconds) per read, after one read to warm up."""
     read()
@@ -67,9 +73,9 @@ def main() -> int:
     import optuna
     from optuna.storages import RDBStorage
 
-    from controller.gateway import trial_rows
+    from controller.gateway.trial_rows import message
     from tests.support.postgres import remove_server, start_server
-    from trial_worker.trial_reads import read_stored
+    from trial_worker.trial_reads import read_stored_aggregated, read_stored_by_table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=5000)
@@ -90,21 +96,19 @@ def main() -> int:
         # a refresh: the unfinished trials by id (here the newest), and any newer than the watermark
         refresh = set(ids[-args.running:]), ids[-1]
 
-        def one_statement(included: set[int], greater_than: int) -> Any:
-            return trial_rows.read_trials(engine, study_id, included, greater_than)
+        readers = {"one statement": read_stored_aggregated, "six queries": read_stored_by_table}
 
-        def six_queries(included: set[int], greater_than: int) -> Any:
-            stored = read_stored(engine, study_id, None, included, greater_than)
-            return [trial_rows._message(trial) for trial in stored]
+        def as_messages(read: Callable[..., Any], included: set[int], greater_than: int) -> Any:
+            return [message(t) for t in read(engine, study_id, None, included, greater_than)]
 
-        readers = {"one statement": one_statement, "six queries": six_queries}
         print(f"\nthe whole study ({args.trials} trials), best of 3:")
         for name, read in readers.items():
-            best = min(_timed(lambda read=read: read(set(), -1), 1)[0] for _ in range(3))
+            as_messages(read, set(), -1)  # warm
+            best = min(_timed_once(lambda read=read: as_messages(read, set(), -1)) for _ in range(3))
             print(f"  {name:14} {1000 * best:8.1f} ms")
         print(f"\na snapshot refresh ({args.running} trials), mean of {args.repeats}:")
         for name, read in readers.items():
-            wall, cpu = _timed(lambda read=read: read(*refresh), args.repeats)
+            wall, cpu = _timed(lambda read=read: as_messages(read, *refresh), args.repeats)
             print(f"  {name:14} {1000 * wall:8.2f} ms   CPU {1000 * cpu:6.2f} ms")
     finally:
         remove_server(server)
