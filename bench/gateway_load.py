@@ -152,6 +152,17 @@ def _client_storage(plan: LoadPlan, token: str) -> Any:
     return optuna.storages.RDBStorage(plan.db_url, engine_kwargs={"pool_size": 1, "max_overflow": 1})
 
 
+def _close(storage: Any) -> None:
+    """Close a worker's storage: its gRPC channel, or its database connections."""
+    if storage is None:
+        return
+    engine = getattr(storage, "engine", None)
+    if engine is not None:
+        engine.dispose()
+    else:
+        storage.close()
+
+
 def _simulated_worker(plan: LoadPlan, source: TrialSource, index: int, deadline: float,
                       result: LoadResult, lock: threading.Lock) -> None:
     import optuna
@@ -164,6 +175,7 @@ def _simulated_worker(plan: LoadPlan, source: TrialSource, index: int, deadline:
         try:
             number, token = source.next_trial(study_name)
             if plan.mode == "gateway" or storage is None:
+                _close(storage)  # a trial pod's connections end with it
                 storage = _client_storage(plan, token)
             study = optuna.load_study(
                 study_name=study_name, storage=storage, pruner=optuna.pruners.MedianPruner(n_startup_trials=3)
@@ -194,8 +206,10 @@ def _simulated_worker(plan: LoadPlan, source: TrialSource, index: int, deadline:
         except Exception as exc:  # noqa: BLE001 - every failure is counted by kind, and the worker goes on
             with lock:
                 result.errors[_error_kind(exc)] += 1
+            _close(storage)  # the failed pod's connections are gone, not left to the collector
             storage = None
             time.sleep(1.0)
+    _close(storage)
 
 
 class _PruneCache:
