@@ -15,6 +15,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,9 @@ class LoadPlan:
     key_file: str = ""
     seed: int = 0
     optuna_clients: bool = False
-    separate_calls: bool = False  # Optuna's two calls per step instead of tunefleet's Report
+    # per step: "stream" (tunefleet's Reports stream, what GatewayStorage sends), "unary" (one
+    # Report call), "separate" (Optuna's two calls: SetTrialIntermediateValue, then GetTrials)
+    reports: str = "stream"
 
 
 @dataclass
@@ -264,6 +267,36 @@ class _AioTrialChannel:
         self._methods = {gateway_protocol.REPORT: gateway_protocol.report_method(self.channel)}
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._retried = retried
+        self._stream: Any = None
+        self._streaming = True
+
+    async def report(self, request: Any) -> Any:
+        """What ``GatewayStorage.set_trial_intermediate_value`` does: the report on the trial's
+        ``Reports`` stream, the unary ``Report`` (with its retries) when the stream ended."""
+        import grpc
+
+        from trial_worker import gateway_protocol
+        from trial_worker.gateway import RETRIED
+
+        if self._streaming:
+            try:
+                if self._stream is None:
+                    self._stream = gateway_protocol.reports_method(self.channel)(metadata=self._metadata)
+                await self._stream.write(request)
+                reply = await self._stream.read()
+                if reply is not grpc.aio.EOF:
+                    return reply
+                self._stream = None
+                self._retried["Reports EOF"] += 1
+            except grpc.aio.AioRpcError as error:
+                self._stream = None
+                if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    self._streaming = False
+                elif error.code() in RETRIED | {grpc.StatusCode.CANCELLED}:
+                    self._retried[f"Reports {error.code().name}"] += 1
+                else:
+                    raise
+        return await self.call("Report", request)
 
     async def call(self, method: str, request: Any) -> Any:
         import asyncio
@@ -330,7 +363,7 @@ async def _light_worker(plan: LoadPlan, source: TrialSource, asker: Any, index: 
                 await asyncio.sleep(max(0.0, next_tick - time.time()))
                 began = time.perf_counter()
                 curve[step] = quality * (step + 1) / STEPS
-                if plan.separate_calls:  # Optuna's protocol: the report, then GetTrials
+                if plan.reports == "separate":  # Optuna's protocol: the report, then GetTrials
                     await call("SetTrialIntermediateValue", api_pb2.SetTrialIntermediateValueRequest(
                         trial_id=trial_id, step=step, intermediate_value=curve[step]
                     ))
@@ -339,11 +372,13 @@ async def _light_worker(plan: LoadPlan, source: TrialSource, asker: Any, index: 
                         study_id=study_id, included_trial_ids=cache.unfinished,
                         trial_id_greater_than=cache.last_finished,
                     ))).trials)
-                else:  # tunefleet's Report (what GatewayStorage sends): one call brings the trials
-                    cache.add((await call("Report", ReportRequest(
+                else:  # tunefleet's report: one message (or call) brings the trials
+                    request = ReportRequest(
                         study_id=study_id, trial_id=trial_id, step=step, intermediate_value=curve[step],
                         included_trial_ids=cache.unfinished, trial_id_greater_than=cache.last_finished,
-                    ))).trials)
+                    )
+                    send = trial_channel.report if plan.reports == "stream" else partial(call, "Report")
+                    cache.add((await send(request)).trials)
                     reported = time.perf_counter()
                 pruned = cache.should_prune(curve, step)
                 asked = time.perf_counter()

@@ -9,11 +9,13 @@ takes the next trial.
 Through the gateway, a worker is by default a light client: it makes exactly the RPCs Optuna's
 ``GrpcStorageProxy`` makes for ``load_study`` + ``optuna.Trial`` + report/should_prune/tell
 (GetStudyIdFromName, GetStudyDirections, GetTrialIdFromStudyIdTrialNumber, GetTrial; per step
-tunefleet's Report with the client cache's included_trial_ids and trial_id_greater_than, or with
-``--separate-calls`` Optuna's SetTrialIntermediateValue then GetTrials; SetTrialStateValues at
-the end), on an asyncio channel opened as
-``trial_worker.gateway.GatewayStorage`` opens its own (TLS with the CA, the same channel options
-and gRPC retry policy, the bearer token, the same retries of shed calls), and computes the median of
+one message on tunefleet's Reports stream with the client cache's included_trial_ids and
+trial_id_greater_than, as ``GatewayStorage`` sends it; with ``--reports unary`` one Report call
+instead, with ``--reports separate`` Optuna's SetTrialIntermediateValue then GetTrials; several
+values run the gateway once for each, one after the other; SetTrialStateValues at the end), on
+an asyncio channel opened as ``trial_worker.gateway.GatewayStorage`` opens its own (TLS with the
+CA, the same channel options and gRPC retry policy, the bearer token, the same retries of shed
+calls, a new stream after one ended), and computes the median of
 the completed trials at that step from the reply's protobuf. It skips only the client-side
 decoding of every trial into ``FrozenTrial``s (strptime, json), which on 2 shared cores with
 1,000 workers would cost more CPU than the gateway itself and so measure the load generator;
@@ -148,7 +150,8 @@ def _inside_p99(counted: collections.Counter[str], method: str) -> str:
 
 
 def run_mode(mode: str, args: argparse.Namespace, db_url: str, studies: list[str],
-             gateway: Any = None, pg_data: Path | None = None) -> tuple[LoadResult, int, str]:
+             gateway: Any = None, pg_data: Path | None = None,
+             reports: str = "stream") -> tuple[LoadResult, int, str]:
     plans = [
         LoadPlan(
             mode=mode,
@@ -161,7 +164,7 @@ def run_mode(mode: str, args: argparse.Namespace, db_url: str, studies: list[str
             key_file=str(gateway.key_file) if gateway else "",
             seed=i,
             optuna_clients=args.optuna_clients,
-            separate_calls=args.separate_calls,
+            reports=reports,
         )
         for i in range(args.processes)
     ]
@@ -233,8 +236,10 @@ def main() -> int:
     parser.add_argument("--pool", type=int, default=20, help="the gateway's PostgreSQL pool")
     parser.add_argument("--optuna-clients", action="store_true",
                         help="gateway workers run real optuna.Trial objects (client CPU included)")
-    parser.add_argument("--separate-calls", action="store_true",
-                        help="light workers make Optuna's two calls per step, not tunefleet's Report")
+    parser.add_argument("--reports", nargs="+", default=["stream"], choices=["stream", "unary", "separate"],
+                        help="how light workers report each step: tunefleet's Reports stream (what "
+                        "trial pods do), one Report call each, or Optuna's two calls; several: one "
+                        "gateway run each")
     parser.add_argument("--modes", nargs="+", default=["gateway", "direct"], choices=["gateway", "direct"])
     args = parser.parse_args()
     if args.processes < 1 or args.workers < args.processes or args.studies < args.processes:
@@ -264,13 +269,18 @@ def main() -> int:
               f"{args.seconds:.0f} s per run, one report + should_prune per worker per second")
         for mode in args.modes:
             if mode == "gateway":
-                with tempfile.TemporaryDirectory() as tmp, running_gateway(
-                    db_url, None, Path(tmp), pool_size=args.pool
-                ) as gateway:
-                    result, most, summary = run_mode(mode, args, db_url, studies, gateway, server.data_dir)
+                for reports in args.reports:
+                    with tempfile.TemporaryDirectory() as tmp, running_gateway(
+                        db_url, None, Path(tmp), pool_size=args.pool
+                    ) as gateway:
+                        result, most, summary = run_mode(
+                            mode, args, db_url, studies, gateway, server.data_dir, reports
+                        )
+                    _print(f"gateway, reports: {reports}" if len(args.reports) > 1 else mode,
+                           result, most, summary)
             else:
                 result, most, summary = run_mode(mode, args, db_url, studies, pg_data=server.data_dir)
-            _print(mode, result, most, summary)
+                _print(mode, result, most, summary)
     finally:
         remove_server(server)
     return 0

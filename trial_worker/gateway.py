@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import queue
 import random
 import time
 import warnings
@@ -192,6 +193,44 @@ class _ReportingCache(GrpcClientCache):
         super()._read_trials_from_remote_storage(study_id)
 
 
+class _ReportStream:
+    """The trial's ``Reports`` stream (``gateway_protocol``): opened at the first report, one
+    report and its answer at a time, reopened after it ended with an error."""
+
+    def __init__(self, channel: grpc.Channel, authorization: Sequence[tuple[str, str]]) -> None:
+        self._method = gateway_protocol.reports_method(channel)
+        self._authorization = tuple(authorization)
+        self._requests: queue.SimpleQueue[Any] | None = None
+        self._replies: Any = None
+
+    def send(self, request: Any) -> api_pb2.GetTrialsReply:
+        """The answer to ``request``; grpc.RpcError (the stream is then closed) when it ended."""
+        if self._requests is None:
+            self._requests = queue.SimpleQueue()
+            self._replies = self._method(iter(self._requests.get, None), metadata=self._authorization)
+        self._requests.put(request)
+        try:
+            return next(self._replies)
+        except StopIteration:  # the gateway ended the stream without a status: treat as a restart
+            self.close()
+            raise _StreamEnded() from None
+        except grpc.RpcError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._requests is not None:
+            self._requests.put(None)
+        if self._replies is not None:
+            self._replies.cancel()
+        self._requests, self._replies = None, None
+
+
+class _StreamEnded(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+
 class GatewayStorage(GrpcStorageProxy):
     """Optuna's gRPC storage client for the tunefleet trial gateway (TLS + per-trial token).
 
@@ -256,11 +295,14 @@ class GatewayStorage(GrpcStorageProxy):
         self._cache: _ReportingCache = _ReportingCache(self._stub)
         self._report = gateway_protocol.report_method(self._channel)
         self._reports_combined = True  # until the gateway says it does not know Report
+        self._stream = _ReportStream(self._raw_channel, (("authorization", f"Bearer {self._token}"),))
+        self._streaming = True  # until the gateway says it does not know Reports
         self._trial_studies: dict[int, int] = {}
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
         state.pop("_raw_channel", None)
+        state.pop("_stream", None)
         return state
 
     def wait_server_ready(self, timeout: float | None = None) -> None:
@@ -272,6 +314,7 @@ class GatewayStorage(GrpcStorageProxy):
             raise ConnectionError(f"the trial gateway at {self._host}:{self._port} did not answer") from error
 
     def close(self) -> None:
+        self._stream.close()
         self._raw_channel.close()
 
     def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
@@ -280,8 +323,10 @@ class GatewayStorage(GrpcStorageProxy):
         return trial_id
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
-        """The report and a read of the study's new trials in one call (``Report``), when the
-        trial's study is known and the gateway knows the call; else Optuna's own call."""
+        """The report and a read of the study's new trials in one message on the trial's
+        ``Reports`` stream, when the trial's study is known; the unary ``Report`` when the stream
+        ended (it retries while the gateway is away) or the gateway does not know streams; Optuna's
+        own call when it does not know ``Report`` either."""
         study_id = self._trial_studies.get(trial_id)
         if study_id is None:
             study_id = self._cache.study_of(trial_id)
@@ -296,6 +341,14 @@ class GatewayStorage(GrpcStorageProxy):
                 study_id=study_id, trial_id=trial_id, step=step, intermediate_value=intermediate_value,
                 included_trial_ids=unfinished, trial_id_greater_than=last_finished,
             )
+            if self._streaming:
+                try:
+                    return self._stream.send(request)
+                except grpc.RpcError as error:
+                    if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+                        self._streaming = False
+                    elif error.code() not in RETRIED | {grpc.StatusCode.CANCELLED}:
+                        raise
             return self._report(request)
 
         try:

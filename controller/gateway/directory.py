@@ -26,6 +26,10 @@ _TRIAL = sqlalchemy.text(
 _STUDY = sqlalchemy.text("SELECT study_name FROM studies WHERE study_id = :study_id")
 
 
+class NeedsDatabase(Exception):
+    """Asked with ``cached_only``, and the answer needs a query: ask again where waiting is fine."""
+
+
 @dataclass(frozen=True)
 class TrialInfo:
     study_id: int
@@ -51,10 +55,12 @@ class Directory:
         self._trials: dict[int, TrialInfo] = {}
         self._lock = threading.Lock()
 
-    def study_name(self, study_id: int) -> str | None:
+    def study_name(self, study_id: int, cached_only: bool = False) -> str | None:
         cached = self._studies.get(study_id)
         if cached is not None:
             return cached
+        if cached_only:
+            raise NeedsDatabase
         with self._engine.connect() as connection:
             name = connection.execute(_STUDY, {"study_id": study_id}).scalar()
         if name is None:
@@ -63,9 +69,10 @@ class Directory:
             self._studies[study_id] = str(name)
         return str(name)
 
-    def trial(self, trial_id: int, fresh_state: bool = False) -> TrialInfo | None:
+    def trial(self, trial_id: int, fresh_state: bool = False, cached_only: bool = False) -> TrialInfo | None:
         """The trial's owner and number; with ``fresh_state``, a running state at most
-        ``running_ttl_s`` old (a finished state is final)."""
+        ``running_ttl_s`` old (a finished state is final). With ``cached_only``, NeedsDatabase
+        rather than a query."""
         now = time.monotonic()
         cached = self._trials.get(trial_id)
         if cached is not None and (
@@ -79,6 +86,8 @@ class Directory:
                 with self._lock:
                     self._trials[trial_id] = info
                 return info
+        if cached_only:
+            raise NeedsDatabase
         with self._engine.connect() as connection:
             row = connection.execute(_TRIAL, {"trial_id": trial_id}).first()
         if row is None:

@@ -16,6 +16,7 @@ import math
 import queue
 import threading
 import time
+from concurrent import futures
 from dataclasses import dataclass, field
 
 import sqlalchemy
@@ -46,12 +47,12 @@ class _Report:
     trial_id: int
     step: int
     value: float
-    done: threading.Event = field(default_factory=threading.Event)
-    error: BaseException | None = None
+    done: futures.Future[None] = field(default_factory=futures.Future)
 
 
 class ReportBatcher:
-    """``submit`` blocks until the report is committed (or refused); one writer thread."""
+    """``submit`` blocks until the report is committed (or refused), ``submit_future`` answers when
+    it is; one writer thread."""
 
     def __init__(self, backend: RDBStorage, window_s: float = WINDOW_S, max_batch: int = MAX_BATCH) -> None:
         self._backend = backend
@@ -65,15 +66,24 @@ class ReportBatcher:
             self._thread = threading.Thread(target=self._run, name="gateway-reports", daemon=True)
             self._thread.start()
 
+    @property
+    def batched(self) -> bool:
+        """Whether reports are written in groups (PostgreSQL); else ``submit`` writes each."""
+        return self._batched
+
     def submit(self, trial_id: int, step: int, value: float) -> None:
         if not self._batched:
             self._backend.set_trial_intermediate_value(trial_id, step, value)
             return
+        self.submit_future(trial_id, step, value).result()
+
+    def submit_future(self, trial_id: int, step: int, value: float) -> futures.Future[None]:
+        """The report's commit (or its refusal), to wait for where blocking is not welcome.
+        Only when ``batched``."""
+        assert self._batched, "submit_future needs the batched writer (PostgreSQL)"
         report = _Report(trial_id, step, value)
         self._queue.put(report)
-        report.done.wait()
-        if report.error is not None:
-            raise report.error
+        return report.done
 
     def stop(self) -> None:
         if self._thread is not None:
@@ -103,17 +113,23 @@ class ReportBatcher:
                 return
 
     def _write(self, batch: list[_Report]) -> None:
+        # A report whose caller went away before this point is dropped (its worker sends it again);
+        # the others can no longer be cancelled, so each gets its answer below.
+        batch = [report for report in batch if report.done.set_running_or_notify_cancel()]
+        if not batch:
+            return
         try:
             with self._engine.begin() as connection:
                 ids = sorted({r.trial_id for r in batch})
                 states = dict(connection.execute(_STATES, {"ids": ids}).tuples().all())
                 rows: dict[tuple[int, int], dict[str, object]] = {}
+                refused: dict[int, BaseException] = {}
                 for report in batch:
                     state = states.get(report.trial_id)
                     if state is None:
-                        report.error = KeyError(models.NOT_FOUND_MSG)
+                        refused[id(report)] = KeyError(models.NOT_FOUND_MSG)
                     elif state.is_finished():
-                        report.error = UpdateFinishedTrialError(
+                        refused[id(report)] = UpdateFinishedTrialError(
                             f"Trial#{report.trial_id} has already finished and can not be updated."
                         )
                     else:  # a step repeated within the batch: the later report wins, as in order
@@ -122,9 +138,14 @@ class ReportBatcher:
                     connection.execute(_UPSERT, list(rows.values()))
         except Exception as error:  # noqa: BLE001 - nothing was committed: every caller gets the error
             for report in batch:
-                report.error = error
+                report.done.set_exception(error)
+            return
         for report in batch:
-            report.done.set()
+            problem = refused.get(id(report))
+            if problem is None:
+                report.done.set_result(None)
+            else:
+                report.done.set_exception(problem)
 
 
 def _row(report: _Report) -> dict[str, object]:

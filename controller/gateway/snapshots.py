@@ -37,6 +37,9 @@ class _View:
 
     ids: list[int]  # sorted
     protos: dict[int, api_pb2.Trial]
+    # each trial as one element of GetTrialsReply.trials on the wire, encoded once per refresh
+    # that read it: a reply is these joined, neither copied into a message nor serialized again
+    encoded: dict[int, bytes]
 
 
 @dataclass
@@ -67,9 +70,20 @@ class StudySnapshots:
         Raises KeyError when the study does not exist.
         """
         view = self._view(study_id)
-        start = bisect.bisect_right(view.ids, greater_than)
-        older = sorted(i for i in set(included) if i <= greater_than and i in view.protos)
-        return [view.protos[i] for i in older] + [view.protos[i] for i in view.ids[start:]]
+        return [view.protos[i] for i in _select(view, included, greater_than)]
+
+    def cached_reply(
+        self, study_id: int, included: Iterable[int], greater_than: int
+    ) -> tuple[bytes, bool] | None:
+        """``GetTrialsReply(trials=trials(...))`` serialized, from the snapshot in hand without
+        reading the database, and whether that snapshot is due for a refresh (which ``trials``
+        makes); None before the study's first read."""
+        study = self._studies.get(study_id)
+        view = study.view if study is not None else None
+        if study is None or view is None:
+            return None
+        reply = b"".join([view.encoded[i] for i in _select(view, included, greater_than)])
+        return reply, self._clock() - study.read_at >= self._max_age_s
 
     def state(self, study_id: int, trial_id: int) -> tuple[TrialState, float] | None:
         """The trial's state in the study's snapshot and when that was read (monotonic), if any."""
@@ -106,8 +120,10 @@ class StudySnapshots:
         started = self._clock()
         trials = read_trials(self._backend.engine, study_id, study.unfinished, study.last_finished)
         protos = dict(study.view.protos) if study.view is not None else {}
+        encoded = dict(study.view.encoded) if study.view is not None else {}
         for trial, finished in trials:
             protos[trial.trial_id] = trial
+            encoded[trial.trial_id] = _reply_element(trial)
             if finished:
                 study.unfinished.discard(trial.trial_id)
             else:
@@ -116,6 +132,33 @@ class StudySnapshots:
             if finished:
                 study.last_finished = max(study.last_finished, trial.trial_id)
         known = study.view.ids if study.view is not None else []
-        view = _View(ids=known if len(known) == len(protos) else sorted(protos), protos=protos)
+        view = _View(
+            ids=known if len(known) == len(protos) else sorted(protos), protos=protos, encoded=encoded
+        )
         study.view, study.read_at = view, started
         return view
+
+
+def _select(view: _View, included: Iterable[int], greater_than: int) -> list[int]:
+    """The ids of the trials ``GetTrials`` answers with, in its order."""
+    start = bisect.bisect_right(view.ids, greater_than)
+    older = sorted(i for i in set(included) if i <= greater_than and i in view.protos)
+    return older + view.ids[start:]
+
+
+def _reply_element(trial: api_pb2.Trial) -> bytes:
+    """``trial`` as one element of ``GetTrialsReply.trials`` (field 1, length-delimited)."""
+    body = trial.SerializeToString()
+    return _TRIALS_TAG + _varint(len(body)) + body
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_TRIALS_TAG = bytes([(api_pb2.GetTrialsReply.DESCRIPTOR.fields_by_name["trials"].number << 3) | 2])

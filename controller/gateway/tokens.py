@@ -109,9 +109,14 @@ class TokenKeys:
             claims = TokenClaims.model_validate(json.loads(_decode(parts[1])))
         except (ValueError, ValidationError):
             raise TokenRefused("malformed token: its claims are not valid") from None
-        if claims.expires <= now:
-            raise TokenRefused(f"expired token: {claims.describe()} expired at {claims.expires} (unix)")
+        ensure_unexpired(claims, now)
         return claims
+
+
+def ensure_unexpired(claims: TokenClaims, now: float) -> None:
+    """TokenRefused when the token's expiry (its trial's reservation end) has passed."""
+    if claims.expires <= now:
+        raise TokenRefused(f"expired token: {claims.describe()} expired at {claims.expires} (unix)")
 
 
 def _sign(key: bytes, signed: str) -> bytes:

@@ -1,6 +1,7 @@
-"""tunefleet's ``Report``: a report that brings back the study's new trials, so the
-``should_prune`` after it needs no call of its own. Against real PostgreSQL and a real gateway;
-its rules are the report's and the read's together, and a gateway without it is still served."""
+"""tunefleet's ``Report`` and ``Reports``: a report that brings back the study's new trials, so the
+``should_prune`` after it needs no call of its own, sent on one stream per trial. Against real
+PostgreSQL and a real gateway; its rules are the report's and the read's together, on the stream
+as on the unary call, and a gateway without either is still served."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from optuna.trial import TrialState
 
 from tests.storage.gateway.world import World, assert_refused, snapshot
 from tests.support.gateway import RunningGateway, free_port, make_certificates
+from trial_worker import gateway_protocol
 from trial_worker.gateway import GatewayStorage
 from trial_worker.gateway_protocol import ReportRequest
 
@@ -44,10 +46,13 @@ def my_trial(client: GatewayStorage, world: World) -> tuple[optuna.Study, optuna
     return study, optuna.Trial(study, trial_id)
 
 
-def test_each_step_is_one_call_and_prunes_as_before(gateway: RunningGateway, world: World) -> None:
+def test_each_step_is_one_message_on_the_trials_stream_and_prunes_as_before(
+    gateway: RunningGateway, world: World
+) -> None:
     client = gateway.client(world.claims())
     study, trial = my_trial(client, world)
-    before = {m: served(gateway, m) for m in ("Report", "SetTrialIntermediateValue", "GetTrials")}
+    methods = ("Reports", "Report", "SetTrialIntermediateValue", "GetTrials")
+    before = {m: served(gateway, m) for m in methods}
 
     trial.report(9.0, 0)
     assert trial.should_prune()  # worse than the finished trials' median at step 0 (1.0)
@@ -55,7 +60,8 @@ def test_each_step_is_one_call_and_prunes_as_before(gateway: RunningGateway, wor
     assert not trial.should_prune()  # its best value now beats their median
 
     after = {m: served(gateway, m) for m in before}
-    assert after["Report"] - before["Report"] == 2
+    assert after["Reports"] - before["Reports"] == 2  # two reports on the stream
+    assert after["Report"] == before["Report"]
     assert after["SetTrialIntermediateValue"] == before["SetTrialIntermediateValue"]
     assert after["GetTrials"] == before["GetTrials"]  # should_prune read what the report brought
     study.tell(trial, 0.25)
@@ -77,9 +83,10 @@ def test_a_report_brings_back_what_other_trials_wrote(gateway: RunningGateway, w
     client.close()
 
 
+@pytest.mark.parametrize("path", ["unary", "stream"])
 @pytest.mark.parametrize("attempt", ["another trial", "another study's trials", "read-only token", "ended"])
 def test_report_is_refused_what_a_report_or_a_read_would_be(
-    gateway: RunningGateway, world: World, attempt: str
+    gateway: RunningGateway, world: World, attempt: str, path: str
 ) -> None:
     claims = world.claims(trial=None) if attempt == "read-only token" else world.claims()
     client = gateway.client(claims)
@@ -93,8 +100,44 @@ def test_report_is_refused_what_a_report_or_a_read_would_be(
     elif attempt == "ended":
         RDBStorage(world.url).set_trial_state_values(world.my_trial_id, TrialState.FAIL)
     before = snapshot(world.url)
-    error = assert_refused(lambda: client._report(request))
+    send = client._report if path == "unary" else client._stream.send
+    error = assert_refused(lambda: send(request))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert snapshot(world.url) == before
+    client.close()
+
+
+def test_a_stream_is_checked_per_report_and_reopened_after_a_refusal(
+    gateway: RunningGateway, world: World
+) -> None:
+    """The stream's first report being allowed lets nothing through later: a report on another
+    trial, sent on the same open stream, is refused, and the next stream serves the trial again."""
+    client = gateway.client(world.claims())
+    mine = ReportRequest(study_id=world.mine_id, trial_id=world.my_trial_id, step=0, intermediate_value=1.0)
+    assert world.my_trial_id in {t.trial_id for t in client._stream.send(mine).trials}
+    before = snapshot(world.url)
+    sibling = ReportRequest(study_id=world.mine_id, trial_id=world.sibling_id, step=0, intermediate_value=1.0)
+    error = assert_refused(lambda: client._stream.send(sibling))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED and "trial" in (error.details() or "")
+    assert snapshot(world.url) == before
+    mine.step = 1
+    client._stream.send(mine)  # a new stream
+    assert RDBStorage(world.url).get_trial(world.my_trial_id).intermediate_values == {0: 1.0, 1: 1.0}
+    client.close()
+
+
+def test_a_stream_without_a_token_or_with_a_forged_one_is_refused(
+    gateway: RunningGateway, world: World
+) -> None:
+    client = gateway.client(world.claims())
+    request = ReportRequest(
+        study_id=world.mine_id, trial_id=world.my_trial_id, step=0, intermediate_value=1.0
+    )
+    before = snapshot(world.url)
+    for metadata in ((), (("authorization", "Bearer " + client._token[:-4] + "AAAA"),)):
+        stream = gateway_protocol.reports_method(client._raw_channel)(iter([request]), metadata=metadata)
+        error = assert_refused(lambda stream=stream: next(stream))
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert snapshot(world.url) == before
     client.close()
 

@@ -17,7 +17,7 @@ from optuna.storages import RDBStorage
 from optuna.storages._grpc.auto_generated import api_pb2
 from optuna.trial import FrozenTrial, TrialState
 
-from controller.gateway.snapshots import MAX_AGE_S
+from controller.gateway.snapshots import MAX_AGE_S, StudySnapshots
 from tests.storage.gateway.world import World, make_world
 from tests.support.gateway import RunningGateway, running_gateway
 from tests.support.postgres import PostgresServer
@@ -138,3 +138,32 @@ def test_a_trial_the_controller_ended_is_refused_writes_while_its_study_is_busy(
     assert stored.intermediate_values == {0: 1.0}
     writer.close()
     reader.close()
+
+
+@pytest.mark.parametrize(
+    ("included", "greater_than"), [((), -1), ((), "sibling"), (("mine",), "sibling"), (("mine",), "all")]
+)
+def test_a_reply_from_the_snapshot_is_what_get_trials_answers_byte_for_byte(
+    world: World, included: tuple[str, ...], greater_than: int | str
+) -> None:
+    """The Reports stream answers from the snapshot's pre-encoded trials: they must parse to exactly
+    the message GetTrials would build, for every filter, and say when the snapshot is due."""
+    now = [0.0]
+    database = RDBStorage(world.url)
+    snapshots = StudySnapshots(database, clock=lambda: now[0])
+    assert snapshots.cached_reply(world.mine_id, (), -1) is None  # nothing read yet: no answer
+    ids = {"mine": world.my_trial_id, "sibling": world.sibling_id, "all": 10**9}
+    wanted = [ids[name] for name in included]
+    above = greater_than if isinstance(greater_than, int) else ids[greater_than]
+    database.set_trial_intermediate_value(world.my_trial_id, 0, float("nan"))  # every kind of value
+    database.set_trial_user_attr(world.my_trial_id, "note", {"nested": [1, "two"]})
+
+    expected = api_pb2.GetTrialsReply(trials=snapshots.trials(world.mine_id, wanted, above))
+    cached = snapshots.cached_reply(world.mine_id, wanted, above)
+    assert cached is not None
+    reply, due = cached
+    assert not due
+    assert api_pb2.GetTrialsReply.FromString(reply) == expected
+    now[0] += MAX_AGE_S
+    assert snapshots.cached_reply(world.mine_id, wanted, above) == (reply, True)  # due, same answer
+    database.engine.dispose()

@@ -1,0 +1,144 @@
+"""tunefleet's ``Reports`` stream: a trial's reports, each answered with its study's new trials,
+on one call that lasts as long as the trial.
+
+A unary call costs gRPC Python about three times what a message on an open stream costs, on
+both sides (``bench/grpc_floor.py --streams``), and each trial reports every step. So a worker
+opens the stream once and sends each report on it (``trial_worker/gateway.py``). Nothing is
+trusted for the stream's sake: every report is checked by the gate as the unary ``Report`` is
+(the token, still unexpired, may write this trial and read this study).
+
+A report is served on the event loop, without a worker thread, when nothing in it needs the
+database but its write: the gate's lookups cached, the write handed to the batched writer
+(``reports.ReportBatcher``, awaited), the answer read from the study's snapshot (one report
+of a study whose snapshot is due waits for its refresh on a worker thread; the study's other
+reports meanwhile are answered from the snapshot in hand, as ``StudySnapshots`` answers them).
+Otherwise (a trial's first
+lookups, a study's first read, SQLite) it is ``GatewayServicer.Report`` on a worker thread, as
+the unary call. Hopping to a thread and back for each report cost the gateway more than the
+report itself, its threads contending for the interpreter. A report that may not go on ends the stream with
+the status the unary call would have answered; the worker reopens one for its next report.
+Each report is one call in the gateway's metrics (method ``Reports``). Reports are not shed: a
+stream carries one report at a time, so streams, not reports, bound what waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages._grpc.auto_generated import api_pb2
+
+from controller.gateway import metrics
+from controller.gateway.directory import NeedsDatabase
+from controller.gateway.gate import DB_DOWN, CallEnded, Gate, ThreadContext, bearer, unavailable
+from controller.gateway.reports import ReportBatcher
+from controller.gateway.servicer import GatewayServicer
+from controller.gateway.snapshots import StudySnapshots
+from trial_worker.gateway_protocol import REPORT, REPORTS
+
+# What a report is answered with: the message, or (from a snapshot) its serialized form
+Reply = api_pb2.GetTrialsReply | bytes
+
+
+class ReportStream:
+    def __init__(
+        self,
+        gate: Gate,
+        servicer: GatewayServicer,
+        reports: ReportBatcher,
+        snapshots: StudySnapshots,
+        threads: futures.Executor,
+    ) -> None:
+        self._gate = gate
+        self._servicer = servicer
+        self._reports = reports
+        self._snapshots = snapshots
+        self._threads = threads
+        self._refreshing: set[int] = set()  # studies whose snapshot a worker thread is refreshing
+
+    async def serve(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Reply]:
+        loop = asyncio.get_running_loop()
+        token, peer = bearer(context.invocation_metadata()), str(context.peer())
+        on_thread = ThreadContext(context)
+        async for request in requests:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            metrics.IN_FLIGHT.inc()
+            try:
+                reply = await self._report(loop, request, token, peer, on_thread)
+            except CallEnded as ended:
+                code = ended.code
+                await context.abort(ended.code, ended.details)
+            except BaseException:
+                code = grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                metrics.IN_FLIGHT.dec()
+                metrics.CALLS.labels(REPORTS, code.name).inc()
+                metrics.CALL_SECONDS.labels(REPORTS).observe(time.perf_counter() - started)
+            yield reply
+
+    async def _report(
+        self, loop: asyncio.AbstractEventLoop, request: Any, token: str | None, peer: str,
+        on_thread: ThreadContext,
+    ) -> Reply:
+        if self._reports.batched:
+            try:
+                self._gate.check(REPORT, request, token, peer, cached_only=True)
+            except NeedsDatabase:
+                pass
+            else:
+                return await self._report_on_loop(loop, request)
+        return await loop.run_in_executor(self._threads, self._serve_one, request, token, peer, on_thread)
+
+    async def _report_on_loop(self, loop: asyncio.AbstractEventLoop, request: Any) -> Reply:
+        """The report, checked already: its write committed, then the study's trials."""
+        written = self._reports.submit_future(request.trial_id, request.step, request.intermediate_value)
+        try:
+            await asyncio.wrap_future(written)
+        except KeyError as error:  # the answers of GatewayServicer.SetTrialIntermediateValue
+            raise CallEnded(grpc.StatusCode.NOT_FOUND, str(error)) from error
+        except UpdateFinishedTrialError as error:
+            raise CallEnded(grpc.StatusCode.FAILED_PRECONDITION, str(error)) from error
+        except DB_DOWN as error:
+            raise unavailable(error) from error
+        study_id = request.study_id
+        cached = self._snapshots.cached_reply(
+            study_id, request.included_trial_ids, request.trial_id_greater_than
+        )
+        if cached is None:  # the study's first read here
+            return await loop.run_in_executor(self._threads, self._read, request)
+        reply, due = cached
+        if not due or study_id in self._refreshing:  # as StudySnapshots answers during a refresh
+            return reply  # already serialized
+        self._refreshing.add(study_id)
+        try:  # the snapshot is never older than its max age: this report waits for the refresh
+            return await loop.run_in_executor(self._threads, self._read, request)
+        finally:
+            self._refreshing.discard(study_id)
+
+    def _read(self, request: Any) -> api_pb2.GetTrialsReply:
+        try:
+            trials = self._snapshots.trials(
+                request.study_id, request.included_trial_ids, request.trial_id_greater_than
+            )
+        except KeyError as error:
+            raise CallEnded(grpc.StatusCode.NOT_FOUND, str(error)) from error
+        except DB_DOWN as error:
+            raise unavailable(error) from error
+        return api_pb2.GetTrialsReply(trials=trials)
+
+    def _serve_one(self, request: Any, token: str | None, peer: str, context: ThreadContext) -> Any:
+        """On a worker thread: the gate (as for the unary Report), then the report."""
+        self._gate.check(REPORT, request, token, peer)
+        try:
+            return self._servicer.Report(request, context)
+        except DB_DOWN as error:
+            raise unavailable(error) from error
