@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-STEPS = 12  # intermediate values per trial: a trial lasts ~12 s
+STEPS = 12  # intermediate values per trial by default: a trial lasts ~12 s (fewer when pruned)
 # "step": report + should_prune, what a trial waits for each step (with tunefleet's Report call,
 # the should_prune needs no call of its own, so "step" is the figure to compare across protocols)
 OPERATIONS = ("report", "should_prune", "step", "tell")
@@ -42,6 +42,7 @@ class LoadPlan:
     # per step: "stream" (tunefleet's Reports stream, what GatewayStorage sends), "unary" (one
     # Report call), "separate" (Optuna's two calls: SetTrialIntermediateValue, then GetTrials)
     reports: str = "stream"
+    steps: int = STEPS  # a trial's intermediate values (seconds), unless pruned first
 
 
 @dataclass
@@ -187,11 +188,11 @@ def _simulated_worker(plan: LoadPlan, source: TrialSource, index: int, deadline:
             trial = optuna.Trial(study, trial_id)
             quality = rng.random()
             next_tick = time.time()
-            for step in range(STEPS):
+            for step in range(plan.steps):
                 next_tick += 1.0
                 time.sleep(max(0.0, next_tick - time.time()))
                 began = time.perf_counter()
-                trial.report(quality * (step + 1) / STEPS, step)
+                trial.report(quality * (step + 1) / plan.steps, step)
                 reported = time.perf_counter()
                 pruned = trial.should_prune()
                 asked = time.perf_counter()
@@ -358,11 +359,11 @@ async def _light_worker(plan: LoadPlan, source: TrialSource, asker: Any, index: 
             cache, curve = _PruneCache(), {}
             quality = rng.random()
             next_tick = time.time()
-            for step in range(STEPS):
+            for step in range(plan.steps):
                 next_tick += 1.0
                 await asyncio.sleep(max(0.0, next_tick - time.time()))
                 began = time.perf_counter()
-                curve[step] = quality * (step + 1) / STEPS
+                curve[step] = quality * (step + 1) / plan.steps
                 if plan.reports == "separate":  # Optuna's protocol: the report, then GetTrials
                     await call("SetTrialIntermediateValue", api_pb2.SetTrialIntermediateValueRequest(
                         trial_id=trial_id, step=step, intermediate_value=curve[step]

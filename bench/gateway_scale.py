@@ -61,7 +61,7 @@ from bench.controller_scale import (  # noqa: E402  (the same figures, one defin
     _percentile,
     _postgres_cpu_seconds,
 )
-from bench.gateway_load import OPERATIONS, LoadPlan, LoadResult, run_load  # noqa: E402
+from bench.gateway_load import OPERATIONS, STEPS, LoadPlan, LoadResult, run_load  # noqa: E402
 
 
 class ConnectionWatch:
@@ -165,6 +165,7 @@ def run_mode(mode: str, args: argparse.Namespace, db_url: str, studies: list[str
             seed=i,
             optuna_clients=args.optuna_clients,
             reports=reports,
+            steps=args.steps,
         )
         for i in range(args.processes)
     ]
@@ -234,6 +235,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--pool", type=int, default=20, help="the gateway's PostgreSQL pool")
+    parser.add_argument("--steps", type=int, default=STEPS,
+                        help="reports per trial (one a second) unless pruned: fewer means more trials "
+                        "starting and ending each second")
+    parser.add_argument("--max-in-flight", type=int, default=None,
+                        help="the gateway's max_in_flight (its worker threads); default: the gateway's")
     parser.add_argument("--optuna-clients", action="store_true",
                         help="gateway workers run real optuna.Trial objects (client CPU included)")
     parser.add_argument("--reports", nargs="+", default=["stream"], choices=["stream", "unary", "separate"],
@@ -247,6 +253,10 @@ def main() -> int:
                      "(each load process runs workers of studies of its own)")
     if args.seconds <= 0 or args.pool < 1:
         parser.error("--seconds must be above 0 and --pool at least 1")
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
+    if args.max_in_flight is not None and args.max_in_flight < 1:
+        parser.error("--max-in-flight must be at least 1")
 
     import optuna
 
@@ -266,12 +276,13 @@ def main() -> int:
             optuna.create_study(study_name=name, storage=storage, direction="maximize")
         storage.engine.dispose()
         print(f"{args.workers} workers in {args.processes} processes, {args.studies} studies, "
-              f"{args.seconds:.0f} s per run, one report + should_prune per worker per second")
+              f"{args.seconds:.0f} s per run, one report + should_prune per worker per second, "
+              f"trials of up to {args.steps} steps")
         for mode in args.modes:
             if mode == "gateway":
                 for reports in args.reports:
                     with tempfile.TemporaryDirectory() as tmp, running_gateway(
-                        db_url, None, Path(tmp), pool_size=args.pool
+                        db_url, None, Path(tmp), pool_size=args.pool, max_in_flight=args.max_in_flight
                     ) as gateway:
                         result, most, summary = run_mode(
                             mode, args, db_url, studies, gateway, server.data_dir, reports

@@ -2,7 +2,7 @@
 on one call that lasts as long as the trial.
 
 A unary call costs gRPC Python about three times what a message on an open stream costs, on
-both sides (``bench/grpc_floor.py --streams``), and each trial reports every step. So a worker
+both sides (``bench/grpc_floor.py``: aio vs aio-stream), and each trial reports every step. So a worker
 opens the stream once and sends each report on it (``trial_worker/gateway.py``). Nothing is
 trusted for the stream's sake: every report is checked by the gate as the unary ``Report`` is
 (the token, still unexpired, may write this trial and read this study).
