@@ -53,6 +53,12 @@ class LoadResult:
     trials_told: int = 0
     cpu_s: float = 0.0  # the load process's own CPU (its client threads and the trials it asked)
 
+    def add_step(self, began: float, reported: float, asked: float) -> None:
+        """One step's latencies: the report, the ``should_prune`` after it, and both."""
+        self.latencies["report"].append(reported - began)
+        self.latencies["should_prune"].append(asked - reported)
+        self.latencies["step"].append(asked - began)
+
 
 def _error_kind(exc: BaseException) -> str:
     code = getattr(exc, "code", None)
@@ -197,9 +203,7 @@ def _simulated_worker(plan: LoadPlan, source: TrialSource, index: int, deadline:
                 pruned = trial.should_prune()
                 asked = time.perf_counter()
                 with lock:
-                    result.latencies["report"].append(reported - began)
-                    result.latencies["should_prune"].append(asked - reported)
-                    result.latencies["step"].append(asked - began)
+                    result.add_step(began, reported, asked)
                 if pruned or time.time() >= deadline:
                     break
             began = time.perf_counter()
@@ -383,9 +387,7 @@ async def _light_worker(plan: LoadPlan, source: TrialSource, asker: Any, index: 
                     reported = time.perf_counter()
                 pruned = cache.should_prune(curve, step)
                 asked = time.perf_counter()
-                result.latencies["report"].append(reported - began)
-                result.latencies["should_prune"].append(asked - reported)
-                result.latencies["step"].append(asked - began)
+                result.add_step(began, reported, asked)
                 if pruned or time.time() >= deadline:
                     break
             began = time.perf_counter()

@@ -63,44 +63,31 @@ def _threaded_server(port: int, key_pem: bytes, cert_pem: bytes, ready: Queue[in
     server.wait_for_termination()
 
 
-def _aio_server(port: int, key_pem: bytes, cert_pem: bytes, ready: Queue[int]) -> None:
+def _aio_server(port: int, key_pem: bytes, cert_pem: bytes, ready: Queue[int], streaming: bool) -> None:
+    """The asyncio server: a unary method, or (``streaming``) a stream answering each message."""
     import grpc
     from optuna.storages._grpc.auto_generated import api_pb2
 
     reply = api_pb2.GetStudyDirectionsReply(directions=[api_pb2.MAXIMIZE])
 
-    async def behavior(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def unary(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         dict(context.invocation_metadata() or ())
         return reply
 
-    async def serve() -> None:
-        server = grpc.aio.server(handlers=[_handler(behavior)])
-        server.add_secure_port(f"127.0.0.1:{port}", grpc.ssl_server_credentials([(key_pem, cert_pem)]))
-        await server.start()
-        ready.put(1)
-        await server.wait_for_termination()
-
-    asyncio.run(serve())
-
-
-def _aio_stream_server(port: int, key_pem: bytes, cert_pem: bytes, ready: Queue[int]) -> None:
-    import grpc
-    from optuna.storages._grpc.auto_generated import api_pb2
-
-    reply = api_pb2.GetStudyDirectionsReply(directions=[api_pb2.MAXIMIZE])
-
-    async def behavior(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def stream(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         dict(context.invocation_metadata() or ())
         async for _request in requests:
             yield reply
 
-    handler = grpc.method_handlers_generic_handler("optuna.StorageService", {
-        METHOD: grpc.stream_stream_rpc_method_handler(
-            behavior,
-            request_deserializer=api_pb2.GetStudyDirectionsRequest.FromString,
-            response_serializer=api_pb2.GetStudyDirectionsReply.SerializeToString,
-        )
-    })
+    handler = _handler(unary) if not streaming else grpc.method_handlers_generic_handler(
+        "optuna.StorageService", {
+            METHOD: grpc.stream_stream_rpc_method_handler(
+                stream,
+                request_deserializer=api_pb2.GetStudyDirectionsRequest.FromString,
+                response_serializer=api_pb2.GetStudyDirectionsReply.SerializeToString,
+            )
+        }
+    )
 
     async def serve() -> None:
         server = grpc.aio.server(handlers=[handler])
@@ -189,8 +176,12 @@ def measure(kind: str, calls: int, channels: int) -> str:
     ready: Queue[int] = context.Queue()
     done: Queue[tuple[float, float]] = context.Queue()
     port = 47000 + os.getpid() % 1000 + KINDS.index(kind)
-    target = {"threaded": _threaded_server, "aio": _aio_server, "aio-stream": _aio_stream_server}[kind]
-    server = context.Process(target=target, args=(port, certificates.key_pem, certificates.cert_pem, ready))
+    args = (port, certificates.key_pem, certificates.cert_pem, ready)
+    server = (
+        context.Process(target=_threaded_server, args=args)
+        if kind == "threaded"
+        else context.Process(target=_aio_server, args=(*args, kind == "aio-stream"))
+    )
     server.start()
     try:
         ready.get(timeout=30)

@@ -2,8 +2,9 @@
 the token's rules applied.
 
 The interceptor runs it for each unary call, and the ``Reports`` stream for each report it
-carries, so a report is checked the same way on either path. It runs on the gateway's worker
-threads (resolving may read the database). A call that may not go on raises ``CallEnded``,
+carries, so a report is checked the same way on either path: ``Gate.serve`` on the gateway's
+worker threads (resolving may read the database), or ``Gate.check`` with ``cached_only`` on the
+event loop. A call that may not go on raises ``CallEnded``,
 carrying the gRPC status the caller answers with; refusals are logged and counted here.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 import sqlalchemy.exc
@@ -25,6 +26,7 @@ from controller.gateway.tokens import TokenClaims, TokenKeys, TokenRefused, ensu
 from trial_worker.gateway_protocol import REPORT, report_parts
 
 log = structlog.get_logger("tunefleet.gateway")
+T = TypeVar("T")
 
 VERIFIED_KEPT = 20_000  # verified tokens remembered (a few MB)
 DB_DOWN = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.TimeoutError)
@@ -40,20 +42,14 @@ class CallEnded(Exception):
 
 
 class ThreadContext:
-    """What Optuna's servicer (run on a worker thread) uses of its call's context: ``abort``
-    raises ``CallEnded``, answered by the event loop with that status."""
-
-    def __init__(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        self._context = context
+    """All Optuna's servicer (run on a worker thread) uses of its call's context: ``abort``, which
+    raises ``CallEnded`` for the event loop to answer with that status."""
 
     def abort(self, code: grpc.StatusCode, details: str = "") -> NoReturn:
         raise CallEnded(code, details)
 
-    def invocation_metadata(self) -> Any:
-        return self._context.invocation_metadata()
 
-    def peer(self) -> str:
-        return str(self._context.peer())
+THREAD_CONTEXT = ThreadContext()
 
 
 class Gate:
@@ -89,10 +85,20 @@ class Gate:
             raise unavailable(error) from error
         return targets[0]
 
-    def served(self, method: str, target: Target) -> None:
-        """Note what a served call changed (a trial's end), for the next calls' checks."""
+    def serve(
+        self, method: str, request: Any, token: str | None, peer: str,
+        behavior: Callable[[Any, ThreadContext], T],
+    ) -> T:
+        """On a worker thread: the check, then ``behavior`` (the servicer's method) when allowed."""
+        target = self.check(method, request, token, peer)
+        try:
+            response = behavior(request, THREAD_CONTEXT)
+        except DB_DOWN as error:
+            raise unavailable(error) from error
+        # What a served call changed (a trial's end), for the next calls' checks.
         if method == "SetTrialStateValues" and target.trial_id is not None and target.requested_state:
             self._directory.record_state(target.trial_id, target.requested_state)
+        return response
 
     def _claims(self, token: str | None) -> TokenClaims:
         if token is None:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+
+import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
 CALLS = Counter(
@@ -22,3 +28,29 @@ REFUSALS = Counter(
     ["method", "reason"],
 )
 IN_FLIGHT = Gauge("tunefleet_gateway_in_flight", "Storage calls being served now.")
+
+
+class CallOutcome:
+    """The status one call ends with, for ``CALLS``; set ``code`` where the call is refused."""
+
+    def __init__(self) -> None:
+        self.code = grpc.StatusCode.OK
+
+
+@contextlib.contextmanager
+def counted(method: str) -> Iterator[CallOutcome]:
+    """Count the call in ``CALLS`` (by the code it ended with) and time it in ``CALL_SECONDS``."""
+    started = time.perf_counter()
+    outcome = CallOutcome()
+    try:
+        yield outcome
+    except asyncio.CancelledError:
+        outcome.code = grpc.StatusCode.CANCELLED
+        raise
+    except Exception:
+        if outcome.code == grpc.StatusCode.OK:
+            outcome.code = grpc.StatusCode.UNKNOWN
+        raise
+    finally:
+        CALLS.labels(method, outcome.code.name).inc()
+        CALL_SECONDS.labels(method).observe(time.perf_counter() - started)

@@ -24,7 +24,6 @@ stream carries one report at a time, so streams, not reports, bound what waits.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from concurrent import futures
 from typing import Any
@@ -35,11 +34,11 @@ from optuna.storages._grpc.auto_generated import api_pb2
 
 from controller.gateway import metrics
 from controller.gateway.directory import NeedsDatabase
-from controller.gateway.gate import DB_DOWN, CallEnded, Gate, ThreadContext, bearer, unavailable
+from controller.gateway.gate import DB_DOWN, THREAD_CONTEXT, CallEnded, Gate, bearer, unavailable
 from controller.gateway.reports import ReportBatcher
-from controller.gateway.servicer import GatewayServicer
+from controller.gateway.servicer import GatewayServicer, report_refused
 from controller.gateway.snapshots import StudySnapshots
-from trial_worker.gateway_protocol import REPORT, REPORTS
+from trial_worker.gateway_protocol import REPORT, REPORTS, report_parts
 
 # What a report is answered with: the message, or (from a snapshot) its serialized form
 Reply = api_pb2.GetTrialsReply | bytes
@@ -66,28 +65,20 @@ class ReportStream:
     ) -> AsyncIterator[Reply]:
         loop = asyncio.get_running_loop()
         token, peer = bearer(context.invocation_metadata()), str(context.peer())
-        on_thread = ThreadContext(context)
         async for request in requests:
-            started = time.perf_counter()
-            code = grpc.StatusCode.OK
-            metrics.IN_FLIGHT.inc()
-            try:
-                reply = await self._report(loop, request, token, peer, on_thread)
-            except CallEnded as ended:
-                code = ended.code
-                await context.abort(ended.code, ended.details)
-            except BaseException:
-                code = grpc.StatusCode.UNKNOWN
-                raise
-            finally:
-                metrics.IN_FLIGHT.dec()
-                metrics.CALLS.labels(REPORTS, code.name).inc()
-                metrics.CALL_SECONDS.labels(REPORTS).observe(time.perf_counter() - started)
+            with metrics.counted(REPORTS) as outcome:
+                metrics.IN_FLIGHT.inc()
+                try:
+                    reply = await self._report(loop, request, token, peer)
+                except CallEnded as ended:
+                    outcome.code = ended.code
+                    await context.abort(ended.code, ended.details)
+                finally:
+                    metrics.IN_FLIGHT.dec()
             yield reply
 
     async def _report(
-        self, loop: asyncio.AbstractEventLoop, request: Any, token: str | None, peer: str,
-        on_thread: ThreadContext,
+        self, loop: asyncio.AbstractEventLoop, request: Any, token: str | None, peer: str
     ) -> Reply:
         if self._reports.batched:
             try:
@@ -96,49 +87,37 @@ class ReportStream:
                 pass
             else:
                 return await self._report_on_loop(loop, request)
-        return await loop.run_in_executor(self._threads, self._serve_one, request, token, peer, on_thread)
+        return await loop.run_in_executor(
+            self._threads, self._gate.serve, REPORT, request, token, peer, self._servicer.Report
+        )
 
     async def _report_on_loop(self, loop: asyncio.AbstractEventLoop, request: Any) -> Reply:
         """The report, checked already: its write committed, then the study's trials."""
         written = self._reports.submit_future(request.trial_id, request.step, request.intermediate_value)
         try:
             await asyncio.wrap_future(written)
-        except KeyError as error:  # the answers of GatewayServicer.SetTrialIntermediateValue
-            raise CallEnded(grpc.StatusCode.NOT_FOUND, str(error)) from error
-        except UpdateFinishedTrialError as error:
-            raise CallEnded(grpc.StatusCode.FAILED_PRECONDITION, str(error)) from error
+        except (KeyError, UpdateFinishedTrialError) as error:
+            raise CallEnded(*report_refused(error)) from error
         except DB_DOWN as error:
             raise unavailable(error) from error
         study_id = request.study_id
         cached = self._snapshots.cached_reply(
             study_id, request.included_trial_ids, request.trial_id_greater_than
         )
-        if cached is None:  # the study's first read here
-            return await loop.run_in_executor(self._threads, self._read, request)
-        reply, due = cached
-        if not due or study_id in self._refreshing:  # as StudySnapshots answers during a refresh
-            return reply  # already serialized
+        if cached is not None:
+            reply, due = cached
+            if not due or study_id in self._refreshing:  # as StudySnapshots answers during a refresh
+                return reply  # already serialized
+        # The study's first read here, or a snapshot due: this report waits for the read, so
+        # the snapshot is never older than its max age.
         self._refreshing.add(study_id)
-        try:  # the snapshot is never older than its max age: this report waits for the refresh
+        try:
             return await loop.run_in_executor(self._threads, self._read, request)
         finally:
             self._refreshing.discard(study_id)
 
     def _read(self, request: Any) -> api_pb2.GetTrialsReply:
         try:
-            trials = self._snapshots.trials(
-                request.study_id, request.included_trial_ids, request.trial_id_greater_than
-            )
-        except KeyError as error:
-            raise CallEnded(grpc.StatusCode.NOT_FOUND, str(error)) from error
-        except DB_DOWN as error:
-            raise unavailable(error) from error
-        return api_pb2.GetTrialsReply(trials=trials)
-
-    def _serve_one(self, request: Any, token: str | None, peer: str, context: ThreadContext) -> Any:
-        """On a worker thread: the gate (as for the unary Report), then the report."""
-        self._gate.check(REPORT, request, token, peer)
-        try:
-            return self._servicer.Report(request, context)
+            return self._servicer.GetTrials(report_parts(request)[1], THREAD_CONTEXT)
         except DB_DOWN as error:
             raise unavailable(error) from error

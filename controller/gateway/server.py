@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from concurrent import futures
 from typing import Any
@@ -29,7 +28,7 @@ from optuna.storages._grpc.auto_generated import api_pb2_grpc
 
 from controller.gateway import metrics
 from controller.gateway.directory import Directory
-from controller.gateway.gate import DB_DOWN, CallEnded, Gate, ThreadContext, bearer, unavailable
+from controller.gateway.gate import CallEnded, Gate, bearer
 from controller.gateway.health import HealthServer
 from controller.gateway.report_stream import ReportStream
 from controller.gateway.reports import ReportBatcher
@@ -53,7 +52,6 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, gate: Gate, threads: futures.Executor, max_in_flight: int) -> None:
         self._gate = gate
         self._threads = threads
-        self._max_in_flight = max_in_flight
         self._most_admitted = max_in_flight * QUEUED_PER_SLOT
         self._admitted = 0  # touched on the event loop only
 
@@ -82,53 +80,30 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
     async def _serve(
         self, method: str, inner: Behavior, request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Any:
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
+        with metrics.counted(method) as outcome:
             if self._admitted >= self._most_admitted:
-                code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                outcome.code = grpc.StatusCode.RESOURCE_EXHAUSTED
                 wait_ms = str(RETRY_AFTER_MS + random.randrange(RETRY_AFTER_MS))
                 # retry-after-ms is ours; grpc-retry-pushback-ms is what gRPC's retry policy obeys
                 context.set_trailing_metadata(
                     (("retry-after-ms", wait_ms), ("grpc-retry-pushback-ms", wait_ms))
                 )
                 await context.abort(
-                    code, f"gateway busy: {self._admitted} calls admitted; retry after {wait_ms} ms"
+                    outcome.code, f"gateway busy: {self._admitted} calls admitted; retry after {wait_ms} ms"
                 )
             self._admitted += 1
             metrics.IN_FLIGHT.inc()
             try:
-                loop = asyncio.get_running_loop()
                 token, peer = bearer(context.invocation_metadata()), str(context.peer())
-                return await loop.run_in_executor(
-                    self._threads, self._serve_admitted, method, inner, request, token, peer,
-                    ThreadContext(context),
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._threads, self._gate.serve, method, request, token, peer, inner
                 )
             except CallEnded as ended:
-                code = ended.code
+                outcome.code = ended.code
                 await context.abort(ended.code, ended.details)
             finally:
                 self._admitted -= 1
                 metrics.IN_FLIGHT.dec()
-        except Exception:
-            if code == grpc.StatusCode.OK:
-                code = grpc.StatusCode.UNKNOWN
-            raise
-        finally:
-            metrics.CALLS.labels(method, code.name).inc()
-            metrics.CALL_SECONDS.labels(method).observe(time.perf_counter() - started)
-
-    def _serve_admitted(
-        self, method: str, inner: Behavior, request: Any, token: str | None, peer: str, context: ThreadContext
-    ) -> Any:
-        """On a worker thread: the gate, then Optuna's servicer (or ours)."""
-        target = self._gate.check(method, request, token, peer)
-        try:
-            response = inner(request, context)
-        except DB_DOWN as error:
-            raise unavailable(error) from error
-        self._gate.served(method, target)
-        return response
 
 
 def open_backend(settings: GatewaySettings) -> RDBStorage:

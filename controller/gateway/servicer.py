@@ -94,10 +94,8 @@ class GatewayServicer(OptunaStorageProxyService):
     ) -> api_pb2.SetTrialIntermediateValueReply:
         try:
             self._reports.submit(request.trial_id, request.step, request.intermediate_value)
-        except KeyError as error:
-            context.abort(code=grpc.StatusCode.NOT_FOUND, details=str(error))
-        except UpdateFinishedTrialError as error:
-            context.abort(code=grpc.StatusCode.FAILED_PRECONDITION, details=str(error))
+        except (KeyError, UpdateFinishedTrialError) as error:
+            context.abort(*report_refused(error))
         return api_pb2.SetTrialIntermediateValueReply()
 
     def Report(self, request: Any, context: grpc.ServicerContext) -> api_pb2.GetTrialsReply:
@@ -117,3 +115,11 @@ class GatewayServicer(OptunaStorageProxyService):
                 return api_pb2.SetTrialStateValuesReply(trial_updated=True)
         # A claim, or a trial that is not running: Optuna's own path, with its own answers.
         return super().SetTrialStateValues(request, context)
+
+
+def report_refused(error: KeyError | UpdateFinishedTrialError) -> tuple[grpc.StatusCode, str]:
+    """The status a report the writer refused is answered with, as Optuna's servicer answers it:
+    no such trial, or a trial already finished."""
+    if isinstance(error, KeyError):
+        return grpc.StatusCode.NOT_FOUND, str(error)
+    return grpc.StatusCode.FAILED_PRECONDITION, str(error)

@@ -79,9 +79,9 @@ class StudySnapshots:
         reading the database, and whether that snapshot is due for a refresh (which ``trials``
         makes); None before the study's first read."""
         study = self._studies.get(study_id)
-        view = study.view if study is not None else None
-        if study is None or view is None:
+        if study is None or study.view is None:
             return None
+        view = study.view
         reply = b"".join([view.encoded[i] for i in _select(view, included, greater_than)])
         return reply, self._clock() - study.read_at >= self._max_age_s
 
