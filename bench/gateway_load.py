@@ -274,6 +274,40 @@ class _AioTrialChannel:
         self._retried = retried
         self._stream: Any = None
         self._streaming = True
+        self._answered = False  # a message on the open stream was answered
+
+    def open_stream(self) -> None:
+        """What ``GatewayStorage`` does once it knows its trial: open the ``Reports`` stream, so
+        the gateway accepts it before the first report."""
+        from trial_worker import gateway_protocol
+
+        if self._streaming and self._stream is None:
+            self._stream = gateway_protocol.reports_method(self.channel)(metadata=self._metadata)
+            self._answered = False
+
+    async def tell(self, message: Any) -> None:
+        """What ``GatewayStorage.set_trial_state_values`` does: the tell (``message``, as
+        ``gateway_protocol.tell_message`` builds it) on the stream when the gateway said it takes
+        tells there, else (or when the stream ended) the unary call."""
+        import grpc
+
+        from trial_worker import gateway_protocol
+        from trial_worker.gateway import RETRIED
+
+        stream = self._stream if self._answered else None
+        offered = tuple(await stream.initial_metadata() or ()) if stream is not None else ()
+        if stream is not None and gateway_protocol.TELL_ON_STREAM in offered:
+            try:
+                await stream.write(message)
+                if await stream.read() is not grpc.aio.EOF:
+                    return
+                self._retried["Reports EOF"] += 1
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in RETRIED | {grpc.StatusCode.CANCELLED}:
+                    raise
+                self._retried[f"Reports {error.code().name}"] += 1
+            self._stream = None
+        await self.call("SetTrialStateValues", gateway_protocol.tell_part(message))
 
     async def report(self, request: Any) -> Any:
         """What ``GatewayStorage.set_trial_intermediate_value`` does: the report on the trial's
@@ -290,6 +324,7 @@ class _AioTrialChannel:
                 await self._stream.write(request)
                 reply = await self._stream.read()
                 if reply is not grpc.aio.EOF:
+                    self._answered = True
                     return reply
                 self._stream = None
                 self._retried["Reports EOF"] += 1
@@ -340,7 +375,7 @@ async def _light_worker(plan: LoadPlan, source: TrialSource, asker: Any, index: 
 
     from optuna.storages._grpc.auto_generated import api_pb2
 
-    from trial_worker.gateway_protocol import ReportRequest
+    from trial_worker.gateway_protocol import ReportRequest, tell_message, tell_part
 
     loop = asyncio.get_running_loop()
     rng = random.Random(plan.seed * 100_000 + index)
@@ -359,6 +394,8 @@ async def _light_worker(plan: LoadPlan, source: TrialSource, asker: Any, index: 
             trial_id = (await call("GetTrialIdFromStudyIdTrialNumber",
                                    api_pb2.GetTrialIdFromStudyIdTrialNumberRequest(
                                        study_id=study_id, trial_number=number))).trial_id
+            if plan.reports == "stream":
+                trial_channel.open_stream()
             await call("GetTrial", api_pb2.GetTrialRequest(trial_id=trial_id))
             cache, curve = _PruneCache(), {}
             quality = rng.random()
@@ -391,9 +428,11 @@ async def _light_worker(plan: LoadPlan, source: TrialSource, asker: Any, index: 
                 if pruned or time.time() >= deadline:
                     break
             began = time.perf_counter()
-            await call("SetTrialStateValues", api_pb2.SetTrialStateValuesRequest(
-                trial_id=trial_id, state=api_pb2.COMPLETE, values=[quality]
-            ))
+            tell = tell_message(study_id, trial_id, api_pb2.COMPLETE, [quality])
+            if plan.reports == "stream":
+                await trial_channel.tell(tell)
+            else:
+                await call("SetTrialStateValues", tell_part(tell))
             result.latencies["tell"].append(time.perf_counter() - began)
             result.trials_told += 1
         except Exception as exc:  # noqa: BLE001 - every failure is counted by kind, and the worker goes on

@@ -194,36 +194,53 @@ class _ReportingCache(GrpcClientCache):
 
 
 class _ReportStream:
-    """The trial's ``Reports`` stream (``gateway_protocol``): opened at the first report, one
-    report and its answer at a time, reopened after it ended with an error."""
+    """The trial's ``Reports`` stream (``gateway_protocol``): opened as soon as the trial is known
+    (or at its first report), one message and its answer at a time, reopened after it ended with
+    an error."""
 
     def __init__(self, channel: grpc.Channel, authorization: Sequence[tuple[str, str]]) -> None:
         self._method = gateway_protocol.reports_method(channel)
         self._authorization = tuple(authorization)
         self._requests: queue.SimpleQueue[Any] | None = None
         self._replies: Any = None
+        self._answered = False  # a message on this stream was answered (its metadata is in)
 
-    def send(self, request: Any) -> api_pb2.GetTrialsReply:
-        """The answer to ``request``; grpc.RpcError (the stream is then closed) when it ended."""
+    def open(self) -> None:
+        """Start the call now, so the gateway has accepted it by the time the first report goes."""
         if self._requests is None:
             self._requests = queue.SimpleQueue()
             self._replies = self._method(iter(self._requests.get, None), metadata=self._authorization)
+            self._answered = False
+
+    def takes_tells(self) -> bool:
+        """Whether the gateway at the other end said it takes tells on this stream; only known
+        once a message was answered (asking earlier would wait for the gateway)."""
+        if not self._answered or self._replies is None:
+            return False
+        return gateway_protocol.TELL_ON_STREAM in tuple(self._replies.initial_metadata() or ())
+
+    def send(self, request: Any) -> api_pb2.GetTrialsReply:
+        """The answer to ``request``; grpc.RpcError (the stream is then closed) when it ended."""
+        self.open()
+        assert self._requests is not None
         self._requests.put(request)
         try:
-            return next(self._replies)
+            reply = next(self._replies)
         except StopIteration:  # the gateway ended the stream without a status: treat as a restart
             self.close()
             raise _StreamEnded() from None
         except grpc.RpcError:
             self.close()
             raise
+        self._answered = True
+        return reply
 
     def close(self) -> None:
         if self._requests is not None:
             self._requests.put(None)
         if self._replies is not None:
             self._replies.cancel()
-        self._requests, self._replies = None, None
+        self._requests, self._replies, self._answered = None, None, False
 
 
 class _StreamEnded(grpc.RpcError):
@@ -320,6 +337,10 @@ class GatewayStorage(GrpcStorageProxy):
     def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
         trial_id = super().get_trial_id_from_study_id_trial_number(study_id, trial_number)
         self._trial_studies[trial_id] = study_id
+        if self._streaming and self._reports_combined:
+            # This pod's trial (its token is for one trial): have the gateway accept its stream
+            # while the objective computes, not when the first report is already waiting.
+            self._stream.open()
         return trial_id
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
@@ -369,6 +390,8 @@ class GatewayStorage(GrpcStorageProxy):
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
     ) -> bool:
         try:
+            if state.is_finished() and self._tell_on_stream(trial_id, state, values):
+                return True
             return bool(super().set_trial_state_values(trial_id, state, values))
         except (grpc.RpcError, UpdateFinishedTrialError):
             # A tell retried after the gateway went away without answering finds the trial ended
@@ -376,6 +399,30 @@ class GatewayStorage(GrpcStorageProxy):
             if state.is_finished() and self._stored(trial_id, state, values):
                 return True
             raise
+
+    def _tell_on_stream(self, trial_id: int, state: TrialState, values: Sequence[float] | None) -> bool:
+        """The tell as the last message of the trial's ``Reports`` stream, where the gateway
+        takes it there: no new call for gRPC to accept. False when it was not sent there, or the
+        stream ended first (then the caller's unary tell, with its retries, goes instead)."""
+        study_id = self._trial_studies.get(trial_id)
+        if study_id is None or not self._streaming or not self._stream.takes_tells():
+            return False
+        message = gateway_protocol.tell_message(
+            study_id, trial_id, optuna_servicer._to_proto_trial_state(state), values
+        )
+        try:
+            self._stream.send(message)
+        except grpc.RpcError as error:
+            code = error.code()
+            if code in RETRIED | {grpc.StatusCode.CANCELLED, grpc.StatusCode.UNIMPLEMENTED}:
+                return False
+            if code == grpc.StatusCode.NOT_FOUND:
+                raise KeyError(f"trial {trial_id}: {error.details()}") from error
+            if code == grpc.StatusCode.FAILED_PRECONDITION:
+                raise UpdateFinishedTrialError(error.details()) from error
+            raise
+        self._stream.close()  # the trial has ended: nothing more goes on its stream
+        return True
 
     def _stored(self, trial_id: int, state: TrialState, values: Sequence[float] | None) -> bool:
         stored = self.get_trial(trial_id)

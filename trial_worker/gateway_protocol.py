@@ -1,5 +1,5 @@
 """tunefleet's additions to Optuna's storage protocol: a report that answers with the study's new
-trials, alone or as a stream of them.
+trials, alone or as a stream of them that also carries the trial's tell.
 
 A trial that reports and then asks ``should_prune`` makes two calls each step with Optuna's own
 protocol: ``SetTrialIntermediateValue``, then ``GetTrials`` (its client cache's watermark). With
@@ -11,18 +11,22 @@ trip::
       // GetTrials(study_id, included_trial_ids, trial_id_greater_than): the trial's own study
       rpc Report(ReportRequest) returns (optuna.GetTrialsReply);
       // The same, one answer per report, on one call for the life of a trial: a message on an
-      // open stream costs gRPC a third of what a call costs.
+      // open stream costs gRPC a third of what a call costs. Its last message may be the
+      // trial's tell (tell = true): SetTrialStateValues(trial_id, state, values) for a finished
+      // state, answered with an empty GetTrialsReply once committed.
       rpc Reports(stream ReportRequest) returns (stream optuna.GetTrialsReply);
     }
 
-The request message is built here from its descriptor (no generated code to keep in step); the
-reply is Optuna's own ``GetTrialsReply``. A gateway that does not know the method answers
-UNIMPLEMENTED, and the worker goes back to ``Report``, or to Optuna's two calls.
+A gateway that takes tells on the stream says so in the stream's initial metadata
+(``TELL_ON_STREAM``); a worker sends its tell there only then, so an older gateway never reads a
+tell as a report. The request message is built here from its descriptor (no generated code to
+keep in step); the reply is Optuna's own ``GetTrialsReply``. A gateway that does not know the
+method answers UNIMPLEMENTED, and the worker goes back to ``Report``, or to Optuna's two calls.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -34,6 +38,8 @@ REPORT = "Report"
 REPORT_PATH = f"/{SERVICE}/{REPORT}"
 REPORTS = "Reports"
 REPORTS_PATH = f"/{SERVICE}/{REPORTS}"
+TELL = "SetTrialStateValues"  # what a tell on the stream stands for (checks, metrics)
+TELL_ON_STREAM = ("tunefleet-tell-on-stream", "1")  # the gateway's initial metadata on Reports
 
 _FIELDS = (  # (name, type), numbered from 1
     ("study_id", descriptor_pb2.FieldDescriptorProto.TYPE_INT64),
@@ -42,8 +48,11 @@ _FIELDS = (  # (name, type), numbered from 1
     ("intermediate_value", descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE),
     ("included_trial_ids", descriptor_pb2.FieldDescriptorProto.TYPE_INT64),
     ("trial_id_greater_than", descriptor_pb2.FieldDescriptorProto.TYPE_INT64),
+    ("tell", descriptor_pb2.FieldDescriptorProto.TYPE_BOOL),  # the trial's tell, not a report
+    ("state", descriptor_pb2.FieldDescriptorProto.TYPE_INT32),  # a tell's optuna.TrialState
+    ("values", descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE),  # a tell's values
 )
-_REPEATED = {"included_trial_ids"}
+_REPEATED = {"included_trial_ids", "values"}
 
 
 def _report_request_class() -> Any:
@@ -121,3 +130,17 @@ def report_parts(request: Any) -> tuple[api_pb2.SetTrialIntermediateValueRequest
         trial_id_greater_than=request.trial_id_greater_than,
     )
     return write, read
+
+
+def tell_message(study_id: int, trial_id: int, state: int, values: Sequence[float] | None) -> Any:
+    """A trial's tell (``state``: an ``optuna.TrialState`` of the protocol) as a stream message."""
+    return ReportRequest(
+        study_id=study_id, trial_id=trial_id, tell=True, state=state, values=list(values or ())
+    )
+
+
+def tell_part(request: Any) -> api_pb2.SetTrialStateValuesRequest:
+    """The Optuna call a tell on the stream stands for."""
+    return api_pb2.SetTrialStateValuesRequest(
+        trial_id=request.trial_id, state=request.state, values=request.values
+    )

@@ -17,6 +17,13 @@ lookups, a study's first read, SQLite) it is ``GatewayServicer.Report`` on a wor
 the unary call. Hopping to a thread and back for each report cost the gateway more than the
 report itself, its threads contending for the interpreter. A report that may not go on ends the stream with
 the status the unary call would have answered; the worker reopens one for its next report.
+
+The stream's last message may be the trial's tell (``gateway_protocol``): checked and served as
+``SetTrialStateValues`` on a worker thread. The worker opens the stream as soon as it knows its
+trial, so neither its first report nor its tell waits for gRPC to accept a new call: the asyncio
+server accepts the calls of one method one at a time, several turns of its event loop each, and
+with a thousand trials starting and ending that queue, not the work, was what a tell waited for.
+The stream's initial metadata (``TELL_ON_STREAM``) tells the worker that tells are welcome here.
 Each report is one call in the gateway's metrics (method ``Reports``). Reports are not shed: a
 stream carries one report at a time, so streams, not reports, bound what waits.
 """
@@ -31,6 +38,7 @@ from typing import Any
 import grpc
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages._grpc.auto_generated import api_pb2
+from optuna.storages._grpc.servicer import _from_proto_trial_state
 
 from controller.gateway import metrics
 from controller.gateway.directory import NeedsDatabase
@@ -38,7 +46,7 @@ from controller.gateway.gate import DB_DOWN, THREAD_CONTEXT, CallEnded, Gate, be
 from controller.gateway.reports import ReportBatcher
 from controller.gateway.servicer import GatewayServicer, report_refused
 from controller.gateway.snapshots import StudySnapshots
-from trial_worker.gateway_protocol import REPORT, REPORTS, report_parts
+from trial_worker.gateway_protocol import REPORT, REPORTS, TELL, TELL_ON_STREAM, report_parts, tell_part
 
 # What a report is answered with: the message, or (from a snapshot) its serialized form
 Reply = api_pb2.GetTrialsReply | bytes
@@ -65,11 +73,15 @@ class ReportStream:
     ) -> AsyncIterator[Reply]:
         loop = asyncio.get_running_loop()
         token, peer = bearer(context.invocation_metadata()), str(context.peer())
+        await context.send_initial_metadata((TELL_ON_STREAM,))
         async for request in requests:
-            with metrics.counted(REPORTS) as outcome:
+            with metrics.counted(TELL if request.tell else REPORTS) as outcome:
                 metrics.IN_FLIGHT.inc()
                 try:
-                    reply = await self._report(loop, request, token, peer)
+                    if request.tell:
+                        reply = await self._tell(loop, request, token, peer)
+                    else:
+                        reply = await self._report(loop, request, token, peer)
                 except CallEnded as ended:
                     outcome.code = ended.code
                     await context.abort(ended.code, ended.details)
@@ -90,6 +102,26 @@ class ReportStream:
         return await loop.run_in_executor(
             self._threads, self._gate.serve, REPORT, request, token, peer, self._servicer.Report
         )
+
+    async def _tell(
+        self, loop: asyncio.AbstractEventLoop, request: Any, token: str | None, peer: str
+    ) -> Reply:
+        """The trial's tell, checked and served as ``SetTrialStateValues``: answered (with no
+        trials) once committed. Only a finished state: a claim is not a stream's business."""
+        tell = tell_part(request)
+        try:
+            finishes = _from_proto_trial_state(tell.state).is_finished()
+        except ValueError:  # not a state at all
+            finishes = False
+        if not finishes:
+            raise CallEnded(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"a tell on the Reports stream must finish the trial; state {tell.state} does not",
+            )
+        await loop.run_in_executor(
+            self._threads, self._gate.serve, TELL, tell, token, peer, self._servicer.SetTrialStateValues
+        )
+        return b""  # an empty GetTrialsReply
 
     async def _report_on_loop(self, loop: asyncio.AbstractEventLoop, request: Any) -> Reply:
         """The report, checked already: its write committed, then the study's trials."""

@@ -15,11 +15,11 @@ import grpc
 import optuna
 import pytest
 from optuna.storages import RDBStorage
-from optuna.storages._grpc.auto_generated import api_pb2_grpc
+from optuna.storages._grpc.auto_generated import api_pb2, api_pb2_grpc
 from optuna.storages._grpc.servicer import OptunaStorageProxyService
 from optuna.trial import TrialState
 
-from tests.storage.gateway.world import World, assert_refused, snapshot
+from tests.storage.gateway.world import DENIED, World, assert_refused, snapshot
 from tests.support.gateway import RunningGateway, free_port, make_certificates
 from trial_worker import gateway_protocol
 from trial_worker.gateway import GatewayStorage
@@ -138,6 +138,89 @@ def test_a_stream_without_a_token_or_with_a_forged_one_is_refused(
         stream = gateway_protocol.reports_method(client._raw_channel)(iter([request]), metadata=metadata)
         error = assert_refused(lambda stream=stream: next(stream))
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert snapshot(world.url) == before
+    client.close()
+
+
+class _CountedTells:
+    """The worker's unary ``SetTrialStateValues``, counted (what a tell costs in new calls)."""
+
+    def __init__(self, client: GatewayStorage) -> None:
+        self.calls = 0
+        self._unary = client._stub.SetTrialStateValues
+
+        def counted(request: object, *args: object, **kwargs: object) -> object:
+            self.calls += 1
+            return self._unary(request, *args, **kwargs)
+
+        client._stub.SetTrialStateValues = counted
+
+
+def test_the_trials_stream_is_open_before_its_first_report(gateway: RunningGateway, world: World) -> None:
+    """Looking its trial up opens the stream, and the gateway accepts it (its initial metadata
+    arrives) before anything is sent on it: the first report does not wait for the gateway to
+    accept a new call."""
+    client = gateway.client(world.claims())
+    my_trial(client, world)
+    replies = client._stream._replies
+    assert replies is not None, "the stream was not opened when the trial was looked up"
+    assert gateway_protocol.TELL_ON_STREAM in tuple(replies.initial_metadata())
+    client.close()
+
+
+@pytest.mark.parametrize("state", [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL])
+def test_the_tell_is_the_last_message_on_the_trials_stream(
+    gateway: RunningGateway, world: World, state: TrialState
+) -> None:
+    client = gateway.client(world.claims())
+    study, trial = my_trial(client, world)
+    unary = _CountedTells(client)
+    trial.report(0.5, 0)
+    study.tell(trial, 0.25 if state == TrialState.COMPLETE else None, state=state)
+    assert unary.calls == 0  # no new call: the tell went on the stream
+    stored = RDBStorage(world.url).get_trial(world.my_trial_id)
+    assert stored.state == state
+    # as Optuna stores them: a pruned trial's value is its last report, a failed one has none
+    assert stored.values == {TrialState.COMPLETE: [0.25], TrialState.PRUNED: [0.5], TrialState.FAIL: None}[state]
+    assert stored.intermediate_values == {0: 0.5}
+    client.close()
+
+
+def test_a_trial_that_never_reported_is_told_by_a_call(gateway: RunningGateway, world: World) -> None:
+    """Until a message on the stream was answered the worker cannot know the gateway takes tells
+    there; its tell is then the unary call, and is stored all the same."""
+    client = gateway.client(world.claims())
+    study, trial = my_trial(client, world)
+    unary = _CountedTells(client)
+    study.tell(trial, 0.75)
+    assert unary.calls == 1
+    assert RDBStorage(world.url).get_trial(world.my_trial_id).values == [0.75]
+    client.close()
+
+
+@pytest.mark.parametrize(
+    "attempt", ["another trial", "another study's trial", "read-only token", "ended", "not a finished state"]
+)
+def test_a_tell_on_the_stream_is_refused_what_the_tell_call_would_be(
+    gateway: RunningGateway, world: World, attempt: str
+) -> None:
+    claims = world.claims(trial=None) if attempt == "read-only token" else world.claims()
+    client = gateway.client(claims)
+    trial_id, study_id, state = world.my_trial_id, world.mine_id, api_pb2.COMPLETE
+    if attempt == "another trial":
+        trial_id = world.sibling_id
+    elif attempt == "another study's trial":
+        trial_id, study_id = world.their_trial_id, world.theirs_id
+    elif attempt == "ended":
+        RDBStorage(world.url).set_trial_state_values(world.my_trial_id, TrialState.FAIL)
+    elif attempt == "not a finished state":
+        state = api_pb2.WAITING
+    before = snapshot(world.url)
+    tell = gateway_protocol.tell_message(study_id, trial_id, state, [1.0])
+    codes = (grpc.StatusCode.INVALID_ARGUMENT,) if attempt == "not a finished state" else DENIED
+    error = assert_refused(lambda: client._stream.send(tell), codes=codes)
+    if attempt == "not a finished state":
+        assert "must finish the trial" in (error.details() or "")
     assert snapshot(world.url) == before
     client.close()
 
