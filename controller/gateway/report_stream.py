@@ -12,11 +12,11 @@ database but its write: the gate's lookups cached, the write handed to the batch
 (``reports.ReportBatcher``, awaited), the answer read from the study's snapshot (one report
 of a study whose snapshot is due waits for its refresh on a worker thread; the study's other
 reports meanwhile are answered from the snapshot in hand, as ``StudySnapshots`` answers them).
-Otherwise (a trial's first
-lookups, a study's first read, SQLite) it is ``GatewayServicer.Report`` on a worker thread, as
-the unary call. Hopping to a thread and back for each report cost the gateway more than the
-report itself, its threads contending for the interpreter. A report that may not go on ends the stream with
-the status the unary call would have answered; the worker reopens one for its next report.
+Otherwise (a trial's first lookups, a study's first read, SQLite) it is
+``GatewayServicer.Report`` on a worker thread, as the unary call. Hopping to a thread and back
+for each report cost the gateway more than the report itself, its threads contending for the
+interpreter. A report that may not go on ends the stream with the status the unary call would
+have answered; the worker reopens one for its next report.
 
 The stream's last message may be the trial's tell (``gateway_protocol``): checked and served as
 ``SetTrialStateValues`` on a worker thread. The worker opens the stream as soon as it knows its
@@ -24,8 +24,9 @@ trial, so neither its first report nor its tell waits for gRPC to accept a new c
 server accepts the calls of one method one at a time, several turns of its event loop each, and
 with a thousand trials starting and ending that queue, not the work, was what a tell waited for.
 The stream's initial metadata (``TELL_ON_STREAM``) tells the worker that tells are welcome here.
-Each report is one call in the gateway's metrics (method ``Reports``). Reports are not shed: a
-stream carries one report at a time, so streams, not reports, bound what waits.
+Each report is one call in the gateway's metrics (method ``Reports``), each tell one of
+``SetTrialStateValues``. Messages are not shed: a stream carries one at a time, so streams, not
+messages, bound what waits.
 """
 
 from __future__ import annotations

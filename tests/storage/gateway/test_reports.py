@@ -181,7 +181,8 @@ def test_the_tell_is_the_last_message_on_the_trials_stream(
     stored = RDBStorage(world.url).get_trial(world.my_trial_id)
     assert stored.state == state
     # as Optuna stores them: a pruned trial's value is its last report, a failed one has none
-    assert stored.values == {TrialState.COMPLETE: [0.25], TrialState.PRUNED: [0.5], TrialState.FAIL: None}[state]
+    expected = {TrialState.COMPLETE: [0.25], TrialState.PRUNED: [0.5], TrialState.FAIL: None}
+    assert stored.values == expected[state]
     assert stored.intermediate_values == {0: 0.5}
     client.close()
 
