@@ -314,6 +314,7 @@ class GatewayStorage(GrpcStorageProxy):
         self._reports_combined = True  # until the gateway says it does not know Report
         self._stream = _ReportStream(self._raw_channel, (("authorization", f"Bearer {self._token}"),))
         self._streaming = True  # until the gateway says it does not know Reports
+        self._stream_after = 0.0  # monotonic: a gateway at its cap of streams said wait till then
         self._trial_studies: dict[int, int] = {}
 
     def __getstate__(self) -> dict[Any, Any]:
@@ -337,7 +338,7 @@ class GatewayStorage(GrpcStorageProxy):
     def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
         trial_id = super().get_trial_id_from_study_id_trial_number(study_id, trial_number)
         self._trial_studies[trial_id] = study_id
-        if self._streaming and self._reports_combined:
+        if self._may_stream() and self._reports_combined:
             # This pod's trial (its token is for one trial): have the gateway accept its stream
             # while the objective computes, not when the first report is already waiting.
             self._stream.open()
@@ -362,12 +363,14 @@ class GatewayStorage(GrpcStorageProxy):
                 study_id=study_id, trial_id=trial_id, step=step, intermediate_value=intermediate_value,
                 included_trial_ids=unfinished, trial_id_greater_than=last_finished,
             )
-            if self._streaming:
+            if self._may_stream():
                 try:
                     return self._stream.send(request)
                 except grpc.RpcError as error:
                     if error.code() == grpc.StatusCode.UNIMPLEMENTED:
                         self._streaming = False
+                    elif error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:  # streams at their cap
+                        self._stream_after = time.monotonic() + _retry_after_s(error.trailing_metadata())
                     elif error.code() not in RETRIED | {grpc.StatusCode.CANCELLED}:
                         raise
             return self._report(request)
@@ -399,6 +402,9 @@ class GatewayStorage(GrpcStorageProxy):
             if state.is_finished() and self._stored(trial_id, state, values):
                 return True
             raise
+
+    def _may_stream(self) -> bool:
+        return self._streaming and time.monotonic() >= self._stream_after
 
     def _tell_on_stream(self, trial_id: int, state: TrialState, values: Sequence[float] | None) -> bool:
         """The tell as the last message of the trial's ``Reports`` stream, where the gateway

@@ -28,6 +28,7 @@ REFUSALS = Counter(
     ["method", "reason"],
 )
 IN_FLIGHT = Gauge("tunefleet_gateway_in_flight", "Storage calls being served now.")
+STREAMS = Gauge("tunefleet_gateway_streams", "Reports streams open now (one per reporting trial).")
 
 
 class CallOutcome:

@@ -49,6 +49,8 @@ from controller.gateway.servicer import GatewayServicer, report_refused
 from controller.gateway.snapshots import StudySnapshots
 from trial_worker.gateway_protocol import REPORT, REPORTS, TELL, TELL_ON_STREAM, report_parts, tell_part
 
+STREAM_RETRY_AFTER_MS = 30_000  # a worker refused a stream reports by calls this long
+
 # What a report is answered with: the message, or (from a snapshot) its serialized form
 Reply = api_pb2.GetTrialsReply | bytes
 
@@ -61,8 +63,11 @@ class ReportStream:
         reports: ReportBatcher,
         snapshots: StudySnapshots,
         threads: futures.Executor,
+        max_streams: int,
     ) -> None:
         self._gate = gate
+        self._max_streams = max_streams
+        self._open = 0  # streams open now; touched on the event loop only
         self._servicer = servicer
         self._reports = reports
         self._snapshots = snapshots
@@ -70,6 +75,33 @@ class ReportStream:
         self._refreshing: set[int] = set()  # studies whose snapshot a worker thread is refreshing
 
     async def serve(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Reply]:
+        if self._open >= self._max_streams:
+            await self._refuse_stream(context)
+        self._open += 1
+        metrics.STREAMS.inc()
+        try:
+            async for reply in self._serve(requests, context):
+                yield reply
+        finally:
+            self._open -= 1
+            metrics.STREAMS.dec()
+
+    async def _refuse_stream(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Beyond ``max_streams`` a stream is refused as a shed call is: its worker sends that
+        report as a ``Report`` call (admitted or shed like any call) and tries a stream later."""
+        with metrics.counted(REPORTS) as outcome:
+            outcome.code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            wait_ms = str(STREAM_RETRY_AFTER_MS)
+            context.set_trailing_metadata((("retry-after-ms", wait_ms),))
+            await context.abort(
+                outcome.code,
+                f"gateway busy: {self._open} report streams open; send reports as calls "
+                f"and open a stream again after {wait_ms} ms",
+            )
+
+    async def _serve(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Reply]:
         loop = asyncio.get_running_loop()

@@ -171,7 +171,9 @@ class GatewayServer:
             api_pb2_grpc.add_StorageServiceServicer_to_server(servicer, server)
             server.add_generic_rpc_handlers((
                 report_handler(servicer.Report),
-                reports_handler(ReportStream(gate, servicer, reports, snapshots, threads).serve),
+                reports_handler(
+                    ReportStream(gate, servicer, reports, snapshots, threads, settings.max_streams).serve
+                ),
             ))
             try:
                 port = server.add_secure_port(settings.listen, credentials)
@@ -195,6 +197,7 @@ class GatewayServer:
             http_port=settings.http_port,
             pool_size=settings.pool_size,
             max_in_flight=settings.max_in_flight,
+            max_streams=settings.max_streams,
         )
         return port
 

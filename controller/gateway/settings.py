@@ -17,11 +17,13 @@ TLS_KEY_ENV = "TUNEFLEET_GATEWAY_TLS_KEY"
 TOKEN_KEYS_ENV = "TUNEFLEET_GATEWAY_TOKEN_KEYS"
 POOL_SIZE_ENV = "TUNEFLEET_GATEWAY_POOL_SIZE"
 MAX_IN_FLIGHT_ENV = "TUNEFLEET_GATEWAY_MAX_IN_FLIGHT"
+MAX_STREAMS_ENV = "TUNEFLEET_GATEWAY_MAX_STREAMS"
 
 DEFAULT_LISTEN = "0.0.0.0:7443"
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_POOL_SIZE = 20
 DEFAULT_MAX_IN_FLIGHT = 64
+DEFAULT_MAX_STREAMS = 4096  # open Reports streams per replica: one per running trial
 
 
 class SettingsError(ValueError):
@@ -44,6 +46,7 @@ class GatewaySettings(BaseModel):
     token_keys: Path
     pool_size: int = DEFAULT_POOL_SIZE
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    max_streams: int = DEFAULT_MAX_STREAMS
 
     @property
     def connection_url(self) -> str:
@@ -76,6 +79,7 @@ class GatewaySettings(BaseModel):
             token_keys=_file(environ, TOKEN_KEYS_ENV),
             pool_size=_whole(environ, POOL_SIZE_ENV, DEFAULT_POOL_SIZE, minimum=1),
             max_in_flight=_whole(environ, MAX_IN_FLIGHT_ENV, DEFAULT_MAX_IN_FLIGHT, minimum=1),
+            max_streams=_whole(environ, MAX_STREAMS_ENV, DEFAULT_MAX_STREAMS, minimum=1),
         )
 
 

@@ -117,14 +117,16 @@ def test_gateway_env_reads_the_database_like_the_controller_and_bounds_its_pool(
         assert env[name] == controller_env[name]
     assert env["TUNEFLEET_GATEWAY_POOL_SIZE"] == "20"
     assert env["TUNEFLEET_GATEWAY_MAX_IN_FLIGHT"] == "64"
+    assert env["TUNEFLEET_GATEWAY_MAX_STREAMS"] == "4096"
     assert env["TUNEFLEET_GATEWAY_LISTEN"] == "0.0.0.0:7443"
     assert env["TUNEFLEET_GATEWAY_HTTP_PORT"] == "8080"
-    tuned = render({"gateway": {"poolSize": 8, "maxInFlight": 100, "replicaCount": 3}})
+    tuned = render({"gateway": {"poolSize": 8, "maxInFlight": 100, "maxStreams": 500, "replicaCount": 3}})
     tuned_env = env_of(only_container(gateway_deployment(tuned)))
     assert (tuned_env["TUNEFLEET_GATEWAY_POOL_SIZE"], tuned_env["TUNEFLEET_GATEWAY_MAX_IN_FLIGHT"]) == (
         "8",
         "100",
     )
+    assert tuned_env["TUNEFLEET_GATEWAY_MAX_STREAMS"] == "500"
     assert gateway_deployment(tuned)["spec"]["replicas"] == 3
 
 

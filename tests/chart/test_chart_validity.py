@@ -133,6 +133,7 @@ def test_a_typo_in_values_fails_rendering_and_names_the_key(
         ({"externalDatabase": {"sslmode": "sometimes"}}, "sslmode"),
         ({"gateway": {"poolSize": 0}}, "poolSize"),
         ({"gateway": {"maxInFlight": "many"}}, "maxInFlight"),
+        ({"gateway": {"maxStreams": 0}}, "maxStreams"),
         ({"gateway": {"replicaCount": 0}}, "replicaCount"),
         ({"gateway": {"tls": {"certManager": {"issuerRef": {"kind": "Vault"}}}}}, "kind"),
     ],

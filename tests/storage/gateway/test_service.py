@@ -107,6 +107,32 @@ def test_the_gateway_sheds_load_beyond_its_limit_and_clients_ride_it_out(
     assert 'tunefleet_gateway_calls_total{code="RESOURCE_EXHAUSTED",method="GetTrials"}' in metrics
 
 
+def test_beyond_its_cap_of_streams_a_trial_reports_by_calls_and_loses_nothing(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    url = postgres_server.create_database()
+    world = make_world(url)
+    with running_gateway(url, tmp_path=tmp_path, TUNEFLEET_GATEWAY_MAX_STREAMS="1") as gateway:
+        first = gateway.client(world.claims())  # trial 3 opens the one stream
+        first.get_trial_id_from_study_id_trial_number(world.mine_id, world.my_trial)
+        first.set_trial_intermediate_value(world.my_trial_id, 0, 1.0)
+        second = gateway.client(world.claims(trial=4))  # the sibling: refused a stream
+        second.get_trial_id_from_study_id_trial_number(world.mine_id, 4)
+        for step in range(3):
+            second.set_trial_intermediate_value(world.sibling_id, step, float(step))
+        first.set_trial_intermediate_value(world.my_trial_id, 1, 2.0)  # still on its stream
+        metrics = gateway.metrics_text()
+        first.close()
+        second.close()
+    stored = RDBStorage(url)
+    assert stored.get_trial(world.sibling_id).intermediate_values == {0: 0.0, 1: 1.0, 2: 2.0}
+    assert stored.get_trial(world.my_trial_id).intermediate_values == {0: 1.0, 1: 2.0}
+    # one stream refused, then (for 30 s) its reports went as Report calls, one each
+    assert 'tunefleet_gateway_calls_total{code="RESOURCE_EXHAUSTED",method="Reports"} 1.0' in metrics
+    assert 'tunefleet_gateway_calls_total{code="OK",method="Report"} 3.0' in metrics
+    assert 'tunefleet_gateway_calls_total{code="OK",method="Reports"} 2.0' in metrics
+
+
 def test_a_worker_runs_its_trial_end_to_end_through_the_gateway(
     gateway: RunningGateway, world: World
 ) -> None:
@@ -182,6 +208,7 @@ def test_an_unreachable_gateway_is_a_transient_storage_error(world: World) -> No
         ("TUNEFLEET_GATEWAY_LISTEN", "nowhere"),
         ("TUNEFLEET_GATEWAY_POOL_SIZE", "0"),
         ("TUNEFLEET_GATEWAY_MAX_IN_FLIGHT", "many"),
+        ("TUNEFLEET_GATEWAY_MAX_STREAMS", "0"),
         ("TUNEFLEET_GATEWAY_HTTP_PORT", "70000"),
         ("TUNEFLEET_GATEWAY_TLS_CERT", ""),
         ("TUNEFLEET_GATEWAY_TLS_KEY", "/nonexistent/key.pem"),
