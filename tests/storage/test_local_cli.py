@@ -122,7 +122,8 @@ def test_a_killed_runner_leaves_nothing_running_after_the_rerun(sqlite_url: str,
     assert rerun.returncode == 0, output
     trials = optuna.load_study(study_name="test-study", storage=sqlite_url).get_trials()
     lost = [t for t in trials if t.user_attrs.get("tunefleet.reason") == "lost"]
-    assert [t.number for t in lost] == [0, 1]
+    outcomes = [(t.number, t.state.name, t.user_attrs.get("tunefleet.reason"), t.params) for t in trials]
+    assert [t.number for t in lost] == [0, 1], outcomes
     assert not any(t.state == TrialState.RUNNING for t in trials)
     first_attempts = [t for t in trials if "tunefleet.retry_of" not in t.user_attrs]
     assert len(first_attempts) == 4, "maxTrials counts configurations, not attempts"
