@@ -20,7 +20,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
@@ -382,12 +382,8 @@ class GatewayStorage(GrpcStorageProxy):
             if code == grpc.StatusCode.UNIMPLEMENTED:  # a gateway older than Report
                 self._reports_combined = False
                 super().set_trial_intermediate_value(trial_id, step, intermediate_value)
-            elif code == grpc.StatusCode.NOT_FOUND:
-                raise KeyError from error
-            elif code == grpc.StatusCode.FAILED_PRECONDITION:
-                raise UpdateFinishedTrialError from error
             else:
-                raise
+                _raise_as_optuna_would(error)
 
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
@@ -422,11 +418,7 @@ class GatewayStorage(GrpcStorageProxy):
             code = error.code()
             if code in RETRIED | {grpc.StatusCode.CANCELLED, grpc.StatusCode.UNIMPLEMENTED}:
                 return False
-            if code == grpc.StatusCode.NOT_FOUND:
-                raise KeyError(f"trial {trial_id}: {error.details()}") from error
-            if code == grpc.StatusCode.FAILED_PRECONDITION:
-                raise UpdateFinishedTrialError(error.details()) from error
-            raise
+            _raise_as_optuna_would(error)
         self._stream.close()  # the trial has ended: nothing more goes on its stream
         return True
 
@@ -435,6 +427,16 @@ class GatewayStorage(GrpcStorageProxy):
         if stored.state != state:
             return False
         return values is None or list(stored.values or []) == [float(v) for v in values]
+
+
+def _raise_as_optuna_would(error: grpc.RpcError) -> NoReturn:
+    """Raise what Optuna's storage raises for a refused write, as ``GrpcStorageProxy`` maps it:
+    no such trial (``KeyError``), a finished trial (``UpdateFinishedTrialError``); else ``error``."""
+    if error.code() == grpc.StatusCode.NOT_FOUND:
+        raise KeyError(error.details()) from error
+    if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+        raise UpdateFinishedTrialError(error.details()) from error
+    raise error
 
 
 def parse_gateway_url(url: str) -> tuple[str, int]:

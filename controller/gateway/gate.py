@@ -151,6 +151,16 @@ def bearer(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
     return None
 
 
+async def shed(context: grpc.aio.ServicerContext[Any, Any], wait_ms: int, message: str) -> NoReturn:
+    """End a call the gateway has no room for: ``RESOURCE_EXHAUSTED`` with how long to wait.
+    ``retry-after-ms`` is ours (the worker reads it); ``grpc-retry-pushback-ms`` is what gRPC's
+    retry policy obeys."""
+    wait = str(wait_ms)
+    context.set_trailing_metadata((("retry-after-ms", wait), ("grpc-retry-pushback-ms", wait)))
+    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+    raise AssertionError("abort returned")  # abort always raises
+
+
 def unavailable(error: BaseException) -> CallEnded:
     return CallEnded(grpc.StatusCode.UNAVAILABLE, f"the study database is unreachable: {error}")
 

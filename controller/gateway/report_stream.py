@@ -43,7 +43,7 @@ from optuna.storages._grpc.servicer import _from_proto_trial_state
 
 from controller.gateway import metrics
 from controller.gateway.directory import NeedsDatabase
-from controller.gateway.gate import DB_DOWN, THREAD_CONTEXT, CallEnded, Gate, bearer, unavailable
+from controller.gateway.gate import DB_DOWN, THREAD_CONTEXT, CallEnded, Gate, bearer, shed, unavailable
 from controller.gateway.reports import ReportBatcher
 from controller.gateway.servicer import GatewayServicer, report_refused
 from controller.gateway.snapshots import StudySnapshots
@@ -93,12 +93,11 @@ class ReportStream:
         report as a ``Report`` call (admitted or shed like any call) and tries a stream later."""
         with metrics.counted(REPORTS) as outcome:
             outcome.code = grpc.StatusCode.RESOURCE_EXHAUSTED
-            wait_ms = str(STREAM_RETRY_AFTER_MS)
-            context.set_trailing_metadata((("retry-after-ms", wait_ms),))
-            await context.abort(
-                outcome.code,
+            await shed(
+                context,
+                STREAM_RETRY_AFTER_MS,
                 f"gateway busy: {self._open} report streams open; send reports as calls "
-                f"and open a stream again after {wait_ms} ms",
+                f"and open a stream again after {STREAM_RETRY_AFTER_MS} ms",
             )
 
     async def _serve(

@@ -28,7 +28,7 @@ from optuna.storages._grpc.auto_generated import api_pb2_grpc
 
 from controller.gateway import metrics
 from controller.gateway.directory import Directory
-from controller.gateway.gate import CallEnded, Gate, bearer
+from controller.gateway.gate import CallEnded, Gate, bearer, shed
 from controller.gateway.health import HealthServer
 from controller.gateway.report_stream import ReportStream
 from controller.gateway.reports import ReportBatcher
@@ -83,14 +83,9 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         with metrics.counted(method) as outcome:
             if self._admitted >= self._most_admitted:
                 outcome.code = grpc.StatusCode.RESOURCE_EXHAUSTED
-                wait_ms = str(RETRY_AFTER_MS + random.randrange(RETRY_AFTER_MS))
-                # retry-after-ms is ours; grpc-retry-pushback-ms is what gRPC's retry policy obeys
-                context.set_trailing_metadata(
-                    (("retry-after-ms", wait_ms), ("grpc-retry-pushback-ms", wait_ms))
-                )
-                await context.abort(
-                    outcome.code, f"gateway busy: {self._admitted} calls admitted; retry after {wait_ms} ms"
-                )
+                wait_ms = RETRY_AFTER_MS + random.randrange(RETRY_AFTER_MS)
+                busy = f"gateway busy: {self._admitted} calls admitted; retry after {wait_ms} ms"
+                await shed(context, wait_ms, busy)
             self._admitted += 1
             metrics.IN_FLIGHT.inc()
             try:
